@@ -1,0 +1,3 @@
+/* kvsieve.c — placeholder main, replaced by the command dispatcher. */
+#include <stdio.h>
+int main(void) { puts("kvsieve"); return 0; }
