@@ -107,4 +107,14 @@ void mem_stats_get(const mem_pool *pool, mem_seq *const *seqs, int n_seqs, mem_s
 /* Check every invariant of ARCHITECTURE.md §3; 0 if all hold, else KVS_EINVAL with a message. */
 int mem_check_invariants(const mem_pool *pool, mem_seq *const *seqs, int n_seqs);
 
+/* ---- added by the block manager (memory/pool.c, stream.c) --------------------------------- */
+/* Page-level pool operations, used by streams. take: pop a free page and mark it owned by
+ * stream `owner`; returns the page id or KVS_ENOMEM. return: set every slot's pos to -1,
+ * owner to -1 and push the page back on the free stack. */
+int32_t mem_pool_take_page(mem_pool *pool, int32_t owner);
+void mem_pool_return_page(mem_pool *pool, int32_t page);
+/* Make room for n more tokens in one stream (pages appended to its list, n_slots unchanged),
+ * all or nothing: KVS_ENOMEM and no change if the pool has too few free pages. */
+int mem_stream_reserve(mem_pool *pool, mem_stream *s, int32_t n_new);
+
 #endif
