@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# Forward pass vs the numpy reference on a tiny random llama GGUF (2 layers, GQA, mixed
+# Q8_0/Q4_1/F16/F32 tensors), made fresh in a temp dir. Runs in seconds.
+# Checks: three sequences (lengths 1, 12, 40) each alone, all in one ragged batch, and the
+# batch again with chunked prefill (dump-logits --chunk 7).
+# Env (set by ctest): KVS_BUILD_DIR (default ./build), KVS_SOURCE_DIR (default .);
+# optional: KVS_FORWARD_ATOL (default 1e-2), PYTHON (default python3).
+set -u
+BUILD_DIR=${KVS_BUILD_DIR:-./build}
+SOURCE_DIR=${KVS_SOURCE_DIR:-.}
+BIN="$BUILD_DIR/kvsieve"
+REF="$SOURCE_DIR/tests/reference"
+PY=${PYTHON:-python3}
+ATOL=${KVS_FORWARD_ATOL:-1e-2}
+
+passed=0
+failed=0
+finish() {
+  echo "$passed passed, $failed failed"
+  [ "$failed" -eq 0 ] && [ "$passed" -gt 0 ]
+  exit $?
+}
+
+# run compare_logits.py with the given arguments and add its counts to ours
+compare() {
+  local out rc summary p f
+  out=$("$PY" "$REF/compare_logits.py" --kvsieve "$BIN" --model "$MODEL" --atol "$ATOL" "$@" 2>&1)
+  rc=$?
+  echo "$out"
+  summary=$(echo "$out" | grep -E '^compare_logits: [0-9]+ passed, [0-9]+ failed$' | tail -1)
+  if [ -n "$summary" ]; then
+    p=$(echo "$summary" | awk '{print $2}'); f=$(echo "$summary" | awk '{print $4}')
+    passed=$((passed + p)); failed=$((failed + f))
+    if [ "$rc" -ne 0 ] && [ "$f" -eq 0 ]; then failed=$((failed + 1)); fi
+  else
+    echo "FAIL compare_logits.py produced no summary (exit status $rc)"
+    failed=$((failed + 1))
+  fi
+}
+
+TMP=$(mktemp -d "${TMPDIR:-/tmp}/kvs-tiny.XXXXXX") || { failed=1; finish; }
+trap 'rm -rf "$TMP"' EXIT
+MODEL="$TMP/tiny-llama.gguf"
+
+if ! "$PY" "$REF/make_tiny_llama.py" "$MODEL"; then
+  echo "FAIL make_tiny_llama.py could not write $MODEL"
+  failed=$((failed + 1))
+  finish
+fi
+
+# three sequences: length 1, 12 ("Hello, world" as bytes; token id == byte), 40 (incl. 0 and 255)
+T1="1"
+T12="72,101,108,108,111,44,32,119,111,114,108,100"
+T40="0,255"
+for i in $(seq 1 38); do T40="$T40,$(( (i * 37 + 11) % 256 ))"; done
+
+echo "== each sequence alone, then all three in one ragged batch"
+compare --tokens "$T1" --tokens "$T12" --tokens "$T40" --both
+echo "== one ragged batch, chunked prefill (--chunk 7)"
+compare --tokens "$T1" --tokens "$T12" --tokens "$T40" --batch --kvsieve-arg=--chunk=7
+finish
