@@ -84,4 +84,10 @@ float gguf_f16_to_f32(uint16_t h);
 float gguf_bf16_to_f32(uint16_t h);
 uint16_t gguf_f32_to_f16(float f);
 
+/* 1 if gguf_dequantize supports `type`, else 0 (known-but-unsupported types such as Q5_K open
+ * fine, they just cannot be converted). */
+int gguf_type_can_dequantize(uint32_t type);
+/* Name of a metadata value type ("uint32", "string", ...), or "?" if unknown. */
+const char *gguf_vtype_name(int vtype);
+
 #endif
