@@ -1,0 +1,759 @@
+/* test_tokenizer.c — the tokenizer against Hugging Face's ids for the same GGUF
+ * (tests/fixtures/tokenizer_cases.txt, from tests/reference/make_tokenizer_fixture.py), plus
+ * round trips, streaming decode of characters split over tokens, invalid UTF-8, the buffer
+ * conventions, speed on a long word, and errors from small synthetic GGUF files. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "common.h"
+#include "gguf.h"
+#include "test_util.h"
+#include "tokenizer.h"
+
+static gguf_ctx *G;
+static tok_ctx *T;
+
+/* The default model's tokenizer; fails (never skips) when the model file is absent. */
+static int load(void)
+{
+    if (T) return 1;
+    const char *path = kvs_test_model_path();
+    if (!path) {
+        fprintf(stderr, "\n  the default model is missing (models/smollm2-135m-instruct-q4_1.gguf"
+                        "): run scripts/fetch-model\n");
+        CU_FAIL_FATAL("model missing: run scripts/fetch-model");
+        return 0;
+    }
+    if (gguf_open(path, NULL, &G) != 0 || tok_create_from_gguf(G, &T) != 0) {
+        fprintf(stderr, "\n  %s\n", kvs_last_error());
+        CU_FAIL_FATAL("cannot load the tokenizer");
+        return 0;
+    }
+    return 1;
+}
+
+/* ---- fixture ----------------------------------------------------------------------------- */
+
+typedef struct {
+    char kind[8];          /* "", "plain", "gpt2", "chat", "decode" */
+    char *text; size_t len; /* text (or decode's expected output) */
+    char *sys;             /* chat: system text, NULL for "-" */
+    int32_t *ids; int n;
+} fcase;
+
+static fcase *cases;
+static int n_cases;
+
+static char *unhex(const char *h, size_t hl, size_t *len)
+{
+    char *s = malloc(hl / 2 + 1);
+    for (size_t i = 0; i + 1 < hl; i += 2) {
+        unsigned v;
+        sscanf(h + i, "%2x", &v);
+        s[i / 2] = (char)v;
+    }
+    s[hl / 2] = 0;
+    *len = hl / 2;
+    return s;
+}
+
+static int32_t *parse_ids(const char *s, size_t sl, int *n)
+{
+    int32_t *ids = malloc((sl / 2 + 1) * sizeof *ids);
+    int k = 0;
+    char *end;
+    const char *p = s, *e = s + sl;
+    while (p < e) {
+        while (p < e && *p == ' ') p++;
+        if (p >= e) break;
+        ids[k++] = (int32_t)strtol(p, &end, 10);
+        p = end;
+    }
+    *n = k;
+    return ids;
+}
+
+static void load_fixture(void)
+{
+    if (cases) return;
+    char path[4096];
+    snprintf(path, sizeof path, "%s/tests/fixtures/tokenizer_cases.txt", kvs_test_source_dir());
+    FILE *f = fopen(path, "r");
+    if (!f) {
+        fprintf(stderr, "\n  cannot open %s: run tests/reference/make_tokenizer_fixture.py\n",
+                path);
+        CU_FAIL_FATAL("fixture missing");
+        return;
+    }
+    int cap = 1024;
+    cases = calloc((size_t)cap, sizeof *cases);
+    char *line = NULL;
+    size_t lcap = 0;
+    ssize_t ll;
+    while ((ll = getline(&line, &lcap, f)) > 0) {
+        if (line[ll - 1] == '\n') line[--ll] = 0;
+        if (ll == 0 || line[0] == '#') continue;
+        if (n_cases == cap) {
+            cap *= 2;
+            cases = realloc(cases, (size_t)cap * sizeof *cases);
+        }
+        fcase *c = &cases[n_cases++];
+        memset(c, 0, sizeof *c);
+        char *p = line, *colon = strchr(line, ':'), *tab = strchr(line, '\t');
+        if (colon && (!tab || colon < tab)) {
+            snprintf(c->kind, sizeof c->kind, "%.*s", (int)(colon - line), line);
+            p = colon + 1;
+        }
+        char *t1 = strchr(p, '\t');
+        CU_ASSERT_FATAL(t1 != NULL);
+        if (!strcmp(c->kind, "decode")) {
+            c->ids = parse_ids(p, (size_t)(t1 - p), &c->n);
+            c->text = unhex(t1 + 1, strlen(t1 + 1), &c->len);
+        } else if (!strcmp(c->kind, "chat")) {
+            char *t2 = strchr(t1 + 1, '\t');
+            CU_ASSERT_FATAL(t2 != NULL);
+            size_t sl;
+            c->sys = (t1 - p == 1 && *p == '-') ? NULL : unhex(p, (size_t)(t1 - p), &sl);
+            c->text = unhex(t1 + 1, (size_t)(t2 - t1 - 1), &c->len);
+            c->ids = parse_ids(t2 + 1, strlen(t2 + 1), &c->n);
+        } else {
+            c->text = unhex(p, (size_t)(t1 - p), &c->len);
+            c->ids = parse_ids(t1 + 1, strlen(t1 + 1), &c->n);
+        }
+    }
+    free(line);
+    fclose(f);
+}
+
+static void print_ids(const char *what, const int32_t *ids, int n)
+{
+    fprintf(stderr, "    %s (%d):", what, n);
+    for (int i = 0; i < n && i < 40; i++) fprintf(stderr, " %d", ids[i]);
+    fprintf(stderr, n > 40 ? " ...\n" : "\n");
+}
+
+/* Encode and compare; prints the first few mismatches in full. */
+static int check_encode(const tok_ctx *t, const fcase *c, const char *text, size_t len,
+                        int special, int *shown)
+{
+    int need = tok_encode(t, text, len, special, NULL, 0);
+    if (need < 0) return 0;
+    int32_t *got = malloc(((size_t)need + 1) * sizeof *got);
+    int n = tok_encode(t, text, len, special, got, need);
+    int ok = n == need && n == c->n && memcmp(got, c->ids, (size_t)n * sizeof *got) == 0;
+    if (!ok && (*shown)++ < 5) {
+        fprintf(stderr, "\n  mismatch [%s] text \"%.*s\"\n", c->kind, (int)KVS_MIN(len, 120),
+                text);
+        print_ids("expected", c->ids, c->n);
+        print_ids("got", got, n);
+    }
+    free(got);
+    return ok;
+}
+
+static int utf8_valid(const char *s, size_t n); /* below */
+
+/* The text without the bytes that have no token (dropped by the encoder, as HF does). */
+static size_t drop_tokenless(const tok_ctx *t, const char *s, size_t n, char *out)
+{
+    size_t m = 0;
+    for (size_t i = 0; i < n; i++)
+        if (tok_encode(t, s + i, 1, 0, NULL, 0) == 1) out[m++] = s[i];
+    return m;
+}
+
+static void test_fixture_encode(void)
+{
+    if (!load()) return;
+    load_fixture();
+    int total = 0, pass = 0, rt = 0, shown = 0;
+    for (int i = 0; i < n_cases; i++) {
+        fcase *c = &cases[i];
+        if (c->kind[0]) continue;
+        total++;
+        pass += check_encode(T, c, c->text, c->len, 1, &shown);
+        /* the reference ids decode back to the text, byte for byte */
+        int need = tok_decode(T, c->ids, c->n, NULL, 0);
+        char *out = malloc((size_t)need + 1);
+        int got = tok_decode(T, c->ids, c->n, out, (size_t)need + 1);
+        char *kept = malloc(c->len + 1);
+        size_t nk = drop_tokenless(T, c->text, c->len, kept);
+        if (got == (int)nk && memcmp(out, kept, nk) == 0) rt++;
+        else if (shown++ < 5)
+            fprintf(stderr, "\n  round trip failed for \"%.*s\"\n", (int)KVS_MIN(c->len, 80),
+                    c->text);
+        free(kept);
+        free(out);
+    }
+    fprintf(stderr, "\n  encode: %d/%d texts match the reference, %d/%d round-trip ", pass,
+            total, rt, total);
+    CU_ASSERT(total >= 250);
+    CU_ASSERT_EQUAL(pass, total);
+    CU_ASSERT_EQUAL(rt, total);
+}
+
+static void test_fixture_plain(void)
+{
+    if (!load()) return;
+    load_fixture();
+    int total = 0, pass = 0, shown = 0;
+    for (int i = 0; i < n_cases; i++)
+        if (!strcmp(cases[i].kind, "plain")) {
+            total++;
+            pass += check_encode(T, &cases[i], cases[i].text, cases[i].len, 0, &shown);
+        }
+    fprintf(stderr, "\n  special tokens not parsed: %d/%d match ", pass, total);
+    CU_ASSERT(total > 10);
+    CU_ASSERT_EQUAL(pass, total);
+}
+
+static void test_fixture_gpt2_pre(void)
+{
+    if (!load()) return;
+    load_fixture();
+    tok_ctx *t2;
+    CU_ASSERT_STRING_EQUAL(tok_pre_name(T), "smollm");
+    CU_ASSERT_FATAL(tok_create_from_gguf(G, &t2) == 0);
+    CU_ASSERT_EQUAL(tok_set_pre(t2, "gpt2"), 0);
+    CU_ASSERT_STRING_EQUAL(tok_pre_name(t2), "gpt2");
+    CU_ASSERT_EQUAL(tok_set_pre(t2, "llama3"), KVS_EUNSUPPORTED);
+    int total = 0, pass = 0, shown = 0;
+    for (int i = 0; i < n_cases; i++)
+        if (!strcmp(cases[i].kind, "gpt2")) {
+            total++;
+            pass += check_encode(t2, &cases[i], cases[i].text, cases[i].len, 1, &shown);
+        }
+    fprintf(stderr, "\n  plain gpt2 pre-tokenizer: %d/%d match ", pass, total);
+    CU_ASSERT(total > 50);
+    CU_ASSERT_EQUAL(pass, total);
+    tok_destroy(t2);
+}
+
+static void test_fixture_chat(void)
+{
+    if (!load()) return;
+    load_fixture();
+    int total = 0, pass = 0, shown = 0;
+    for (int i = 0; i < n_cases; i++) {
+        fcase *c = &cases[i];
+        if (strcmp(c->kind, "chat")) continue;
+        total++;
+        int need = tok_chat_prompt(T, c->sys, c->text, NULL, 0);
+        CU_ASSERT_FATAL(need > 0);
+        char *p = malloc((size_t)need + 1);
+        CU_ASSERT_EQUAL(tok_chat_prompt(T, c->sys, c->text, p, (size_t)need + 1), need);
+        CU_ASSERT_EQUAL(strlen(p), (size_t)need);
+        pass += check_encode(T, c, p, (size_t)need, 1, &shown);
+        free(p);
+    }
+    fprintf(stderr, "\n  chat template: %d/%d match apply_chat_template ", pass, total);
+    CU_ASSERT(total >= 5);
+    CU_ASSERT_EQUAL(pass, total);
+}
+
+static void test_chat_prompt_text(void)
+{
+    if (!load()) return;
+    const char *want =
+        "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging "
+        "Face<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n";
+    char buf[512];
+    int n = tok_chat_prompt(T, NULL, "Hi", buf, sizeof buf);
+    CU_ASSERT_EQUAL(n, (int)strlen(want));
+    CU_ASSERT_STRING_EQUAL(buf, want);
+    /* snprintf convention: truncated but NUL-terminated, returns the full length */
+    char small[10];
+    CU_ASSERT_EQUAL(tok_chat_prompt(T, NULL, "Hi", small, sizeof small), n);
+    CU_ASSERT_EQUAL(strlen(small), sizeof small - 1);
+    CU_ASSERT_EQUAL(tok_chat_prompt(T, "S", "U", NULL, 0),
+                    (int)strlen("<|im_start|>system\nS<|im_end|>\n<|im_start|>user\nU<|im_end|>\n"
+                                "<|im_start|>assistant\n"));
+    CU_ASSERT_EQUAL(tok_chat_prompt(T, NULL, NULL, buf, sizeof buf), KVS_EINVAL);
+}
+
+static int utf8_valid(const char *str, size_t n)
+{
+    const unsigned char *s = (const unsigned char *)str;
+    for (size_t i = 0; i < n;) {
+        unsigned c = s[i], lo = 0x80, hi = 0xBF;
+        size_t k;
+        if (c < 0x80) k = 0;
+        else if (c >= 0xC2 && c <= 0xDF) k = 1;
+        else if (c >= 0xE0 && c <= 0xEF) {
+            k = 2;
+            if (c == 0xE0) lo = 0xA0;
+            if (c == 0xED) hi = 0x9F;
+        } else if (c >= 0xF0 && c <= 0xF4) {
+            k = 3;
+            if (c == 0xF0) lo = 0x90;
+            if (c == 0xF4) hi = 0x8F;
+        } else return 0;
+        if (i + k >= n) return 0;
+        for (size_t j = 1; j <= k; j++) {
+            if (s[i + j] < lo || s[i + j] > hi) return 0;
+            lo = 0x80;
+            hi = 0xBF;
+        }
+        i += k + 1;
+    }
+    return 1;
+}
+
+static void test_fixture_decode(void)
+{
+    if (!load()) return;
+    load_fixture();
+    int total = 0, pass = 0, stream_ok = 0;
+    char *buf = malloc(1 << 16);
+    size_t scap = tok_stream_cap(T);
+    char *piece = malloc(scap);
+    for (int i = 0; i < n_cases; i++) {
+        fcase *c = &cases[i];
+        if (strcmp(c->kind, "decode")) continue;
+        total++;
+        int n = tok_decode(T, c->ids, c->n, buf, 1 << 16);
+        if (n == (int)c->len && memcmp(buf, c->text, c->len) == 0) pass++;
+        else fprintf(stderr, "\n  decode mismatch (case %d): got %d bytes, want %zu", i, n,
+                     c->len);
+        /* the stream gives the same text, in valid UTF-8 pieces */
+        tok_stream s;
+        tok_stream_init(&s);
+        size_t off = 0;
+        int ok = 1;
+        for (int j = 0; j < c->n; j++) {
+            int k = tok_stream_push(T, &s, c->ids[j], piece, scap);
+            if (k < 0 || !utf8_valid(piece, (size_t)k)) { ok = 0; break; }
+            memcpy(buf + off, piece, (size_t)k);
+            off += (size_t)k;
+        }
+        int k = tok_stream_flush(&s, piece, scap);
+        if (k >= 0) { memcpy(buf + off, piece, (size_t)k); off += (size_t)k; }
+        if (ok && k >= 0 && off == c->len && memcmp(buf, c->text, off) == 0) stream_ok++;
+    }
+    fprintf(stderr, "\n  decode: %d/%d match the reference, stream %d/%d ", pass, total,
+            stream_ok, total);
+    CU_ASSERT(total >= 20);
+    CU_ASSERT_EQUAL(pass, total);
+    CU_ASSERT_EQUAL(stream_ok, total);
+    free(buf);
+    free(piece);
+}
+
+/* ---- API behaviour ----------------------------------------------------------------------- */
+
+static void test_metadata(void)
+{
+    if (!load()) return;
+    CU_ASSERT_EQUAL(tok_n_vocab(T), 49152);
+    CU_ASSERT_EQUAL(tok_bos(T), 1);
+    CU_ASSERT_EQUAL(tok_eos(T), 2);
+    CU_ASSERT_EQUAL(tok_add_bos(T), 0);
+    CU_ASSERT_EQUAL(tok_find(T, "<|im_start|>"), 1);
+    CU_ASSERT_EQUAL(tok_find(T, "<|im_end|>"), 2);
+    CU_ASSERT_EQUAL(tok_find(T, "<|endoftext|>"), 0);
+    CU_ASSERT_EQUAL(tok_find(T, "no such token at all"), -1);
+    CU_ASSERT(tok_find(T, " the") > 0);
+    CU_ASSERT(tok_is_eog(T, 2));
+    CU_ASSERT(tok_is_eog(T, 0));
+    CU_ASSERT(!tok_is_eog(T, 1));
+    CU_ASSERT(!tok_is_eog(T, tok_find(T, " the")));
+    CU_ASSERT(!tok_is_eog(T, -1));
+    const char *p;
+    size_t n;
+    CU_ASSERT_EQUAL(tok_piece(T, -1, &p, &n), KVS_ERANGE);
+    CU_ASSERT_EQUAL(tok_piece(T, 49152, &p, &n), KVS_ERANGE);
+    CU_ASSERT_EQUAL(tok_piece(T, 2, &p, &n), 0);
+    CU_ASSERT(n == 10 && memcmp(p, "<|im_end|>", 10) == 0);
+    CU_ASSERT_EQUAL(tok_piece(T, tok_find(T, " the"), &p, &n), 0);
+    CU_ASSERT(n == 4 && memcmp(p, " the", 4) == 0);
+    /* every token is found again by its bytes (no two tokens share their bytes here) */
+    int found = 0, with_nul = 0;
+    for (int32_t id = 0; id < tok_n_vocab(T); id++) {
+        tok_piece(T, id, &p, &n);
+        if (memchr(p, 0, n)) { with_nul++; continue; }
+        char tmp[512];
+        memcpy(tmp, p, n);
+        tmp[n] = 0;
+        found += tok_find(T, tmp) == id;
+    }
+    CU_ASSERT_EQUAL(found + with_nul, tok_n_vocab(T));
+    fprintf(stderr, "\n  stream cap %zu bytes ", tok_stream_cap(T));
+    CU_ASSERT(tok_stream_cap(T) >= 64);
+}
+
+static void test_encode_conventions(void)
+{
+    if (!load()) return;
+    const char *text = "Hello world, this is a test of the buffer convention.";
+    int need = tok_encode(T, text, strlen(text), 1, NULL, 0);
+    CU_ASSERT_FATAL(need > 4);
+    int32_t full[64], part[64];
+    CU_ASSERT_EQUAL(tok_encode(T, text, strlen(text), 1, full, 64), need);
+    for (int i = 0; i < 64; i++) part[i] = -7;
+    CU_ASSERT_EQUAL(tok_encode(T, text, strlen(text), 1, part, 3), need);
+    CU_ASSERT(memcmp(part, full, 3 * sizeof *part) == 0);
+    CU_ASSERT_EQUAL(part[3], -7); /* nothing past cap */
+    CU_ASSERT_EQUAL(tok_encode(T, "", 0, 1, NULL, 0), 0);
+    CU_ASSERT_EQUAL(tok_encode(T, NULL, 0, 1, NULL, 0), 0);
+    CU_ASSERT_EQUAL(tok_encode(T, text, 4, 1, NULL, -1), KVS_EINVAL);
+    CU_ASSERT_EQUAL(tok_encode(T, text, 4, 1, NULL, 5), KVS_EINVAL);
+    CU_ASSERT_EQUAL(tok_encode(T, NULL, 4, 1, part, 5), KVS_EINVAL);
+    /* len is honoured: no reading past it, NULs inside are text */
+    CU_ASSERT_EQUAL(tok_encode(T, "ab\0cd", 5, 1, full, 64),
+                    tok_encode(T, "ab", 2, 1, NULL, 0) + tok_encode(T, "\0cd", 3, 1, NULL, 0));
+    /* parse_special: one id vs pieces */
+    CU_ASSERT_EQUAL(tok_encode(T, "<|im_end|>", 10, 1, full, 64), 1);
+    CU_ASSERT_EQUAL(full[0], 2);
+    CU_ASSERT(tok_encode(T, "<|im_end|>", 10, 0, full, 64) > 1);
+    /* decode conventions */
+    char out[8];
+    int32_t ids[2] = {tok_find(T, " the"), tok_find(T, " the")};
+    CU_ASSERT_EQUAL(tok_decode(T, ids, 2, out, sizeof out), 8);
+    CU_ASSERT_STRING_EQUAL(out, " the th"); /* truncated, NUL-terminated */
+    CU_ASSERT_EQUAL(tok_decode(T, ids, 2, NULL, 0), 8);
+    int32_t bad[1] = {49152};
+    CU_ASSERT_EQUAL(tok_decode(T, bad, 1, out, sizeof out), KVS_ERANGE);
+}
+
+/* Invalid UTF-8 encodes byte by byte without crashing, and the pieces give the bytes back. */
+static void test_invalid_utf8(void)
+{
+    if (!load()) return;
+    static const char *bad[] = {
+        "\x80", "\xbf\xbf", "a\xc3", "\xc3(", "\xe2\x82", "\xe2\x82(", "\xf0\x9f\x98", "\xf0(",
+        "\xc0\xaf", "\xe0\x80\xaf", "\xed\xa0\x80", "\xf4\x90\x80\x80", "\xf5\xff\xfe",
+        "x \xff y", " \x80\x80\x80 123 \xc2", "'\xe2\x80\x99s", "<|im_\xff" "end|>",
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        size_t len = strlen(bad[i]);
+        int32_t ids[64];
+        int n = tok_encode(T, bad[i], len, 1, ids, 64);
+        CU_ASSERT(n >= 0 && n <= 64);
+        char buf[256];
+        size_t off = 0;
+        for (int j = 0; j < n && j < 64; j++) {
+            const char *p;
+            size_t l;
+            CU_ASSERT_FATAL(tok_piece(T, ids[j], &p, &l) == 0);
+            memcpy(buf + off, p, l);
+            off += l;
+        }
+        char kept[64];
+        size_t nk = drop_tokenless(T, bad[i], len, kept);
+        CU_ASSERT(off == nk && memcmp(buf, kept, nk) == 0);
+        /* decode replaces what is invalid and is valid UTF-8 itself */
+        int m = tok_decode(T, ids, n, buf, sizeof buf);
+        CU_ASSERT(m >= 0 && m < (int)sizeof buf && utf8_valid(buf, (size_t)m));
+    }
+    /* random bytes */
+    unsigned seed = 12345;
+    size_t len = 20000;
+    char *r = malloc(len);
+    for (size_t i = 0; i < len; i++) {
+        seed = seed * 1103515245u + 12345u;
+        r[i] = (char)(seed >> 16);
+    }
+    int n = tok_encode(T, r, len, 1, NULL, 0);
+    CU_ASSERT_FATAL(n > 0);
+    int32_t *ids = malloc((size_t)n * sizeof *ids);
+    CU_ASSERT_EQUAL(tok_encode(T, r, len, 1, ids, n), n);
+    char *kept = malloc(len);
+    size_t nk = drop_tokenless(T, r, len, kept), off = 0;
+    int same = 1;
+    for (int j = 0; j < n; j++) {
+        const char *p;
+        size_t l;
+        tok_piece(T, ids[j], &p, &l);
+        if (off + l > nk || memcmp(kept + off, p, l) != 0) { same = 0; break; }
+        off += l;
+    }
+    CU_ASSERT(same && off == nk);
+    CU_ASSERT(nk > len / 2);
+    free(kept);
+    free(ids);
+    free(r);
+}
+
+/* Emoji are several tokens; the stream holds partial characters back. */
+static void test_stream_split_emoji(void)
+{
+    if (!load()) return;
+    const char *text = "Hi 😀! 👨‍👩‍👧‍👦 and 🇫🇷, 中文 done";
+    size_t len = strlen(text);
+    int32_t ids[128];
+    int n = tok_encode(T, text, len, 1, ids, 128);
+    CU_ASSERT_FATAL(n > 0 && n <= 128);
+    int split = 0; /* tokens that are not valid UTF-8 by themselves */
+    char out[512], piece[1024];
+    size_t off = 0;
+    tok_stream s;
+    tok_stream_init(&s);
+    for (int i = 0; i < n; i++) {
+        const char *p;
+        size_t l;
+        tok_piece(T, ids[i], &p, &l);
+        split += !utf8_valid(p, l);
+        int k = tok_stream_push(T, &s, ids[i], piece, sizeof piece);
+        CU_ASSERT_FATAL(k >= 0);
+        CU_ASSERT(utf8_valid(piece, (size_t)k));
+        memcpy(out + off, piece, (size_t)k);
+        off += (size_t)k;
+    }
+    CU_ASSERT_EQUAL(tok_stream_flush(&s, piece, sizeof piece), 0);
+    CU_ASSERT(off == len && memcmp(out, text, len) == 0);
+    CU_ASSERT(split >= 2);
+
+    /* a character cut off at the end becomes U+FFFD on flush */
+    int32_t e[8];
+    int ne = tok_encode(T, "😀", strlen("😀"), 0, e, 8);
+    CU_ASSERT_FATAL(ne >= 2);
+    tok_stream_init(&s);
+    CU_ASSERT_EQUAL(tok_stream_push(T, &s, e[0], piece, sizeof piece), 0);
+    CU_ASSERT(s.n_pending > 0);
+    CU_ASSERT_EQUAL(tok_stream_flush(&s, piece, 2), KVS_ERANGE);
+    CU_ASSERT_EQUAL(tok_stream_flush(&s, piece, sizeof piece), 3);
+    CU_ASSERT(memcmp(piece, "\xef\xbf\xbd", 3) == 0);
+    CU_ASSERT_EQUAL(s.n_pending, 0);
+
+    /* too small a buffer: KVS_ERANGE and the stream is unchanged, so a retry works */
+    int32_t w = tok_find(T, " the");
+    tok_stream_init(&s);
+    CU_ASSERT_EQUAL(tok_stream_push(T, &s, e[0], piece, sizeof piece), 0);
+    tok_stream before = s;
+    CU_ASSERT_EQUAL(tok_stream_push(T, &s, w, piece, 2), KVS_ERANGE);
+    CU_ASSERT(memcmp(&before, &s, sizeof s) == 0);
+    CU_ASSERT_EQUAL(tok_stream_push(T, &s, w, piece, sizeof piece), 7); /* FFFD + " the" */
+    CU_ASSERT_EQUAL(tok_stream_push(T, &s, 49152, piece, sizeof piece), KVS_ERANGE);
+    /* the longest token fits in tok_stream_cap() */
+    size_t maxl = 0;
+    int32_t maxid = 0;
+    for (int32_t id = 0; id < tok_n_vocab(T); id++) {
+        const char *p;
+        size_t l;
+        tok_piece(T, id, &p, &l);
+        if (l > maxl) { maxl = l; maxid = id; }
+    }
+    size_t cap = tok_stream_cap(T);
+    char *big = malloc(cap);
+    tok_stream_init(&s);
+    CU_ASSERT_EQUAL(tok_stream_push(T, &s, maxid, big, cap), (int)maxl);
+    free(big);
+}
+
+/* BPE is O(n log n): a 20,000-character word takes well under a second. */
+static void test_long_word_speed(void)
+{
+    if (!load()) return;
+    size_t len = 20000;
+    char *w = malloc(len + 1);
+    const char *kinds[] = {"a", "letters", "digits", "spaces", "ab"};
+    for (int k = 0; k < 5; k++) {
+        unsigned seed = 7;
+        for (size_t i = 0; i < len; i++) {
+            seed = seed * 1103515245u + 12345u;
+            w[i] = k == 0 ? 'a' : k == 1 ? (char)('a' + (seed >> 16) % 26)
+                 : k == 2 ? (char)('0' + (seed >> 16) % 10) : k == 3 ? ' ' : "ab"[i & 1];
+        }
+        double t0 = kvs_now();
+        int n = tok_encode(T, w, len, 1, NULL, 0);
+        double dt = kvs_now() - t0;
+        fprintf(stderr, "\n  20k-char word (%s): %d tokens in %.1f ms", kinds[k], n, dt * 1e3);
+        CU_ASSERT(n > 0);
+        CU_ASSERT(dt < 1.0);
+        int32_t *ids = malloc((size_t)n * sizeof *ids);
+        CU_ASSERT_EQUAL(tok_encode(T, w, len, 1, ids, n), n);
+        char *back = malloc(len + 1);
+        CU_ASSERT_EQUAL(tok_decode(T, ids, n, back, len + 1), (int)len);
+        CU_ASSERT(memcmp(back, w, len) == 0);
+        free(back);
+        free(ids);
+    }
+    fprintf(stderr, " ");
+    free(w);
+}
+
+/* ---- synthetic GGUF files: small vocabularies and the error paths ------------------------ */
+
+typedef struct { unsigned char *b; size_t n, cap; } buf;
+
+static void put(buf *b, const void *p, size_t n)
+{
+    if (b->n + n > b->cap) {
+        b->cap = (b->n + n) * 2;
+        b->b = realloc(b->b, b->cap);
+    }
+    memcpy(b->b + b->n, p, n);
+    b->n += n;
+}
+static void put_u32(buf *b, uint32_t v) { put(b, &v, 4); }
+static void put_u64(buf *b, uint64_t v) { put(b, &v, 8); }
+static void put_str(buf *b, const char *s) { put_u64(b, strlen(s)); put(b, s, strlen(s)); }
+static void kv_str(buf *b, const char *k, const char *v)
+{
+    put_str(b, k); put_u32(b, GGUF_VT_STRING); put_str(b, v);
+}
+static void kv_u32(buf *b, const char *k, uint32_t v)
+{
+    put_str(b, k); put_u32(b, GGUF_VT_UINT32); put_u32(b, v);
+}
+static void kv_strs(buf *b, const char *k, const char **v, int n)
+{
+    put_str(b, k); put_u32(b, GGUF_VT_ARRAY); put_u32(b, GGUF_VT_STRING); put_u64(b, (uint64_t)n);
+    for (int i = 0; i < n; i++) put_str(b, v[i]);
+}
+static void kv_i32s(buf *b, const char *k, const int32_t *v, int n)
+{
+    put_str(b, k); put_u32(b, GGUF_VT_ARRAY); put_u32(b, GGUF_VT_INT32); put_u64(b, (uint64_t)n);
+    put(b, v, 4 * (size_t)n);
+}
+
+/* GPT-2's spelling of byte b, UTF-8 encoded into s. */
+static void byte_spelling(int b, char *s)
+{
+    int cp = b, n = 0;
+    if (!((b >= 0x21 && b <= 0x7E) || (b >= 0xA1 && b <= 0xAC) || (b >= 0xAE && b <= 0xFF))) {
+        for (int x = 0; x < b; x++)
+            n += !((x >= 0x21 && x <= 0x7E) || (x >= 0xA1 && x <= 0xAC) ||
+                   (x >= 0xAE && x <= 0xFF));
+        cp = 0x100 + n;
+    }
+    if (cp < 0x80) { s[0] = (char)cp; s[1] = 0; }
+    else { s[0] = (char)(0xC0 | (cp >> 6)); s[1] = (char)(0x80 | (cp & 0x3F)); s[2] = 0; }
+}
+
+enum { SYN_OK, SYN_LLAMA, SYN_BADPRE, SYN_NOMERGES, SYN_BADBOS, SYN_NOTOKENS };
+
+/* A vocabulary of the 256 bytes, "aa", "aaa", "Ġa", "<think>" (user-defined), "<|im_end|>"
+ * (control) with merges "a a", "aa a", "Ġ a". Returns the tokenizer or the error status. */
+static int synthetic(int variant, tok_ctx **out)
+{
+    static char spell[256][4];
+    const char *toks[262];
+    int32_t types[262];
+    for (int b = 0; b < 256; b++) {
+        byte_spelling(b, spell[b]);
+        toks[b] = spell[b];
+        types[b] = 1;
+    }
+    toks[256] = "aa"; toks[257] = "aaa"; toks[258] = "Ġa"; toks[259] = "<think>";
+    toks[260] = "<|im_end|>"; toks[261] = "<|im_start|>";
+    types[256] = types[257] = types[258] = 1;
+    types[259] = 4; types[260] = 3; types[261] = 3;
+    const char *merges[] = {"a a", "aa a", "Ġ a", "bogus", "x y"};
+    buf b = {0};
+    int n_kv = 4 + (variant != SYN_NOTOKENS) + (variant != SYN_NOMERGES) +
+               (variant == SYN_BADBOS || variant == SYN_NOTOKENS);
+    put(&b, "GGUF", 4); put_u32(&b, 3); put_u64(&b, 0); put_u64(&b, (uint64_t)n_kv);
+    kv_str(&b, "general.architecture", "llama");
+    kv_str(&b, "tokenizer.ggml.model", variant == SYN_LLAMA ? "llama" : "gpt2");
+    kv_str(&b, "tokenizer.ggml.pre", variant == SYN_BADPRE ? "qwen2" : "gpt2");
+    if (variant != SYN_NOTOKENS) kv_strs(&b, "tokenizer.ggml.tokens", toks, 262);
+    kv_i32s(&b, "tokenizer.ggml.token_type", types, 262);
+    if (variant != SYN_NOMERGES) kv_strs(&b, "tokenizer.ggml.merges", merges, 5);
+    if (variant == SYN_BADBOS || variant == SYN_NOTOKENS)
+        kv_u32(&b, "tokenizer.ggml.bos_token_id", 9999);
+    while (b.n % 32) put(&b, "", 1);
+    char path[] = "/tmp/kvs_tok_XXXXXX";
+    int fd = mkstemp(path);
+    CU_ASSERT_FATAL(fd >= 0);
+    CU_ASSERT_FATAL(write(fd, b.b, b.n) == (ssize_t)b.n);
+    close(fd);
+    free(b.b);
+    gguf_ctx *g;
+    int rc = gguf_open(path, NULL, &g);
+    unlink(path);
+    if (rc) { fprintf(stderr, "\n  synthetic gguf: %s\n", kvs_last_error()); return rc; }
+    rc = tok_create_from_gguf(g, out);
+    gguf_close(g); /* the tokenizer keeps its own copy */
+    return rc;
+}
+
+static void test_synthetic_vocab(void)
+{
+    tok_ctx *t;
+    CU_ASSERT_FATAL(synthetic(SYN_OK, &t) == 0);
+    int32_t ids[16];
+    /* "aaa": merge "a a" applies leftmost first, then "aa a" */
+    CU_ASSERT_EQUAL(tok_encode(t, "aaa", 3, 1, ids, 16), 1);
+    CU_ASSERT_EQUAL(ids[0], 257);
+    /* "aaaa": (a a)(a a), and "aa aa" is no merge */
+    CU_ASSERT_EQUAL(tok_encode(t, "aaaa", 4, 1, ids, 16), 2);
+    CU_ASSERT(ids[0] == 256 && ids[1] == 256);
+    /* "aaaaa" -> aa aa a -> aa aaa */
+    CU_ASSERT_EQUAL(tok_encode(t, "aaaaa", 5, 1, ids, 16), 2);
+    CU_ASSERT(ids[0] == 256 && ids[1] == 257);
+    CU_ASSERT_EQUAL(tok_encode(t, "b a", 3, 1, ids, 16), 2);
+    CU_ASSERT(ids[0] == 'b' && ids[1] == 258);
+    /* user-defined and control tokens both match whole with parse_special */
+    CU_ASSERT_EQUAL(tok_encode(t, "a<think>a", 9, 1, ids, 16), 3);
+    CU_ASSERT(ids[0] == 'a' && ids[1] == 259 && ids[2] == 'a');
+    CU_ASSERT_EQUAL(tok_encode(t, "<think>", 7, 0, ids, 16), 7);
+    CU_ASSERT(tok_is_eog(t, 260));
+    CU_ASSERT_EQUAL(tok_bos(t), -1);
+    CU_ASSERT_EQUAL(tok_eos(t), -1);
+    CU_ASSERT(!tok_is_eog(t, 0));
+    /* no default system prompt without a template */
+    char p[256];
+    CU_ASSERT_EQUAL(tok_chat_prompt(t, NULL, "u", p, sizeof p),
+                    (int)strlen("<|im_start|>user\nu<|im_end|>\n<|im_start|>assistant\n"));
+    CU_ASSERT_EQUAL(tok_find(t, " a"), 258);
+    tok_destroy(t);
+}
+
+static void test_errors(void)
+{
+    tok_ctx *t = NULL;
+    CU_ASSERT_EQUAL(synthetic(SYN_LLAMA, &t), KVS_EUNSUPPORTED);
+    CU_ASSERT(strstr(kvs_last_error(), "llama") != NULL);
+    CU_ASSERT(t == NULL);
+    CU_ASSERT_EQUAL(synthetic(SYN_BADPRE, &t), KVS_EUNSUPPORTED);
+    CU_ASSERT(strstr(kvs_last_error(), "qwen2") != NULL);
+    CU_ASSERT_EQUAL(synthetic(SYN_NOMERGES, &t), KVS_ENOTFOUND);
+    CU_ASSERT(strstr(kvs_last_error(), "merges") != NULL);
+    CU_ASSERT_EQUAL(synthetic(SYN_BADBOS, &t), KVS_EFORMAT);
+    CU_ASSERT(strstr(kvs_last_error(), "bos_token_id") != NULL);
+    CU_ASSERT_EQUAL(synthetic(SYN_NOTOKENS, &t), KVS_ENOTFOUND);
+    CU_ASSERT(strstr(kvs_last_error(), "tokens") != NULL);
+    /* a GGUF without any tokenizer */
+    char path[4096];
+    snprintf(path, sizeof path, "%s/tests/fixtures/gguf/minimal.gguf", kvs_test_source_dir());
+    gguf_ctx *g;
+    if (gguf_open(path, NULL, &g) == 0) {
+        CU_ASSERT_EQUAL(tok_create_from_gguf(g, &t), KVS_ENOTFOUND);
+        CU_ASSERT(strstr(kvs_last_error(), "tokenizer") != NULL);
+        gguf_close(g);
+    }
+    CU_ASSERT_EQUAL(tok_create_from_gguf(NULL, &t), KVS_EINVAL);
+    tok_destroy(NULL);
+}
+
+int main(void)
+{
+    static const kvs_test tests[] = {
+        {"metadata", test_metadata},
+        {"fixture_encode", test_fixture_encode},
+        {"fixture_plain", test_fixture_plain},
+        {"fixture_gpt2_pre", test_fixture_gpt2_pre},
+        {"fixture_chat", test_fixture_chat},
+        {"fixture_decode", test_fixture_decode},
+        {"chat_prompt_text", test_chat_prompt_text},
+        {"encode_conventions", test_encode_conventions},
+        {"invalid_utf8", test_invalid_utf8},
+        {"stream_split_emoji", test_stream_split_emoji},
+        {"long_word_speed", test_long_word_speed},
+        {"synthetic_vocab", test_synthetic_vocab},
+        {"errors", test_errors},
+    };
+    int rc = kvs_test_main("tokenizer", tests, (int)(sizeof tests / sizeof tests[0]));
+    for (int i = 0; i < n_cases; i++) {
+        free(cases[i].text);
+        free(cases[i].sys);
+        free(cases[i].ids);
+    }
+    free(cases);
+    tok_destroy(T);
+    gguf_close(G);
+    return rc;
+}
