@@ -1,3 +1,48 @@
-/* kvsieve.c — placeholder main, replaced by the command dispatcher. */
+/* kvsieve.c — the kvsieve command: dispatch to subcommands. */
 #include <stdio.h>
-int main(void) { puts("kvsieve"); return 0; }
+#include <string.h>
+
+#include "cli.h"
+
+static const struct {
+    const char *name;
+    int (*fn)(int, char **);
+    const char *help;
+} commands[] = {
+    {"generate", cmd_generate, "generate text from a prompt (streams tokens, reports tokens/s)"},
+    {"bench", cmd_bench, "CPU throughput: prefill/decode tokens/s at several batch sizes vs sgemm peak"},
+    {"dump-logits", cmd_dump_logits, "write raw logits for token ids (for reference comparisons)"},
+};
+
+static void usage(FILE *f)
+{
+    fprintf(f, "usage: kvsieve <command> [options]\n\n"
+               "kvsieve: an LLM serving engine whose paged KV cache is compressed per head.\n\n"
+               "commands:\n");
+    for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
+        fprintf(f, "  %-12s %s\n", commands[i].name, commands[i].help);
+    fprintf(f, "\n'kvsieve <command> --help' shows a command's options.\n"
+               "The model defaults to $KVSIEVE_MODEL, else " KVS_DEFAULT_MODEL_REL
+               " (fetch it with scripts/fetch-model).\n");
+}
+
+int main(int argc, char **argv)
+{
+    if (argc < 2) {
+        usage(stderr);
+        return 2;
+    }
+    if (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h") || !strcmp(argv[1], "help")) {
+        usage(stdout);
+        return 0;
+    }
+    if (!strcmp(argv[1], "--version")) {
+        puts("kvsieve 0.1.0");
+        return 0;
+    }
+    for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
+        if (!strcmp(argv[1], commands[i].name)) return commands[i].fn(argc - 1, argv + 1);
+    fprintf(stderr, "kvsieve: unknown command '%s'\n\n", argv[1]);
+    usage(stderr);
+    return 2;
+}

@@ -1,0 +1,134 @@
+/* engine.c — engine set-up and the step loop's core: reserve pages, run the forward. */
+#include "engine.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "common.h"
+
+int engine_create(const engine_opts *o, kvs_engine **out)
+{
+    *out = NULL;
+    kvs_engine *e = calloc(1, sizeof *e);
+    if (!e) return kvs_error(KVS_ENOMEM, "out of memory");
+    int rc;
+    if ((rc = model_load(o->model_path, &e->m))) goto fail;
+    if ((rc = tok_create_from_gguf(e->m->gguf, &e->tok))) goto fail;
+    if (tok_n_vocab(e->tok) > e->m->cfg.n_vocab) {
+        rc = kvs_error(KVS_EFORMAT, "tokenizer has %d tokens but the embedding only %d rows",
+                       tok_n_vocab(e->tok), e->m->cfg.n_vocab);
+        goto fail;
+    }
+    int P = o->page_slots ? o->page_slots : 16;
+    size_t bytes = o->kv_bytes ? o->kv_bytes : ((size_t)1 << 30);
+    int32_t pages = mem_pool_pages_for_bytes(P, e->m->cfg.head_dim, bytes);
+    if (pages < 0) { rc = pages; goto fail; }
+    if (pages < e->m->cfg.n_layers * e->m->cfg.n_kv_heads) {
+        rc = kvs_error(KVS_EINVAL, "KV memory of %zu bytes holds %d pages; one token of this "
+                       "model needs %d (one page per layer and KV head)", bytes, pages,
+                       e->m->cfg.n_layers * e->m->cfg.n_kv_heads);
+        goto fail;
+    }
+    if ((rc = mem_pool_create(P, e->m->cfg.head_dim, pages, &e->pool))) goto fail;
+    if ((rc = fwd_create(e->m, &e->fwd))) goto fail;
+    *out = e;
+    return 0;
+fail:
+    engine_destroy(e);
+    return rc;
+}
+
+void engine_destroy(kvs_engine *e)
+{
+    if (!e) return;
+    fwd_destroy(e->fwd);
+    mem_pool_destroy(e->pool);
+    tok_destroy(e->tok);
+    model_free(e->m);
+    free(e);
+}
+
+int engine_seq_create(kvs_engine *e, engine_seq **out)
+{
+    engine_seq *s = calloc(1, sizeof *s);
+    if (!s) return kvs_error(KVS_ENOMEM, "out of memory");
+    const model_config *c = &e->m->cfg;
+    int rc = mem_seq_create(c->n_layers, c->n_kv_heads, e->next_stream_id, &s->kv);
+    if (rc) { free(s); return rc; }
+    e->next_stream_id += c->n_layers * c->n_kv_heads;
+    *out = s;
+    return 0;
+}
+
+void engine_seq_destroy(kvs_engine *e, engine_seq *s)
+{
+    if (!s) return;
+    if (s->kv) mem_seq_destroy(e->pool, s->kv);
+    free(s->tokens);
+    free(s);
+}
+
+int engine_seq_push(kvs_engine *e, engine_seq *s, const int32_t *ids, int32_t n)
+{
+    const model_config *c = &e->m->cfg;
+    if (n < 0) return kvs_error(KVS_EINVAL, "negative token count");
+    for (int32_t i = 0; i < n; i++)
+        if (ids[i] < 0 || ids[i] >= c->n_vocab)
+            return kvs_error(KVS_ERANGE, "token id %d is outside the vocabulary [0, %d)",
+                             ids[i], c->n_vocab);
+    if ((int64_t)s->n_tokens + n > c->n_ctx)
+        return kvs_error(KVS_ERANGE, "sequence would have %lld tokens; the model's context is %d",
+                         (long long)s->n_tokens + n, c->n_ctx);
+    if (s->n_tokens + n > s->cap_tokens) {
+        int32_t cap = s->cap_tokens ? s->cap_tokens : 64;
+        while (cap < s->n_tokens + n) cap *= 2;
+        int32_t *t = realloc(s->tokens, (size_t)cap * sizeof *t);
+        if (!t) return kvs_error(KVS_ENOMEM, "out of memory");
+        s->tokens = t;
+        s->cap_tokens = cap;
+    }
+    memcpy(s->tokens + s->n_tokens, ids, (size_t)n * sizeof *ids);
+    s->n_tokens += n;
+    return 0;
+}
+
+int engine_step(kvs_engine *e, engine_seq **seqs, int n, int32_t max_chunk, float **logits,
+                int *row_of)
+{
+    if (n <= 0) return kvs_error(KVS_EINVAL, "empty step");
+    if (max_chunk < 1) return kvs_error(KVS_EINVAL, "chunk size must be >= 1");
+    fwd_seq stack_fs[64];
+    fwd_seq *fs = n <= 64 ? stack_fs : malloc((size_t)n * sizeof *fs);
+    if (!fs) return kvs_error(KVS_ENOMEM, "out of memory");
+    int rc = 0;
+    /* Check the whole step fits before taking any page. */
+    int64_t need = 0;
+    for (int i = 0; i < n; i++) {
+        engine_seq *s = seqs[i];
+        int32_t todo = s->n_tokens - s->n_computed;
+        if (todo < 1) { rc = kvs_error(KVS_EINVAL, "sequence %d has nothing to compute", i); goto out; }
+        if (todo > max_chunk) todo = max_chunk;
+        need += mem_seq_pages_needed(e->pool, s->kv, todo);
+        fs[i] = (fwd_seq){
+            .kv = s->kv, .tokens = s->tokens + s->n_computed, .n_tokens = todo,
+            .pos0 = s->n_computed,
+            .logits = s->n_computed + todo == s->n_tokens ? FWD_LOGITS_LAST : FWD_LOGITS_NONE,
+            .score_keys = s->score_keys, .score_ctx = s->score_ctx};
+    }
+    if (need > e->pool->n_free) {
+        rc = kvs_error(KVS_ENOMEM, "step needs %lld KV pages but only %d are free",
+                       (long long)need, e->pool->n_free);
+        goto out;
+    }
+    for (int i = 0; i < n; i++)
+        if ((rc = mem_seq_reserve(e->pool, seqs[i]->kv, fs[i].n_tokens))) goto out;
+    int rows;
+    if ((rc = fwd_cpu(e->fwd, e->m, e->pool, fs, n, logits, &rows))) goto out;
+    for (int i = 0, r = 0; i < n; i++) {
+        seqs[i]->n_computed += fs[i].n_tokens;
+        row_of[i] = fs[i].logits == FWD_LOGITS_LAST ? r++ : -1;
+    }
+out:
+    if (fs != stack_fs) free(fs);
+    return rc;
+}

@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# pytest_cli.sh — end-to-end checks of the kvsieve command on the default model: greedy
+# generation says Paris, chat mode works, and every bad input gets a clear error and a non-zero
+# exit (never a crash). Run by ctest; needs the default model (scripts/fetch-model).
+set -u
+root="${KVS_SOURCE_DIR:-.}"
+bin="${KVS_BUILD_DIR:-$root/build}/kvsieve"
+model="${KVSIEVE_MODEL:-$root/models/smollm2-135m-instruct-q4_1.gguf}"
+pass=0; fail=0
+tmp="$(mktemp -d)"; trap 'rm -rf "$tmp"' EXIT
+ok() { echo "PASS: $1"; pass=$((pass + 1)); }
+ko() { echo "FAIL: $1"; fail=$((fail + 1)); }
+if [ ! -x "$bin" ]; then echo "FAIL: $bin not built"; echo "0 passed, 1 failed"; exit 1; fi
+if [ ! -f "$model" ]; then echo "FAIL: model missing; run scripts/fetch-model"; echo "0 passed, 1 failed"; exit 1; fi
+
+# expect_fail NAME REGEX CMD...: non-zero exit < 128 (no signal) and stderr matching REGEX.
+expect_fail() {
+  local name="$1" re="$2"; shift 2
+  "$@" >"$tmp/out" 2>"$tmp/err"; local rc=$?
+  if [ $rc -ne 0 ] && [ $rc -lt 128 ] && grep -Eq -- "$re" "$tmp/err"; then ok "$name"
+  else ko "$name (rc=$rc, stderr: $(head -c 300 "$tmp/err"))"; fi
+}
+
+out="$("$bin" generate --model "$model" --prompt "The capital of France is" -n 8 2>"$tmp/err")"
+if [ $? -eq 0 ] && grep -q "Paris" <<<"$out" && grep -q "tok/s" "$tmp/err"; then ok "greedy generation continues with Paris"
+else ko "greedy generation: '$out' $(cat "$tmp/err")"; fi
+
+out="$("$bin" generate --model "$model" --chat --prompt "What is the capital of France?" -n 24 2>/dev/null)"
+if [ $? -eq 0 ] && grep -q "Paris" <<<"$out"; then ok "chat generation answers Paris"
+else ko "chat generation: '$out'"; fi
+
+a="$("$bin" generate --model "$model" --prompt "Once upon a time" -n 12 --temperature 0.8 --top-p 0.9 --seed 7 2>/dev/null)"
+b="$("$bin" generate --model "$model" --prompt "Once upon a time" -n 12 --temperature 0.8 --top-p 0.9 --seed 7 2>/dev/null)"
+if [ -n "$a" ] && [ "$a" = "$b" ]; then ok "same seed gives the same sample"; else ko "seeded sampling: '$a' vs '$b'"; fi
+
+if "$bin" --help | grep -q generate && "$bin" generate --help | grep -q -- "--top-p"; then ok "--help"; else ko "--help"; fi
+expect_fail "unknown command" "unknown command" "$bin" frobnicate
+expect_fail "unknown flag" "unknown or incomplete option" "$bin" generate --model "$model" --prompt hi --bogus
+expect_fail "missing --prompt" "--prompt is required" "$bin" generate --model "$model"
+expect_fail "bad number" "not an integer" "$bin" generate --model "$model" --prompt hi -n abc
+expect_fail "top-p out of range" "out of range" "$bin" generate --model "$model" --prompt hi --top-p 2
+expect_fail "missing model" "cannot open|No such file" "$bin" generate --model "$tmp/none.gguf" --prompt hi
+head -c 100000 /dev/urandom > "$tmp/junk.gguf"
+expect_fail "not a GGUF file" "magic|GGUF" "$bin" generate --model "$tmp/junk.gguf" --prompt hi
+long="$(python3 -c 'print("hello " * 9000)')"
+expect_fail "prompt longer than the context" "context is 8192" "$bin" generate --model "$model" --prompt "$long" -n 1
+expect_fail "empty prompt" "empty" "$bin" generate --model "$model" --prompt ""
+expect_fail "tiny KV memory" "KV memory" "$bin" generate --model "$model" --prompt hi --kv-memory 4K
+
+if "$bin" bench --model "$model" --batches 1,2 --prompt-len 8 --gen-len 2 >"$tmp/out" 2>&1 && grep -q "decode" "$tmp/out"; then
+  ok "bench runs"; else ko "bench: $(tail -5 "$tmp/out")"; fi
+
+echo "$pass passed, $fail failed"
+[ $fail -eq 0 ]

@@ -1,0 +1,124 @@
+/* cli.c — defaults and strict number parsing for the kvsieve subcommands. */
+#include "cli.h"
+
+#include <errno.h>
+#include <libgen.h>
+#include <limits.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <unistd.h>
+
+const char *cli_default_model(void)
+{
+    static char buf[PATH_MAX + 64];
+    const char *env = getenv("KVSIEVE_MODEL");
+    if (env && *env) return env;
+    if (access(KVS_DEFAULT_MODEL_REL, R_OK) == 0) return KVS_DEFAULT_MODEL_REL;
+    char exe[PATH_MAX];
+    ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
+    if (n > 0) {
+        exe[n] = 0;
+        snprintf(buf, sizeof buf, "%s/../" KVS_DEFAULT_MODEL_REL, dirname(exe));
+        if (access(buf, R_OK) == 0) return buf;
+    }
+    return KVS_DEFAULT_MODEL_REL;
+}
+
+int cli_int(const char *cmd, const char *flag, const char *s, long long min, long long max,
+            long long *out)
+{
+    char *end;
+    errno = 0;
+    long long v = strtoll(s, &end, 10);
+    if (errno || end == s || *end) {
+        fprintf(stderr, "kvsieve %s: %s: '%s' is not an integer\n", cmd, flag, s);
+        return -1;
+    }
+    if (v < min || v > max) {
+        fprintf(stderr, "kvsieve %s: %s: %lld is out of range [%lld, %lld]\n", cmd, flag, v, min,
+                max);
+        return -1;
+    }
+    *out = v;
+    return 0;
+}
+
+int cli_float(const char *cmd, const char *flag, const char *s, double min, double max,
+              double *out)
+{
+    char *end;
+    errno = 0;
+    double v = strtod(s, &end);
+    if (errno || end == s || *end || !isfinite(v)) {
+        fprintf(stderr, "kvsieve %s: %s: '%s' is not a number\n", cmd, flag, s);
+        return -1;
+    }
+    if (v < min || v > max) {
+        fprintf(stderr, "kvsieve %s: %s: %g is out of range [%g, %g]\n", cmd, flag, v, min, max);
+        return -1;
+    }
+    *out = v;
+    return 0;
+}
+
+int cli_size(const char *cmd, const char *flag, const char *s, size_t *out)
+{
+    char *end;
+    errno = 0;
+    double v = strtod(s, &end);
+    double mult = 1.0;
+    if (!errno && end != s) {
+        if (!strcasecmp(end, "") || !strcasecmp(end, "b")) mult = 1.0;
+        else if (!strcasecmp(end, "k") || !strcasecmp(end, "kib") || !strcasecmp(end, "kb")) mult = 1024.0;
+        else if (!strcasecmp(end, "m") || !strcasecmp(end, "mib") || !strcasecmp(end, "mb")) mult = 1048576.0;
+        else if (!strcasecmp(end, "g") || !strcasecmp(end, "gib") || !strcasecmp(end, "gb")) mult = 1073741824.0;
+        else mult = -1.0;
+    }
+    if (errno || end == s || mult < 0 || !(v > 0) || v * mult > 1e15) {
+        fprintf(stderr, "kvsieve %s: %s: '%s' is not a size (e.g. 512M, 2G, 1.5GiB)\n", cmd,
+                flag, s);
+        return -1;
+    }
+    *out = (size_t)(v * mult);
+    return 0;
+}
+
+int cli_int_list(const char *cmd, const char *flag, const char *s, long long min, long long max,
+                 int32_t *out, int cap)
+{
+    int n = 0;
+    const char *p = s;
+    if (!*p) {
+        fprintf(stderr, "kvsieve %s: %s: empty list\n", cmd, flag);
+        return -1;
+    }
+    while (*p) {
+        char item[32];
+        size_t len = strcspn(p, ",");
+        if (len == 0 || len >= sizeof item) {
+            fprintf(stderr, "kvsieve %s: %s: bad list '%s' (expected e.g. 1,8,32)\n", cmd, flag, s);
+            return -1;
+        }
+        memcpy(item, p, len);
+        item[len] = 0;
+        long long v;
+        if (cli_int(cmd, flag, item, min, max, &v)) return -1;
+        if (n >= cap) {
+            fprintf(stderr, "kvsieve %s: %s: more than %d values\n", cmd, flag, cap);
+            return -1;
+        }
+        out[n++] = (int32_t)v;
+        p += len;
+        if (*p == ',') {
+            p++;
+            if (!*p) {
+                fprintf(stderr, "kvsieve %s: %s: trailing comma in '%s'\n", cmd, flag, s);
+                return -1;
+            }
+        }
+    }
+    return n;
+}

@@ -1,0 +1,31 @@
+/* cli.h — helpers shared by the kvsieve subcommands: defaults, strict number parsing. */
+#ifndef KVS_CLI_H
+#define KVS_CLI_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define KVS_DEFAULT_MODEL_REL "models/smollm2-135m-instruct-q4_1.gguf"
+
+/* $KVSIEVE_MODEL, else ./models/…gguf, else <dir of the binary>/../models/…gguf (so
+ * build/kvsieve finds the model fetched into the source tree). Returns a static buffer. */
+const char *cli_default_model(void);
+
+/* Strict parsers: the whole string must be a number within [min, max]; otherwise print
+ * "kvsieve CMD: --flag: ..." to stderr and return -1. */
+int cli_int(const char *cmd, const char *flag, const char *s, long long min, long long max,
+            long long *out);
+int cli_float(const char *cmd, const char *flag, const char *s, double min, double max,
+              double *out);
+/* Sizes like 512M, 2GiB, 1.5G, 1048576 (bytes). */
+int cli_size(const char *cmd, const char *flag, const char *s, size_t *out);
+/* Comma-separated integers ("1,8,32"): up to cap values, each in [min, max]. Returns count or -1. */
+int cli_int_list(const char *cmd, const char *flag, const char *s, long long min, long long max,
+                 int32_t *out, int cap);
+
+/* Subcommands. */
+int cmd_generate(int argc, char **argv);
+int cmd_bench(int argc, char **argv);
+int cmd_dump_logits(int argc, char **argv);
+
+#endif
