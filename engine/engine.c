@@ -64,6 +64,7 @@ void engine_seq_destroy(kvs_engine *e, engine_seq *s)
 {
     if (!s) return;
     if (s->kv) mem_seq_destroy(e->pool, s->kv);
+    pol_instance_destroy(s->policy);
     free(s->tokens);
     free(s);
 }
@@ -92,6 +93,68 @@ int engine_seq_push(kvs_engine *e, engine_seq *s, const int32_t *ids, int32_t n)
     return 0;
 }
 
+pol_model_info engine_model_info(const kvs_engine *e)
+{
+    const model_config *c = &e->m->cfg;
+    return (pol_model_info){c->n_layers, c->n_heads, c->n_kv_heads, c->head_dim, c->name};
+}
+
+int engine_seq_set_policy(kvs_engine *e, engine_seq *s, const char *name, const char *args)
+{
+    pol_model_info mi = engine_model_info(e);
+    pol_instance *inst;
+    int rc = pol_instance_create(name, args, &mi, &inst);
+    if (rc) return rc;
+    pol_instance_destroy(s->policy);
+    s->policy = inst;
+    return 0;
+}
+
+void engine_seq_mark_prompt(engine_seq *s) { s->n_prompt = s->n_tokens; }
+
+int64_t engine_seq_pages(const engine_seq *s)
+{
+    int64_t n = 0;
+    for (int i = 0; i < s->kv->n_layers * s->kv->n_kv_heads; i++) n += s->kv->streams[i].n_pages;
+    return n;
+}
+
+/* Compact the streams that hold at least a page's worth of holes or spare pages. */
+static void compact_seq(kvs_engine *e, engine_seq *s, int force)
+{
+    const int P = e->pool->page_slots;
+    for (int i = 0; i < s->kv->n_layers * s->kv->n_kv_heads; i++) {
+        mem_stream *st = &s->kv->streams[i];
+        if (force || st->n_slots - st->n_live >= P)
+            s->compaction_moves += mem_stream_compact(e->pool, st);
+    }
+}
+
+static int run_policy(kvs_engine *e, engine_seq *s, pol_event ev)
+{
+    if (!s->policy || !pol_wants(s->policy, ev)) return 0;
+    int64_t n = pol_enforce_seq(s->policy, e->pool, s->kv, s->n_computed - 1, ev);
+    if (n < 0) return (int)n;
+    s->evicted += n;
+    if (n > 0) compact_seq(e, s, ev != POL_AT_STEP);
+    return 0;
+}
+
+int64_t engine_seq_compress(kvs_engine *e, engine_seq *s)
+{
+    int64_t before = e->pool->n_free;
+    int rc = run_policy(e, s, POL_AT_PRESSURE);
+    if (rc) return rc;
+    compact_seq(e, s, 1);
+    return e->pool->n_free - before;
+}
+
+static int observe_hook(void *ctx, mem_pool *pool, mem_stream *s, int layer, int kv_head,
+                        const float *probs, int n_q)
+{
+    return pol_observe_stream(ctx, pool, s, layer, kv_head, probs, n_q);
+}
+
 int engine_step(kvs_engine *e, engine_seq **seqs, int n, int32_t max_chunk, float **logits,
                 int *row_of)
 {
@@ -108,12 +171,36 @@ int engine_step(kvs_engine *e, engine_seq **seqs, int n, int32_t max_chunk, floa
         int32_t todo = s->n_tokens - s->n_computed;
         if (todo < 1) { rc = kvs_error(KVS_EINVAL, "sequence %d has nothing to compute", i); goto out; }
         if (todo > max_chunk) todo = max_chunk;
+        /* SnapKV-style policies need their whole observation window in the last prefill
+         * chunk: end the chunk before the window rather than inside it. */
+        if (s->policy && (s->policy->vt->flags & POL_WINDOW_ATTENTION) &&
+            s->n_computed + todo < s->n_prompt) {
+            int32_t w = s->policy->opts.window > 0 ? s->policy->opts.window : 1;
+            int32_t win_start = s->n_prompt - w;
+            if (s->n_computed + todo > win_start && win_start > s->n_computed)
+                todo = win_start - s->n_computed;
+        }
         need += mem_seq_pages_needed(e->pool, s->kv, todo);
         fs[i] = (fwd_seq){
             .kv = s->kv, .tokens = s->tokens + s->n_computed, .n_tokens = todo,
             .pos0 = s->n_computed,
-            .logits = s->n_computed + todo == s->n_tokens ? FWD_LOGITS_LAST : FWD_LOGITS_NONE,
-            .score_keys = s->score_keys, .score_ctx = s->score_ctx};
+            .logits = s->n_computed + todo == s->n_tokens ? FWD_LOGITS_LAST : FWD_LOGITS_NONE};
+        if (s->policy) {
+            fs[i].score_keys = pol_score_keys;
+            fs[i].score_ctx = s->policy;
+            if (s->policy->vt->flags & POL_NEEDS_ATTENTION) {
+                fs[i].observe = observe_hook;
+                fs[i].observe_ctx = s->policy;
+                /* Window-attention policies (SnapKV) look once, with the last `window` prompt
+                 * queries; the others with every query. */
+                fs[i].observe_from = 0;
+                if (s->policy->vt->flags & POL_WINDOW_ATTENTION) {
+                    int32_t w = s->policy->opts.window > 0 ? s->policy->opts.window : 1;
+                    fs[i].observe_from = s->n_prompt - w;
+                    if (s->n_computed >= s->n_prompt) fs[i].observe = NULL;
+                }
+            }
+        }
     }
     if (need > e->pool->n_free) {
         rc = kvs_error(KVS_ENOMEM, "step needs %lld KV pages but only %d are free",
@@ -125,8 +212,14 @@ int engine_step(kvs_engine *e, engine_seq **seqs, int n, int32_t max_chunk, floa
     int rows;
     if ((rc = fwd_cpu(e->fwd, e->m, e->pool, fs, n, logits, &rows))) goto out;
     for (int i = 0, r = 0; i < n; i++) {
-        seqs[i]->n_computed += fs[i].n_tokens;
+        engine_seq *s = seqs[i];
+        int32_t before = s->n_computed;
+        s->n_computed += fs[i].n_tokens;
         row_of[i] = fs[i].logits == FWD_LOGITS_LAST ? r++ : -1;
+        if (before < s->n_prompt && s->n_computed >= s->n_prompt &&
+            (rc = run_policy(e, s, POL_AT_PREFILL_END)))
+            goto out;
+        if ((rc = run_policy(e, s, POL_AT_STEP))) goto out;
     }
 out:
     if (fs != stack_fs) free(fs);

@@ -8,6 +8,7 @@
 #include <stdint.h>
 
 #include "forward.h"
+#include "memory/policy.h"
 #include "memory/pool.h"
 #include "model.h"
 #include "tokenizer.h"
@@ -33,8 +34,10 @@ typedef struct engine_seq {
     int32_t *tokens;
     int32_t n_tokens, cap_tokens;
     int32_t n_computed;
-    fwd_score_fn score_keys; /* optional policy hook, see forward.h */
-    void *score_ctx;
+    int32_t n_prompt;          /* prompt length: POL_AT_PREFILL_END fires when it is computed */
+    pol_instance *policy;      /* KV eviction policy (NULL = full cache); owned */
+    int64_t evicted;           /* KV entries (token x layer x head) evicted so far */
+    int64_t compaction_moves;  /* slots moved by compaction so far */
 } engine_seq;
 
 int engine_create(const engine_opts *o, kvs_engine **out);
@@ -46,7 +49,23 @@ void engine_seq_destroy(kvs_engine *e, engine_seq *s);
 /* Append token ids (checked against the vocabulary and the context length). */
 int engine_seq_push(kvs_engine *e, engine_seq *s, const int32_t *ids, int32_t n);
 
+/* Give the sequence an eviction policy ("full", "qfilters", ... with its option string).
+ * Errors (unknown policy, bad options) leave the sequence unchanged. */
+int engine_seq_set_policy(kvs_engine *e, engine_seq *s, const char *name, const char *args);
+/* Mark the tokens pushed so far as the prompt (prefill-time compression fires after them). */
+void engine_seq_mark_prompt(engine_seq *s);
+/* Compress under memory pressure with the sequence's policy if it allows it (when=pressure),
+ * then compact. Returns the pages freed (>= 0) or a negative status. */
+int64_t engine_seq_compress(kvs_engine *e, engine_seq *s);
+/* Pages the sequence's streams hold. */
+int64_t engine_seq_pages(const engine_seq *s);
+/* The model as policies see it. */
+pol_model_info engine_model_info(const kvs_engine *e);
+
 /* One step: every sequence computes up to max_chunk of its uncomputed tokens (>= 1 each).
+ * Policies run inside the step: keys are scored as they are written, attention policies see
+ * the attention they need, and after the forward each sequence's policy evicts (at prefill
+ * end or every step, per its `when`) and streams with a page's worth of holes are compacted.
  * Pages are reserved for the whole step first (all or nothing: KVS_ENOMEM leaves every
  * sequence as it was). row_of[i] = row of sequence i in *logits when its last token was
  * computed in this step (its next-token distribution), else -1. */

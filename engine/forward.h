@@ -21,6 +21,13 @@ enum { FWD_LOGITS_NONE = 0, FWD_LOGITS_LAST = 1, FWD_LOGITS_ALL = 2 };
 typedef void (*fwd_score_fn)(void *ctx, int layer, int kv_head, const float *keys,
                              const int32_t *pos, int n, float *out_scores);
 
+/* Called after attention with the attention probabilities of the observed queries of one
+ * (layer, kv_head) over the stream's slots: probs[n_q][s->n_slots] in slot order, averaged over
+ * the G query heads of the group, 0 for holes and masked slots (attention-based policies:
+ * H2O, TOVA, SnapKV). Called from one thread at a time. */
+typedef int (*fwd_observe_fn)(void *ctx, mem_pool *pool, mem_stream *s, int layer, int kv_head,
+                              const float *probs, int n_q);
+
 typedef struct fwd_seq {
     mem_seq *kv;              /* this sequence's streams, with room for n_tokens more */
     const int32_t *tokens;    /* [n_tokens] token ids (validated against the vocabulary) */
@@ -29,6 +36,9 @@ typedef struct fwd_seq {
     int logits;               /* FWD_LOGITS_* */
     fwd_score_fn score_keys;  /* NULL: scores are 0 */
     void *score_ctx;
+    fwd_observe_fn observe;   /* NULL: no attention statistics */
+    void *observe_ctx;
+    int32_t observe_from;     /* observe the queries at positions >= observe_from */
 } fwd_seq;
 
 typedef struct fwd_state fwd_state;

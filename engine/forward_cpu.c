@@ -203,6 +203,85 @@ static void attend_stream(const mem_pool *pool, const mem_stream *s, const float
     }
 }
 
+/* Attention probabilities of n_q query tokens (G heads each) over a stream's slots, averaged
+ * over the G heads: probs[n_q][n_slots], 0 for holes and masked slots. A second pass over the
+ * keys, paid only by attention-based policies. */
+static void attention_probs(const mem_pool *pool, const mem_stream *s, const float *q0,
+                            size_t q_stride, const int32_t *qpos, int n_q, int G, int hd,
+                            float scale, float *probs)
+{
+    const int P = pool->page_slots, n = s->n_slots;
+    float *row = malloc((size_t)(n > 0 ? n : 1) * sizeof(float));
+    memset(probs, 0, (size_t)n_q * n * sizeof(float));
+    if (!row) return;
+    for (int t = 0; t < n_q; t++) {
+        float *pr = probs + (size_t)t * n;
+        for (int g = 0; g < G; g++) {
+            const float *q = q0 + (size_t)t * q_stride + (size_t)g * hd;
+            float mx = -INFINITY;
+            for (int slot = 0; slot < n; slot++) {
+                int32_t page = s->pages[slot / P], off = slot % P;
+                int32_t p = mem_page_pos(pool, page)[off];
+                if (p < 0 || p > qpos[t]) { row[slot] = -INFINITY; continue; }
+                const float *k = mem_page_k(pool, page) + (size_t)off * hd;
+                float d = 0.0f;
+                for (int i = 0; i < hd; i++) d += q[i] * k[i];
+                row[slot] = d * scale;
+                if (row[slot] > mx) mx = row[slot];
+            }
+            if (mx == -INFINITY) continue;
+            double sum = 0.0;
+            for (int slot = 0; slot < n; slot++)
+                if (row[slot] != -INFINITY) sum += (row[slot] = expf(row[slot] - mx));
+            float w = (float)(1.0 / (sum * G));
+            for (int slot = 0; slot < n; slot++)
+                if (row[slot] != -INFINITY) pr[slot] += row[slot] * w;
+        }
+    }
+    free(row);
+}
+
+/* Feed attention-based policies: for every sequence with an observer, the probabilities of its
+ * observed queries over each KV head's stream of layer l. */
+static int observe_layer(fwd_state *st, const model_config *c, mem_pool *pool,
+                         const fwd_seq *seqs, int n_seqs, int l)
+{
+    const int hd = c->head_dim, Hq = c->n_heads, Hkv = c->n_kv_heads, G = Hq / Hkv;
+    const int QKV = (Hq + 2 * Hkv) * hd;
+    const float scale = 1.0f / sqrtf((float)hd);
+    for (int s = 0, tb = 0; s < n_seqs; tb += seqs[s].n_tokens, s++) {
+        const fwd_seq *q = &seqs[s];
+        if (!q->observe) continue;
+        int i0 = 0;
+        while (i0 < q->n_tokens && st->tok_pos[tb + i0] < q->observe_from) i0++;
+        int n_q = q->n_tokens - i0;
+        if (n_q <= 0) continue;
+        float *probs[64];
+        int rc = 0;
+        if (Hkv > 64) return kvs_error(KVS_EUNSUPPORTED, "more than 64 KV heads");
+        for (int h = 0; h < Hkv; h++) {
+            const mem_stream *str = &q->kv->streams[l * Hkv + h];
+            probs[h] = malloc((size_t)n_q * (str->n_slots > 0 ? str->n_slots : 1) * sizeof(float));
+            if (!probs[h]) rc = KVS_ENOMEM;
+        }
+        if (!rc) {
+#pragma omp parallel for schedule(dynamic, 1)
+            for (int h = 0; h < Hkv; h++)
+                attention_probs(pool, &q->kv->streams[l * Hkv + h],
+                                st->qkv + (size_t)(tb + i0) * QKV + (size_t)h * G * hd,
+                                (size_t)QKV, st->tok_pos + tb + i0, n_q, G, hd, scale, probs[h]);
+            for (int h = 0; h < Hkv && !rc; h++)
+                rc = q->observe(q->observe_ctx, pool, &q->kv->streams[l * Hkv + h], l, h,
+                                probs[h], n_q);
+        } else {
+            kvs_error(rc, "cannot allocate attention statistics");
+        }
+        for (int h = 0; h < Hkv; h++) free(probs[h]);
+        if (rc) return rc;
+    }
+    return 0;
+}
+
 int fwd_cpu(fwd_state *st, const model *m, mem_pool *pool, const fwd_seq *seqs, int n_seqs,
             float **logits, int *n_rows)
 {
@@ -327,6 +406,7 @@ int fwd_cpu(fwd_state *st, const model *m, mem_pool *pool, const fwd_seq *seqs, 
                           st->att + (size_t)ts * Hq * hd + (size_t)h * G * hd, (size_t)Hq * hd,
                           st->tok_pos + ts, nq, G, hd, scale);
         }
+        if ((rc = observe_layer(st, c, pool, seqs, n_seqs, l))) return rc;
         t1 = kvs_now(); st->timing.attention += t1 - t0; t0 = t1;
 
         gemm_xwt(st->x, st->att, ly->wo, T, D, Hq * hd, 1.0f); /* x += att @ Wo^T */

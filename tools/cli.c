@@ -11,6 +11,9 @@
 #include <strings.h>
 #include <unistd.h>
 
+#include "common.h"
+#include "memory/policy.h"
+
 const char *cli_default_model(void)
 {
     static char buf[PATH_MAX + 64];
@@ -121,4 +124,77 @@ int cli_int_list(const char *cmd, const char *flag, const char *s, long long min
         }
     }
     return n;
+}
+
+const char cli_policy_help[] =
+    "  --policy NAME       KV eviction policy (default full; see 'kvsieve policies')\n"
+    "  --ratio R           fraction of KV entries removed per head, in [0, 1) (x8 = 0.875)\n"
+    "  --budget B          KV entries kept per head (instead of --ratio)\n"
+    "  --window W          most recent tokens always kept\n"
+    "  --sink S            first tokens always kept\n"
+    "  --when WHEN         prefill | decode | pressure (default: decode with --budget, else prefill)\n"
+    "  --policy-args ARGS  policy-specific options, e.g. filters=FILE for qfilters\n"
+    "  --policy-plugin SO  load an external policy (repeatable; any subcommand)\n";
+
+static int append_arg(const char *cmd, cli_policy *p, const char *key, const char *val)
+{
+    size_t n = strlen(p->args);
+    int w = snprintf(p->args + n, sizeof p->args - n, "%s%s%s%s", n ? "," : "", key,
+                     key[0] ? "=" : "", val);
+    if (w < 0 || (size_t)w >= sizeof p->args - n) {
+        fprintf(stderr, "kvsieve %s: policy options too long\n", cmd);
+        return -1;
+    }
+    return 1;
+}
+
+int cli_policy_flag(const char *cmd, cli_policy *p, const char *flag, const char *arg)
+{
+    static const char *keys[] = {"ratio", "budget", "window", "sink", "when"};
+    if (!strcmp(flag, "policy")) { p->name = arg; return 1; }
+    if (!strcmp(flag, "policy-args")) return append_arg(cmd, p, "", arg);
+    for (size_t i = 0; i < sizeof keys / sizeof keys[0]; i++)
+        if (!strcmp(flag, keys[i])) return append_arg(cmd, p, keys[i], arg);
+    return 0;
+}
+
+void cli_policy_finish(cli_policy *p, const char *model_path)
+{
+    if (!p->name) p->name = "full";
+    if (strcmp(p->name, "qfilters") || strstr(p->args, "filters=")) return;
+    char path[PATH_MAX];
+    size_t n = strlen(model_path);
+    if (n > 5 && !strcmp(model_path + n - 5, ".gguf")) n -= 5;
+    if (n + 7 >= sizeof path) return;
+    memcpy(path, model_path, n);
+    strcpy(path + n, ".kvsqf");
+    if (access(path, R_OK) == 0) append_arg("", p, "filters", path);
+}
+
+int cli_load_plugins(int argc, char **argv)
+{
+    int out = 0;
+    for (int i = 0; i < argc; i++) {
+        const char *path = NULL;
+        if (!strcmp(argv[i], "--policy-plugin")) {
+            if (i + 1 >= argc) {
+                fprintf(stderr, "kvsieve: --policy-plugin needs a path\n");
+                return -1;
+            }
+            path = argv[++i];
+        } else if (!strncmp(argv[i], "--policy-plugin=", 16)) {
+            path = argv[i] + 16;
+        }
+        if (path) {
+            const pol_vtable *vt;
+            if (pol_load_plugin(path, &vt)) {
+                fprintf(stderr, "kvsieve: %s\n", kvs_last_error());
+                return -1;
+            }
+            continue;
+        }
+        argv[out++] = argv[i];
+    }
+    argv[out] = NULL;
+    return out;
 }

@@ -23,9 +23,29 @@ int cli_size(const char *cmd, const char *flag, const char *s, size_t *out);
 int cli_int_list(const char *cmd, const char *flag, const char *s, long long min, long long max,
                  int32_t *out, int cap);
 
+/* KV policy flags shared by generate / eval / serve: --policy NAME, --ratio R, --budget B,
+ * --window W, --sink S, --when WHEN, --policy-args K=V,... */
+typedef struct cli_policy {
+    const char *name;       /* NULL = "full" */
+    char args[512];         /* composed option string */
+} cli_policy;
+/* Handle one policy flag (getopt's long-option name and its argument). Returns 1 if it was a
+ * policy flag, 0 if not, -1 on a bad value (message printed). */
+int cli_policy_flag(const char *cmd, cli_policy *p, const char *flag, const char *arg);
+/* Finish: for qfilters without filters=, add the default filters file of the model
+ * (<model path without .gguf>.kvsqf) if it exists. */
+void cli_policy_finish(cli_policy *p, const char *model_path);
+/* Help text of the policy flags. */
+extern const char cli_policy_help[];
+
+/* Load every `--policy-plugin PATH` (accepted by every subcommand) and remove them from argv.
+ * Returns the new argc, or -1 after printing the error. */
+int cli_load_plugins(int argc, char **argv);
+
 /* Subcommands. */
 int cmd_generate(int argc, char **argv);
 int cmd_bench(int argc, char **argv);
 int cmd_dump_logits(int argc, char **argv);
+int cmd_policies(int argc, char **argv);
 
 #endif

@@ -27,7 +27,8 @@ static void usage(FILE *f)
         "  --kv-memory SIZE    KV page pool size, e.g. 256M, 2G (default 1G)\n"
         "  --chunk N           prefill chunk size in tokens (default 512)\n"
         "  --echo              print the prompt before the generated text\n"
-        "  -h, --help          this help\n");
+        "%s"
+        "  -h, --help          this help\n", cli_policy_help);
 }
 
 int cmd_generate(int argc, char **argv)
@@ -39,7 +40,12 @@ int cmd_generate(int argc, char **argv)
     size_t kv_bytes = 0;
     enum { O_MODEL = 256, O_PROMPT, O_CHAT, O_SYSTEM, O_TEMP, O_TOPK, O_TOPP, O_SEED, O_KV,
            O_CHUNK, O_ECHO };
+    cli_policy pol = {0};
     static const struct option opts[] = {
+        {"policy", required_argument, 0, 0}, {"ratio", required_argument, 0, 0},
+        {"budget", required_argument, 0, 0}, {"window", required_argument, 0, 0},
+        {"sink", required_argument, 0, 0}, {"when", required_argument, 0, 0},
+        {"policy-args", required_argument, 0, 0},
         {"model", required_argument, 0, O_MODEL}, {"prompt", required_argument, 0, O_PROMPT},
         {"chat", no_argument, 0, O_CHAT}, {"system", required_argument, 0, O_SYSTEM},
         {"max-tokens", required_argument, 0, 'n'}, {"temperature", required_argument, 0, O_TEMP},
@@ -48,10 +54,13 @@ int cmd_generate(int argc, char **argv)
         {"chunk", required_argument, 0, O_CHUNK}, {"echo", no_argument, 0, O_ECHO},
         {"help", no_argument, 0, 'h'}, {0, 0, 0, 0}};
     const char *cmd = "generate";
-    int c;
+    int c, li;
     opterr = 0;
-    while ((c = getopt_long(argc, argv, "n:h", opts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, "n:h", opts, &li)) != -1) {
         switch (c) {
+        case 0:
+            if (cli_policy_flag(cmd, &pol, opts[li].name, optarg) < 0) return 2;
+            break;
         case O_MODEL: model_path = optarg; break;
         case O_PROMPT: prompt = optarg; break;
         case O_CHAT: chat = 1; break;
@@ -86,6 +95,7 @@ int cmd_generate(int argc, char **argv)
         return 2;
     }
     if (!model_path) model_path = cli_default_model();
+    cli_policy_finish(&pol, model_path);
 
     kvs_engine *e = NULL;
     engine_seq *seq = NULL;
@@ -135,6 +145,11 @@ int cmd_generate(int argc, char **argv)
         fprintf(stderr, "kvsieve generate: %s\n", kvs_last_error());
         goto done;
     }
+    engine_seq_mark_prompt(seq);
+    if (engine_seq_set_policy(e, seq, pol.name, pol.args)) {
+        fprintf(stderr, "kvsieve generate: --policy %s: %s\n", pol.name, kvs_last_error());
+        goto done;
+    }
     if (echo) { fputs(src, stdout); fflush(stdout); }
 
     /* Prefill in chunks, then decode one token per step. */
@@ -182,6 +197,15 @@ int cmd_generate(int argc, char **argv)
     fprintf(stderr, "[prompt %d tokens, %.1f tok/s | generated %d tokens, %.1f tok/s | finish: %s]\n",
             n_ids, t_prefill > 0 ? n_ids / t_prefill : 0.0, generated,
             t_dec > 0 && generated > 1 ? (generated - 1) / t_dec : 0.0, finish);
+    {
+        const int64_t heads = (int64_t)cfg->n_layers * cfg->n_kv_heads;
+        const int64_t pages = engine_seq_pages(seq);
+        fprintf(stderr, "[KV policy %s%s%s: evicted %lld of %lld entries (%.1f%%), %lld compaction "
+                "moves, %lld pages held]\n", pol.name, pol.args[0] ? " " : "", pol.args,
+                (long long)seq->evicted, (long long)seq->n_computed * heads,
+                seq->n_computed ? 100.0 * seq->evicted / ((double)seq->n_computed * heads) : 0.0,
+                (long long)seq->compaction_moves, (long long)pages);
+    }
     rc = 0;
 done:
     engine_seq_destroy(e, seq);

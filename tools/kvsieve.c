@@ -11,6 +11,7 @@ static const struct {
 } commands[] = {
     {"generate", cmd_generate, "generate text from a prompt (streams tokens, reports tokens/s)"},
     {"bench", cmd_bench, "CPU throughput: prefill/decode tokens/s at several batch sizes vs sgemm peak"},
+    {"policies", cmd_policies, "list the KV eviction policies and their options"},
     {"dump-logits", cmd_dump_logits, "write raw logits for token ids (for reference comparisons)"},
 };
 
@@ -28,6 +29,8 @@ static void usage(FILE *f)
 
 int main(int argc, char **argv)
 {
+    argc = cli_load_plugins(argc, argv);
+    if (argc < 0) return 2;
     if (argc < 2) {
         usage(stderr);
         return 2;
