@@ -171,6 +171,10 @@ int engine_step(kvs_engine *e, engine_seq **seqs, int n, int32_t max_chunk, floa
         int32_t todo = s->n_tokens - s->n_computed;
         if (todo < 1) { rc = kvs_error(KVS_EINVAL, "sequence %d has nothing to compute", i); goto out; }
         if (todo > max_chunk) todo = max_chunk;
+        /* A chunk never crosses the end of the prompt, so prefill-time compression sees
+         * exactly the prompt (the question of a retrieval task comes after it). */
+        if (s->n_computed < s->n_prompt && s->n_computed + todo > s->n_prompt)
+            todo = s->n_prompt - s->n_computed;
         /* SnapKV-style policies need their whole observation window in the last prefill
          * chunk: end the chunk before the window rather than inside it. */
         if (s->policy && (s->policy->vt->flags & POL_WINDOW_ATTENTION) &&

@@ -28,6 +28,10 @@ typedef void (*fwd_score_fn)(void *ctx, int layer, int kv_head, const float *key
 typedef int (*fwd_observe_fn)(void *ctx, mem_pool *pool, mem_stream *s, int layer, int kv_head,
                               const float *probs, int n_q);
 
+/* Called per layer and query head with the sequence's post-RoPE queries of this step,
+ * q[n][head_dim] (Q-Filters calibration). */
+typedef void (*fwd_query_fn)(void *ctx, int layer, int head, const float *q, int n);
+
 typedef struct fwd_seq {
     mem_seq *kv;              /* this sequence's streams, with room for n_tokens more */
     const int32_t *tokens;    /* [n_tokens] token ids (validated against the vocabulary) */
@@ -39,6 +43,8 @@ typedef struct fwd_seq {
     fwd_observe_fn observe;   /* NULL: no attention statistics */
     void *observe_ctx;
     int32_t observe_from;     /* observe the queries at positions >= observe_from */
+    fwd_query_fn queries;     /* NULL: queries are not reported */
+    void *queries_ctx;
 } fwd_seq;
 
 typedef struct fwd_state fwd_state;

@@ -358,6 +358,14 @@ int fwd_cpu(fwd_state *st, const model *m, mem_pool *pool, const fwd_seq *seqs, 
         /* Append K/V (with the policy's score) into each sequence's streams of this layer. */
         for (int s = 0, tb = 0; s < n_seqs; tb += seqs[s].n_tokens, s++) {
             const fwd_seq *q = &seqs[s];
+            if (q->queries)
+                for (int h = 0; h < Hq; h++) {
+                    for (int i = 0; i < q->n_tokens; i++)
+                        memcpy(st->key_buf + (size_t)i * hd,
+                               st->qkv + (size_t)(tb + i) * QKV + (size_t)h * hd,
+                               (size_t)hd * sizeof(float));
+                    q->queries(q->queries_ctx, l, h, st->key_buf, q->n_tokens);
+                }
             for (int h = 0; h < Hkv; h++) {
                 mem_stream *str = &q->kv->streams[l * Hkv + h];
                 if (q->score_keys) {
