@@ -155,11 +155,44 @@ static int observe_hook(void *ctx, mem_pool *pool, mem_stream *s, int layer, int
     return pol_observe_stream(ctx, pool, s, layer, kv_head, probs, n_q);
 }
 
+int32_t engine_step_tokens(const engine_seq *s, int32_t limit)
+{
+    int32_t todo = s->n_tokens - s->n_computed;
+    if (todo > limit) todo = limit;
+    /* A chunk never crosses the end of the prompt, so prefill-time compression sees
+     * exactly the prompt (the question of a retrieval task comes after it). */
+    if (s->n_computed < s->n_prompt && s->n_computed + todo > s->n_prompt)
+        todo = s->n_prompt - s->n_computed;
+    /* SnapKV-style policies need their whole observation window in the last prefill
+     * chunk: end the chunk before the window rather than inside it. */
+    if (s->policy && (s->policy->vt->flags & POL_WINDOW_ATTENTION) &&
+        s->n_computed + todo < s->n_prompt) {
+        int32_t w = s->policy->opts.window > 0 ? s->policy->opts.window : 1;
+        int32_t win_start = s->n_prompt - w;
+        if (s->n_computed + todo > win_start && win_start > s->n_computed)
+            todo = win_start - s->n_computed;
+    }
+    return todo;
+}
+
 int engine_step(kvs_engine *e, engine_seq **seqs, int n, int32_t max_chunk, float **logits,
                 int *row_of)
 {
     if (n <= 0) return kvs_error(KVS_EINVAL, "empty step");
     if (max_chunk < 1) return kvs_error(KVS_EINVAL, "chunk size must be >= 1");
+    int32_t stack_lim[64];
+    int32_t *lim = n <= 64 ? stack_lim : malloc((size_t)n * sizeof *lim);
+    if (!lim) return kvs_error(KVS_ENOMEM, "out of memory");
+    for (int i = 0; i < n; i++) lim[i] = max_chunk;
+    int rc = engine_step_limits(e, seqs, n, lim, logits, row_of);
+    if (lim != stack_lim) free(lim);
+    return rc;
+}
+
+int engine_step_limits(kvs_engine *e, engine_seq **seqs, int n, const int32_t *limits,
+                       float **logits, int *row_of)
+{
+    if (n <= 0) return kvs_error(KVS_EINVAL, "empty step");
     fwd_seq stack_fs[64];
     fwd_seq *fs = n <= 64 ? stack_fs : malloc((size_t)n * sizeof *fs);
     if (!fs) return kvs_error(KVS_ENOMEM, "out of memory");
@@ -168,27 +201,15 @@ int engine_step(kvs_engine *e, engine_seq **seqs, int n, int32_t max_chunk, floa
     int64_t need = 0;
     for (int i = 0; i < n; i++) {
         engine_seq *s = seqs[i];
-        int32_t todo = s->n_tokens - s->n_computed;
-        if (todo < 1) { rc = kvs_error(KVS_EINVAL, "sequence %d has nothing to compute", i); goto out; }
-        if (todo > max_chunk) todo = max_chunk;
-        /* A chunk never crosses the end of the prompt, so prefill-time compression sees
-         * exactly the prompt (the question of a retrieval task comes after it). */
-        if (s->n_computed < s->n_prompt && s->n_computed + todo > s->n_prompt)
-            todo = s->n_prompt - s->n_computed;
-        /* SnapKV-style policies need their whole observation window in the last prefill
-         * chunk: end the chunk before the window rather than inside it. */
-        if (s->policy && (s->policy->vt->flags & POL_WINDOW_ATTENTION) &&
-            s->n_computed + todo < s->n_prompt) {
-            int32_t w = s->policy->opts.window > 0 ? s->policy->opts.window : 1;
-            int32_t win_start = s->n_prompt - w;
-            if (s->n_computed + todo > win_start && win_start > s->n_computed)
-                todo = win_start - s->n_computed;
-        }
+        if (s->n_tokens - s->n_computed < 1) { rc = kvs_error(KVS_EINVAL, "sequence %d has nothing to compute", i); goto out; }
+        if (limits[i] < 1) { rc = kvs_error(KVS_EINVAL, "sequence %d: limit must be >= 1", i); goto out; }
+        int32_t todo = engine_step_tokens(s, limits[i]);
         need += mem_seq_pages_needed(e->pool, s->kv, todo);
         fs[i] = (fwd_seq){
             .kv = s->kv, .tokens = s->tokens + s->n_computed, .n_tokens = todo,
             .pos0 = s->n_computed,
-            .logits = s->n_computed + todo == s->n_tokens ? FWD_LOGITS_LAST : FWD_LOGITS_NONE};
+            .logits = s->logits_all ? FWD_LOGITS_ALL
+                      : s->n_computed + todo == s->n_tokens ? FWD_LOGITS_LAST : FWD_LOGITS_NONE};
         if (s->policy) {
             fs[i].score_keys = pol_score_keys;
             fs[i].score_ctx = s->policy;
@@ -219,7 +240,8 @@ int engine_step(kvs_engine *e, engine_seq **seqs, int n, int32_t max_chunk, floa
         engine_seq *s = seqs[i];
         int32_t before = s->n_computed;
         s->n_computed += fs[i].n_tokens;
-        row_of[i] = fs[i].logits == FWD_LOGITS_LAST ? r++ : -1;
+        if (fs[i].logits == FWD_LOGITS_ALL) { row_of[i] = r; r += fs[i].n_tokens; }
+        else row_of[i] = fs[i].logits == FWD_LOGITS_LAST ? r++ : -1;
         if (before < s->n_prompt && s->n_computed >= s->n_prompt &&
             (rc = run_policy(e, s, POL_AT_PREFILL_END)))
             goto out;
@@ -228,4 +250,93 @@ int engine_step(kvs_engine *e, engine_seq **seqs, int n, int32_t max_chunk, floa
 out:
     if (fs != stack_fs) free(fs);
     return rc;
+}
+
+/* ---- evaluation helpers (kvsieve eval: one shared prefill, many policies) ------------------ */
+
+int engine_seq_clone(kvs_engine *e, const engine_seq *src, engine_seq **out)
+{
+    *out = NULL;
+    mem_pool *pool = e->pool;
+    const int P = pool->page_slots, d = pool->head_dim;
+    const int n_streams = src->kv->n_layers * src->kv->n_kv_heads;
+    int64_t need = 0;
+    for (int i = 0; i < n_streams; i++)
+        need += (src->kv->streams[i].n_live + P - 1) / P;
+    if (need > pool->n_free)
+        return kvs_error(KVS_ENOMEM, "cloning a sequence needs %lld KV pages but only %d are "
+                         "free (raise --kv-memory)", (long long)need, pool->n_free);
+    engine_seq *s = NULL;
+    int rc = engine_seq_create(e, &s);
+    if (rc) return rc;
+    if (src->n_tokens > 0 && (rc = engine_seq_push(e, s, src->tokens, src->n_tokens))) goto fail;
+    s->n_computed = src->n_computed;
+    s->n_prompt = src->n_prompt;
+    s->evicted = src->evicted;
+    s->compaction_moves = src->compaction_moves;
+    s->logits_all = src->logits_all;
+    /* Live slots in slot order: the copy is dense (holes are not copied). */
+    for (int i = 0; i < n_streams; i++) {
+        const mem_stream *a = &src->kv->streams[i];
+        mem_stream *b = &s->kv->streams[i];
+        if ((rc = mem_stream_reserve(pool, b, a->n_live))) goto fail;
+        for (int32_t slot = 0; slot < a->n_slots; slot++) {
+            int32_t page = mem_slot_page(pool, a, slot), off = slot & (P - 1);
+            int32_t pos = mem_page_pos(pool, page)[off];
+            if (pos < 0) continue;
+            int32_t r = mem_stream_append(pool, b, pos, mem_page_k(pool, page) + (size_t)off * d,
+                                          mem_page_v(pool, page) + (size_t)off * d,
+                                          mem_page_score(pool, page)[off]);
+            if (r < 0) { rc = r; goto fail; }
+        }
+    }
+    *out = s;
+    return 0;
+fail:
+    engine_seq_destroy(e, s);
+    return rc;
+}
+
+int engine_seq_rescore(kvs_engine *e, engine_seq *s)
+{
+    if (!s->policy) return 0;
+    mem_pool *pool = e->pool;
+    const int P = pool->page_slots, d = pool->head_dim;
+    float *keys = malloc((size_t)P * d * sizeof *keys), *sc = malloc((size_t)P * sizeof *sc);
+    int32_t *pos = malloc((size_t)P * sizeof *pos), *slots = malloc((size_t)P * sizeof *slots);
+    if (!keys || !sc || !pos || !slots) {
+        free(keys); free(sc); free(pos); free(slots);
+        return kvs_error(KVS_ENOMEM, "out of memory rescoring a sequence");
+    }
+    for (int l = 0; l < s->kv->n_layers; l++)
+        for (int h = 0; h < s->kv->n_kv_heads; h++) {
+            mem_stream *st = mem_seq_stream(s->kv, l, h);
+            /* Page by page: gather the live keys of a page, score them, write back. */
+            for (int32_t p0 = 0; p0 < st->n_slots; p0 += P) {
+                int32_t page = st->pages[p0 >> pool->page_shift];
+                const int32_t *pp = mem_page_pos(pool, page);
+                const float *K = mem_page_k(pool, page);
+                int n = 0;
+                for (int32_t off = 0; off < P && p0 + off < st->n_slots; off++) {
+                    if (pp[off] < 0) continue;
+                    memcpy(keys + (size_t)n * d, K + (size_t)off * d, (size_t)d * sizeof *keys);
+                    pos[n] = pp[off];
+                    slots[n++] = off;
+                }
+                if (!n) continue;
+                pol_score_keys(s->policy, l, h, keys, pos, n, sc);
+                float *score = mem_page_score(pool, page);
+                for (int i = 0; i < n; i++) score[slots[i]] = sc[i];
+            }
+        }
+    free(keys); free(sc); free(pos); free(slots);
+    return 0;
+}
+
+int64_t engine_seq_run_event(kvs_engine *e, engine_seq *s, pol_event ev)
+{
+    int64_t before = s->evicted;
+    int rc = run_policy(e, s, ev);
+    if (rc) return rc;
+    return s->evicted - before;
 }

@@ -38,6 +38,8 @@ typedef struct engine_seq {
     pol_instance *policy;      /* KV eviction policy (NULL = full cache); owned */
     int64_t evicted;           /* KV entries (token x layer x head) evicted so far */
     int64_t compaction_moves;  /* slots moved by compaction so far */
+    int logits_all;            /* 1: engine_step returns a logits row for every token it
+                                * computes (teacher-forced evaluation), 0: only the last */
 } engine_seq;
 
 int engine_create(const engine_opts *o, kvs_engine **out);
@@ -68,8 +70,29 @@ pol_model_info engine_model_info(const kvs_engine *e);
  * end or every step, per its `when`) and streams with a page's worth of holes are compacted.
  * Pages are reserved for the whole step first (all or nothing: KVS_ENOMEM leaves every
  * sequence as it was). row_of[i] = row of sequence i in *logits when its last token was
- * computed in this step (its next-token distribution), else -1. */
+ * computed in this step (its next-token distribution), else -1; for a sequence with
+ * logits_all, the first of its rows, one per token computed in the step, in order. */
 int engine_step(kvs_engine *e, engine_seq **seqs, int n, int32_t max_chunk, float **logits,
                 int *row_of);
+/* The same with a limit per sequence (limits[i] >= 1 tokens for sequence i): the scheduler's
+ * token budget. The tokens each sequence computed are in its n_computed. */
+int engine_step_limits(kvs_engine *e, engine_seq **seqs, int n, const int32_t *limits,
+                       float **logits, int *row_of);
+/* Tokens engine_step_limits would compute for s with this limit (chunk boundaries). */
+int32_t engine_step_tokens(const engine_seq *s, int32_t limit);
+
+/* ---- evaluation helpers (kvsieve eval: one shared prefill, many policies) ---------------- */
+/* A new sequence with the same tokens, counters and KV entries (K, V, position and stored
+ * score of every live slot, copied densely: holes are not copied). The policy is not copied
+ * (the clone has none: give it one with engine_seq_set_policy). KVS_ENOMEM (and nothing
+ * taken) if the pool cannot hold the copy. */
+int engine_seq_clone(kvs_engine *e, const engine_seq *src, engine_seq **out);
+/* Recompute the stored score of every live key with the sequence's policy's score_keys, as if
+ * the keys were written now (for attention policies this resets them to their start value;
+ * feed attention with pol_observe_stream afterwards). No-op without a policy. */
+int engine_seq_rescore(kvs_engine *e, engine_seq *s);
+/* Run the sequence's policy at an event now, as engine_step would (evict when its `when`
+ * matches, then compact). Returns the entries evicted (>= 0) or a negative status. */
+int64_t engine_seq_run_event(kvs_engine *e, engine_seq *s, pol_event ev);
 
 #endif
