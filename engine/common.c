@@ -12,10 +12,14 @@ static _Thread_local char err_msg[1024];
 
 int kvs_error(int code, const char *fmt, ...)
 {
+    /* Format into a local buffer first: callers often pass kvs_last_error() itself as an
+     * argument to prefix context ("policy x: %s"). */
+    char buf[sizeof err_msg];
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(err_msg, sizeof err_msg, fmt, ap);
+    vsnprintf(buf, sizeof buf, fmt, ap);
     va_end(ap);
+    memcpy(err_msg, buf, sizeof err_msg);
     return code;
 }
 

@@ -169,8 +169,8 @@ int kvs_loop_create(kvs_engine *e, const kvs_loop_opts *o, kvs_loop **out)
     pol_model_info mi = engine_model_info(e);
     pol_instance *probe;
     if (pol_instance_create(l->default_policy, l->default_args, &mi, &probe)) {
-        int rc = kvs_error(KVS_EINVAL, "default policy '%s' (%s): %s", l->default_policy,
-                           l->default_args, kvs_last_error());
+        int rc = kvs_error(KVS_EINVAL, "default policy '%s': %s", l->default_policy,
+                           kvs_last_error());
         kvs_loop_destroy(l);
         return rc;
     }
@@ -747,9 +747,11 @@ int kvs_loop_run(kvs_loop *l)
         l->inbox_head = l->inbox_tail = NULL;
         abort_msg ab[64];
         int n_ab = l->n_aborts < 64 ? l->n_aborts : 64;
-        memcpy(ab, l->aborts, (size_t)n_ab * sizeof *ab);
-        memmove(l->aborts, l->aborts + n_ab, (size_t)(l->n_aborts - n_ab) * sizeof *ab);
-        l->n_aborts -= n_ab;
+        if (n_ab) {
+            memcpy(ab, l->aborts, (size_t)n_ab * sizeof *ab);
+            memmove(l->aborts, l->aborts + n_ab, (size_t)(l->n_aborts - n_ab) * sizeof *ab);
+            l->n_aborts -= n_ab;
+        }
         int stopping = l->stopping;
         double stop_deadline = l->stop_deadline;
         pthread_mutex_unlock(&l->mu);

@@ -46,6 +46,9 @@ int cli_load_plugins(int argc, char **argv);
 int cmd_generate(int argc, char **argv);
 int cmd_bench(int argc, char **argv);
 int cmd_dump_logits(int argc, char **argv);
+int cmd_serve(int argc, char **argv);    /* cmd_serve.c (links kvsieve_server) */
+int cmd_hash_key(int argc, char **argv); /* cmd_hash_key.c */
 int cmd_policies(int argc, char **argv);
+int cmd_load(int argc, char **argv);     /* cmd_load.c + load_*.c (gRPC client) */
 
 #endif

@@ -12,6 +12,9 @@ static const struct {
     {"generate", cmd_generate, "generate text from a prompt (streams tokens, reports tokens/s)"},
     {"bench", cmd_bench, "CPU throughput: prefill/decode tokens/s at several batch sizes vs sgemm peak"},
     {"policies", cmd_policies, "list the KV eviction policies and their options"},
+    {"serve", cmd_serve, "serve the model over gRPC (multi-tenant, streaming, metrics)"},
+    {"load", cmd_load, "load-test a running server: latency percentiles, throughput, goodput"},
+    {"hash-key", cmd_hash_key, "print the hash of an API key for the tenants file (or --generate one)"},
     {"dump-logits", cmd_dump_logits, "write raw logits for token ids (for reference comparisons)"},
 };
 

@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# pytest_server_shutdown.sh — SIGTERM under load: health NOT_SERVING, new calls refused, no
+# accepted request loses its final status, exit 0 (tests/server/server_shutdown_test.py). Free
+# loopback ports. Needs Debian's python3-grpcio, python3-grpc-tools and
+# python3-protobuf, hence /usr/bin/python3 (a pyenv/venv python3 does not see them).
+# Env (set by ctest): KVS_BUILD_DIR, KVS_SOURCE_DIR; optional KVSIEVE_MODEL.
+set -u
+PY=${KVS_SYSTEM_PYTHON:-/usr/bin/python3}
+if ! "$PY" -c "import grpc, grpc_tools, google.protobuf" 2>/dev/null; then
+  echo "FAIL: $PY cannot import grpc / grpc_tools / google.protobuf"
+  echo "      (apt-get install python3-grpcio python3-grpc-tools python3-protobuf)"
+  exit 1
+fi
+exec timeout 300 "$PY" "$(dirname "$0")/server_shutdown_test.py"
