@@ -16,7 +16,12 @@ if [ "${KVS_SKIP_APT:-0}" != 1 ]; then
   [ "$(id -u)" = 0 ] || sudo="sudo"
   pkgs=(build-essential cmake pkg-config git ca-certificates
         python3 python3-venv python3-pip
-        libopenblas-openmp-dev libjemalloc-dev libcunit1-dev)
+        libopenblas-openmp-dev libjemalloc-dev libcunit1-dev
+        # gRPC server: C core, protobuf-c, health/reflection protos, metrics HTTP, tenants YAML,
+        # key hashing; Debian's grpcio for the Python integration tests (/usr/bin/python3)
+        libgrpc-dev libprotobuf-c-dev protobuf-c-compiler protobuf-compiler grpc-proto
+        libmicrohttpd-dev libyaml-dev libssl-dev
+        python3-grpcio python3-grpc-tools python3-protobuf)
   missing=()
   for p in "${pkgs[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
