@@ -1,107 +1,19 @@
-/* loop.c — the engine loop: continuous batching with a per-step token budget, chunked
- * prefill, VTC fairness between tenants, and the memory-pressure ladder
- * compress -> compact -> preempt (ARCHITECTURE.md §5).
+/* loop.c — the engine loop: its public API (submit / abort / stop / stats, any thread) and the
+ * step loop (engine thread): continuous batching with a per-step token budget and chunked
+ * prefill (ARCHITECTURE.md §5). Requests: request.c; memory pressure: pressure.c; fairness
+ * between tenants: fairness.c.
  *
  * Threads: kvs_loop_run() is the engine thread and the only one that touches the engine.
  * Other threads only enter through submit / abort / stop / get_stats, which take `mu` and
  * touch the inbox and the stats snapshot, nothing else. */
-#include "loop.h"
+#include "sched_internal.h"
 
-#include <math.h>
-#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
 #include "common.h"
-
-/* Cost of a token for the virtual token counter (Sheng et al., OSDI'24: w_p * prompt +
- * w_q * output); output tokens cost more because they take a whole step each. */
-#define VTC_W_PROMPT 1.0
-#define VTC_W_OUTPUT 2.0
-
-enum req_state { RQ_WAITING = 0, RQ_RUNNING = 1 };
-
-typedef struct req {
-    uint64_t id;
-    int tenant;
-    sched_params p;
-    int priority;
-    sched_event_fn cb;
-    void *user;
-    int32_t *prompt;          /* copy; also kept for recompute after preemption */
-    int32_t n_prompt;
-    engine_seq *seq;          /* NULL while waiting */
-    int32_t *generated;       /* tokens generated so far */
-    int32_t n_generated, cap_generated;
-    int state;
-    sampler smp;
-    tok_stream ts;
-    char *pending;            /* text held back while it may be the start of a stop string */
-    size_t n_pending;
-    double t_submit, t_sched, t_first;
-    int64_t evicted;          /* across preemptions */
-    int32_t preemptions;
-    int charged;              /* prompt already charged to the tenant's virtual counter */
-    struct req *next;
-} req;
-
-typedef struct tenant_rt {
-    sched_tenant t;
-    double vtc;               /* virtual counter: weighted service received */
-    int running, waiting;
-    int64_t pages;
-    int64_t prompt_tokens, generated_tokens, evicted_tokens, finished, preemptions;
-} tenant_rt;
-
-typedef struct abort_msg { uint64_t id; char tenant[SCHED_NAME_MAX]; } abort_msg;
-
-struct kvs_loop {
-    kvs_engine *e;
-    kvs_loop_opts o;
-    char default_policy[SCHED_NAME_MAX], default_args[SCHED_ARGS_MAX];
-    tenant_rt *tenants;
-    int n_tenants;
-
-    /* ---- shared with other threads, under mu ---- */
-    pthread_mutex_t mu;
-    pthread_cond_t cv;
-    req *inbox_head, *inbox_tail;
-    abort_msg *aborts;
-    int n_aborts, cap_aborts;
-    uint64_t next_id;
-    int stopping;
-    double stop_deadline;
-    kvs_loop_stats stats;
-    kvs_tenant_stats *tstats;
-    /* unfinished requests with their tenant, for abort checks from other threads */
-    struct live_ent { uint64_t id; int tenant; } *live;
-    int n_live, cap_live;
-
-    /* ---- engine thread only ---- */
-    req **running;
-    int n_running, cap_running;
-    req **waiting;            /* across tenants; picked by VTC */
-    int n_waiting, cap_waiting;
-    char *piece;              /* token text scratch */
-    size_t piece_cap;
-    int64_t evicted_total, moves_total, preempt_total, finished_total, generated_total, steps;
-};
-
-/* ---- small helpers -------------------------------------------------------------------- */
-
-static int grow(void **arr, int *cap, int need, size_t elem)
-{
-    if (need <= *cap) return 0;
-    int c = *cap ? *cap : 16;
-    while (c < need) c *= 2;
-    void *p = realloc(*arr, (size_t)c * elem);
-    if (!p) return kvs_error(KVS_ENOMEM, "out of memory");
-    *arr = p;
-    *cap = c;
-    return 0;
-}
 
 static int find_tenant(const kvs_loop *l, const char *name)
 {
@@ -122,8 +34,6 @@ static int policy_allowed(const char *list, const char *name)
     }
     return 0;
 }
-
-/* ---- create / destroy ----------------------------------------------------------------- */
 
 int kvs_loop_create(kvs_engine *e, const kvs_loop_opts *o, kvs_loop **out)
 {
@@ -182,30 +92,17 @@ int kvs_loop_create(kvs_engine *e, const kvs_loop_opts *o, kvs_loop **out)
     return 0;
 }
 
-static void req_free(kvs_loop *l, req *r)
-{
-    if (!r) return;
-    if (r->seq) engine_seq_destroy(l->e, r->seq);
-    smp_deinit(&r->smp);
-    free(r->prompt);
-    free(r->generated);
-    free(r->pending);
-    free(r);
-}
-
 void kvs_loop_destroy(kvs_loop *l)
 {
     if (!l) return;
-    for (req *r = l->inbox_head, *n; r; r = n) { n = r->next; req_free(l, r); }
-    for (int i = 0; i < l->n_running; i++) req_free(l, l->running[i]);
-    for (int i = 0; i < l->n_waiting; i++) req_free(l, l->waiting[i]);
+    for (req *r = l->inbox_head, *n; r; r = n) { n = r->next; sched_req_free(l, r); }
+    for (int i = 0; i < l->n_running; i++) sched_req_free(l, l->running[i]);
+    for (int i = 0; i < l->n_waiting; i++) sched_req_free(l, l->waiting[i]);
     free(l->running); free(l->waiting); free(l->aborts); free(l->live);
     free(l->tenants); free(l->tstats); free(l->piece);
     if (l->tenants) { pthread_mutex_destroy(&l->mu); pthread_cond_destroy(&l->cv); }
     free(l);
 }
-
-/* ---- submit / abort / stop (any thread) -------------------------------------------------- */
 
 int kvs_loop_submit(kvs_loop *l, const char *tenant, const int32_t *prompt, int32_t n_prompt,
                     const sched_params *p, sched_event_fn cb, void *user, uint64_t *request_id)
@@ -279,7 +176,7 @@ int kvs_loop_submit(kvs_loop *l, const char *tenant, const int32_t *prompt, int3
         rc = kvs_error(KVS_ENOMEM, "tenant '%s' has %d queued requests (limit %d)", tr->t.name,
                        l->tstats[ti].waiting, tr->t.max_queued);
     else
-        rc = grow((void **)&l->live, &l->cap_live, l->n_live + 1, sizeof *l->live);
+        rc = sched_grow((void **)&l->live, &l->cap_live, l->n_live + 1, sizeof *l->live);
     if (!rc) {
         r->id = l->next_id++;
         l->live[l->n_live].id = r->id;
@@ -303,7 +200,7 @@ int kvs_loop_abort(kvs_loop *l, uint64_t request_id, const char *tenant)
     int ti = tenant ? find_tenant(l, tenant) : -1;
     for (int i = 0; i < l->n_live; i++)
         if (l->live[i].id == request_id && (!tenant || l->live[i].tenant == ti)) {
-            if (!grow((void **)&l->aborts, &l->cap_aborts, l->n_aborts + 1, sizeof(abort_msg))) {
+            if (!sched_grow((void **)&l->aborts, &l->cap_aborts, l->n_aborts + 1, sizeof(abort_msg))) {
                 l->aborts[l->n_aborts].id = request_id;
                 l->aborts[l->n_aborts++].tenant[0] = 0;
                 pthread_cond_signal(&l->cv);
@@ -346,277 +243,6 @@ int kvs_loop_get_tenant_stats(kvs_loop *l, kvs_tenant_stats *out, int cap)
     return l->n_tenants;
 }
 
-/* ---- engine thread ------------------------------------------------------------------------ */
-
-/* Deliver the FINISH event, update counters, forget the request. */
-static void finish(kvs_loop *l, req *r, int reason, int status, const char *msg)
-{
-    char tail[512];
-    size_t n_tail = 0;
-    /* Text still held back (a possible stop-string prefix, a partial UTF-8 character) goes
-     * out with the final event unless a stop string matched. */
-    if (reason != SCHED_FINISH_STOP || !msg || strncmp(msg, "stop string", 11)) {
-        if (r->n_pending && r->n_pending < sizeof tail) {
-            memcpy(tail, r->pending, r->n_pending);
-            n_tail = r->n_pending;
-        }
-        int f = tok_stream_flush(&r->ts, tail + n_tail, sizeof tail - n_tail);
-        if (f > 0) n_tail += (size_t)f;
-    }
-    double now = kvs_now();
-    int64_t ev_now = r->seq ? r->seq->evicted : 0;
-    sched_event ev = {
-        .type = SCHED_EV_FINISH, .request_id = r->id, .token = -1, .text = tail,
-        .text_len = n_tail, .finish_reason = reason, .status = status,
-        .message = msg ? msg : "", .prompt_tokens = r->n_prompt,
-        .completion_tokens = r->n_generated,
-        .queue_time_s = r->t_sched > 0 ? r->t_sched - r->t_submit : now - r->t_submit,
-        .ttft_s = r->t_first > 0 ? r->t_first - r->t_submit : 0.0, .e2e_s = now - r->t_submit,
-        .evicted_tokens = r->evicted + ev_now, .preemptions = r->preemptions};
-    r->cb(r->user, &ev);
-    tenant_rt *t = &l->tenants[r->tenant];
-    t->finished++;
-    t->evicted_tokens += ev.evicted_tokens;
-    l->evicted_total += ev_now;
-    if (r->seq) l->moves_total += r->seq->compaction_moves;
-    l->finished_total++;
-    pthread_mutex_lock(&l->mu);
-    for (int i = 0; i < l->n_live; i++)
-        if (l->live[i].id == r->id) { l->live[i] = l->live[--l->n_live]; break; }
-    pthread_mutex_unlock(&l->mu);
-    req_free(l, r);
-}
-
-static void remove_at(req **arr, int *n, int i)
-{
-    memmove(arr + i, arr + i + 1, (size_t)(*n - i - 1) * sizeof *arr);
-    (*n)--;
-}
-
-/* Emit text, holding back a suffix that may begin a stop string. Returns 1 if a stop string
- * matched (the text before it was emitted). */
-static int emit_text(req *r, int32_t token, const char *piece, size_t n)
-{
-    char *buf = realloc(r->pending, r->n_pending + n + 1);
-    if (!buf) n = 0; else r->pending = buf;
-    if (n) memcpy(r->pending + r->n_pending, piece, n);
-    r->n_pending += n;
-    size_t emit = r->n_pending, cut = r->n_pending;
-    int matched = 0;
-    for (int i = 0; i < r->p.n_stop_strings; i++) {
-        const char *ss = r->p.stop_strings[i];
-        size_t m = strlen(ss);
-        /* a full match anywhere in the pending text */
-        for (size_t at = 0; at + m <= r->n_pending; at++)
-            if (!memcmp(r->pending + at, ss, m)) {
-                if (at < cut) cut = at;
-                matched = 1;
-                break;
-            }
-        /* longest suffix that is a proper prefix of the stop string */
-        for (size_t k = m - 1; k > 0; k--)
-            if (k <= r->n_pending && !memcmp(r->pending + r->n_pending - k, ss, k)) {
-                if (r->n_pending - k < emit) emit = r->n_pending - k;
-                break;
-            }
-    }
-    if (matched) emit = cut;
-    sched_event ev = {.type = SCHED_EV_TOKEN, .request_id = r->id, .token = token,
-                      .text = r->pending, .text_len = emit};
-    r->cb(r->user, &ev);
-    memmove(r->pending, r->pending + emit, r->n_pending - emit);
-    r->n_pending -= emit;
-    return matched;
-}
-
-/* Take a newly sampled token; returns 1 if the request finished (and was freed). */
-static int take_token(kvs_loop *l, req *r, int32_t tok)
-{
-    const model_config *c = &l->e->m->cfg;
-    if (r->t_first == 0) r->t_first = kvs_now();
-    l->generated_total++;
-    l->tenants[r->tenant].generated_tokens++;
-    l->tenants[r->tenant].vtc += VTC_W_OUTPUT / l->tenants[r->tenant].t.weight;
-    if (!r->p.ignore_eos && tok_is_eog(l->e->tok, tok)) {
-        r->n_generated++;
-        finish(l, r, SCHED_FINISH_STOP, 0, "end of generation token");
-        return 1;
-    }
-    for (int i = 0; i < r->p.n_stop_ids; i++)
-        if (r->p.stop_ids[i] == tok) {
-            r->n_generated++;
-            finish(l, r, SCHED_FINISH_STOP, 0, "stop id");
-            return 1;
-        }
-    if (r->n_generated + 1 > r->cap_generated) {
-        int32_t cap = r->cap_generated ? 2 * r->cap_generated : 64;
-        int32_t *g = realloc(r->generated, (size_t)cap * sizeof *g);
-        if (!g) { finish(l, r, SCHED_FINISH_ERROR, KVS_ENOMEM, "out of memory"); return 1; }
-        r->generated = g;
-        r->cap_generated = cap;
-    }
-    r->generated[r->n_generated++] = tok;
-    int nb = tok_stream_push(l->e->tok, &r->ts, tok, l->piece, l->piece_cap);
-    if (emit_text(r, tok, l->piece, nb > 0 ? (size_t)nb : 0)) {
-        finish(l, r, SCHED_FINISH_STOP, 0, "stop string");
-        return 1;
-    }
-    if (r->n_generated >= r->p.max_tokens) {
-        finish(l, r, SCHED_FINISH_LENGTH, 0, "max_tokens");
-        return 1;
-    }
-    if (r->n_prompt + r->n_generated >= c->n_ctx) {
-        finish(l, r, SCHED_FINISH_LENGTH, 0, "the model's context is full");
-        return 1;
-    }
-    if (engine_seq_push(l->e, r->seq, &tok, 1)) {
-        finish(l, r, SCHED_FINISH_ERROR, KVS_EINVAL, kvs_last_error());
-        return 1;
-    }
-    return 0;
-}
-
-/* Build the sequence of a request being (re)admitted: prompt + what it generated before a
- * preemption, prompt marked for prefill-time compression, its policy. */
-static int start_seq(kvs_loop *l, req *r)
-{
-    engine_seq *s;
-    int rc = engine_seq_create(l->e, &s);
-    if (rc) return rc;
-    if ((rc = engine_seq_push(l->e, s, r->prompt, r->n_prompt))) goto fail;
-    engine_seq_mark_prompt(s);
-    if (r->n_generated && (rc = engine_seq_push(l->e, s, r->generated, r->n_generated))) goto fail;
-    if ((rc = engine_seq_set_policy(l->e, s, r->p.policy, r->p.policy_args))) goto fail;
-    r->seq = s;
-    return 0;
-fail:
-    engine_seq_destroy(l->e, s);
-    return rc;
-}
-
-/* Preempt by recompute: drop the KV, keep the tokens, back to the front of the queue. */
-static void preempt(kvs_loop *l, int i)
-{
-    req *r = l->running[i];
-    remove_at(l->running, &l->n_running, i);
-    r->evicted += r->seq->evicted;
-    l->evicted_total += r->seq->evicted;
-    l->moves_total += r->seq->compaction_moves;
-    engine_seq_destroy(l->e, r->seq);
-    r->seq = NULL;
-    r->state = RQ_WAITING;
-    r->preemptions++;
-    l->preempt_total++;
-    l->tenants[r->tenant].preemptions++;
-    if (!grow((void **)&l->waiting, &l->cap_waiting, l->n_waiting + 1, sizeof(req *))) {
-        memmove(l->waiting + 1, l->waiting, (size_t)l->n_waiting * sizeof(req *));
-        l->waiting[0] = r;
-        l->n_waiting++;
-    } else {
-        finish(l, r, SCHED_FINISH_ERROR, KVS_ENOMEM, "out of memory while preempting");
-    }
-}
-
-/* Order for the pressure ladder: victims first = lowest priority, then newest. */
-static int worse(const req *a, const req *b)
-{
-    if (a->priority != b->priority) return a->priority < b->priority;
-    return a->id > b->id;
-}
-
-/* Tenant over its KV quota? */
-static int over_quota(const kvs_loop *l, const req *r)
-{
-    const tenant_rt *t = &l->tenants[r->tenant];
-    return t->t.max_kv_pages > 0 && t->pages > t->t.max_kv_pages;
-}
-
-static int64_t pages_needed(kvs_loop *l, const int32_t *lim)
-{
-    int64_t need = 0;
-    for (int i = 0; i < l->n_running; i++) {
-        engine_seq *s = l->running[i]->seq;
-        need += mem_seq_pages_needed(l->e->pool, s->kv, engine_step_tokens(s, lim[i]));
-    }
-    return need;
-}
-
-static void refresh_tenant_pages(kvs_loop *l)
-{
-    for (int t = 0; t < l->n_tenants; t++) l->tenants[t].pages = 0;
-    for (int i = 0; i < l->n_running; i++)
-        l->tenants[l->running[i]->tenant].pages += engine_seq_pages(l->running[i]->seq);
-}
-
-/* Make the running set's next step fit: compress (policies that allow it; over-quota and
- * low-priority tenants first), compact, then preempt (lowest priority, newest). */
-static void relieve_pressure(kvs_loop *l, int32_t *lim)
-{
-    kvs_engine *e = l->e;
-    if (pages_needed(l, lim) <= e->pool->n_free) return;
-    refresh_tenant_pages(l);
-    /* (1) compress, in victim order: over-quota first, then worse priority / newer. */
-    int n = l->n_running;
-    req **order = malloc((size_t)(n ? n : 1) * sizeof *order);
-    if (order) {
-        memcpy(order, l->running, (size_t)n * sizeof *order);
-        for (int i = 1; i < n; i++)
-            for (int j = i; j > 0; j--) {
-                req *a = order[j], *b = order[j - 1];
-                int qa = over_quota(l, a), qb = over_quota(l, b);
-                if (qa > qb || (qa == qb && worse(a, b))) { order[j] = b; order[j - 1] = a; }
-                else break;
-            }
-        for (int i = 0; i < n && pages_needed(l, lim) > e->pool->n_free; i++)
-            if (order[i]->seq->policy && pol_wants(order[i]->seq->policy, POL_AT_PRESSURE))
-                engine_seq_compress(e, order[i]->seq);
-        free(order);
-    }
-    /* (2) compact everything. */
-    if (pages_needed(l, lim) > e->pool->n_free)
-        for (int i = 0; i < l->n_running; i++) {
-            engine_seq *s = l->running[i]->seq;
-            for (int k = 0; k < s->kv->n_layers * s->kv->n_kv_heads; k++)
-                s->compaction_moves += mem_stream_compact(e->pool, &s->kv->streams[k]);
-        }
-    /* (3) preempt by recompute. */
-    while (l->n_running > 1 && pages_needed(l, lim) > e->pool->n_free) {
-        int v = 0;
-        for (int i = 1; i < l->n_running; i++)
-            if (worse(l->running[i], l->running[v])) v = i;
-        memmove(lim + v, lim + v + 1, (size_t)(l->n_running - v - 1) * sizeof *lim);
-        preempt(l, v);
-    }
-    /* A single sequence that does not fit alone can never continue. */
-    if (l->n_running == 1 && pages_needed(l, lim) > e->pool->n_free) {
-        req *r = l->running[0];
-        l->n_running = 0;
-        finish(l, r, SCHED_FINISH_ERROR, KVS_ENOMEM,
-               "the KV memory cannot hold this sequence (use a compressing policy or a larger "
-               "--kv-memory)");
-    }
-}
-
-/* Pick the next waiting request: the tenant with the smallest virtual counter among those
- * with waiting requests and room under max_running; within it, highest priority, oldest. */
-static int pick_waiting(kvs_loop *l)
-{
-    int best = -1;
-    for (int i = 0; i < l->n_waiting; i++) {
-        req *r = l->waiting[i];
-        tenant_rt *t = &l->tenants[r->tenant];
-        if (t->t.max_running > 0 && t->running >= t->t.max_running) continue;
-        if (best < 0) { best = i; continue; }
-        req *b = l->waiting[best];
-        double va = t->vtc, vb = l->tenants[b->tenant].vtc;
-        if (va < vb - 1e-9 || (fabs(va - vb) <= 1e-9 &&
-                               (r->priority > b->priority ||
-                                (r->priority == b->priority && r->preemptions > b->preemptions))))
-            best = i;
-    }
-    return best;
-}
-
 static void publish_stats(kvs_loop *l)
 {
     mem_stats ms;
@@ -633,7 +259,7 @@ static void publish_stats(kvs_loop *l)
         }
     }
     for (int i = 0; i < l->n_waiting; i++) l->tenants[l->waiting[i]->tenant].waiting++;
-    refresh_tenant_pages(l);
+    sched_refresh_tenant_pages(l);
     int64_t ev_running = 0, mv_running = 0;
     for (int i = 0; i < l->n_running; i++) {
         ev_running += l->running[i]->seq->evicted;
@@ -677,32 +303,6 @@ static void publish_stats(kvs_loop *l)
     (void)holes;
 }
 
-/* Requests whose tenant had nothing queued or running are lifted to the smallest counter of
- * the active tenants, so idle time is not banked as credit (VTC's counter lift). */
-static void enqueue_new(kvs_loop *l, req *r)
-{
-    tenant_rt *t = &l->tenants[r->tenant];
-    int active = 0;
-    for (int i = 0; i < l->n_running && !active; i++) active = l->running[i]->tenant == r->tenant;
-    for (int i = 0; i < l->n_waiting && !active; i++) active = l->waiting[i]->tenant == r->tenant;
-    if (!active) {
-        double lo = -1;
-        for (int k = 0; k < l->n_tenants; k++) {
-            if (k == r->tenant) continue;
-            int busy = 0;
-            for (int i = 0; i < l->n_running && !busy; i++) busy = l->running[i]->tenant == k;
-            for (int i = 0; i < l->n_waiting && !busy; i++) busy = l->waiting[i]->tenant == k;
-            if (busy && (lo < 0 || l->tenants[k].vtc < lo)) lo = l->tenants[k].vtc;
-        }
-        if (lo > t->vtc) t->vtc = lo;
-    }
-    if (grow((void **)&l->waiting, &l->cap_waiting, l->n_waiting + 1, sizeof(req *))) {
-        finish(l, r, SCHED_FINISH_ERROR, KVS_ENOMEM, "out of memory");
-        return;
-    }
-    l->waiting[l->n_waiting++] = r;
-}
-
 /* Finish every request matching an abort, a passed deadline, or the end of the grace period. */
 static void reap(kvs_loop *l, const abort_msg *ab, int n_ab, int shutdown_now)
 {
@@ -718,8 +318,8 @@ static void reap(kvs_loop *l, const abort_msg *ab, int n_ab, int shutdown_now)
             if (!reason && r->p.deadline > 0 && now > r->p.deadline) reason = SCHED_FINISH_DEADLINE;
             if (!reason && shutdown_now) reason = SCHED_FINISH_SHUTDOWN;
             if (!reason) { i++; continue; }
-            remove_at(arr, n, i);
-            finish(l, r, reason, 0,
+            sched_remove_at(arr, n, i);
+            sched_finish(l, r, reason, 0,
                    reason == SCHED_FINISH_ABORTED ? "aborted" :
                    reason == SCHED_FINISH_DEADLINE ? "deadline exceeded" :
                    "the server shut down before the request finished");
@@ -756,7 +356,7 @@ int kvs_loop_run(kvs_loop *l)
         double stop_deadline = l->stop_deadline;
         pthread_mutex_unlock(&l->mu);
 
-        for (req *r = in, *nx; r; r = nx) { nx = r->next; r->next = NULL; enqueue_new(l, r); }
+        for (req *r = in, *nx; r; r = nx) { nx = r->next; r->next = NULL; sched_enqueue_new(l, r); }
         int shutdown_now = stopping && kvs_now() >= stop_deadline;
         reap(l, ab, n_ab, shutdown_now);
         if (stopping && !l->n_running && !l->n_waiting) {
@@ -779,7 +379,7 @@ int kvs_loop_run(kvs_loop *l)
             int *c = realloc(row_of, (size_t)c2 * sizeof *c);
             if (c) row_of = c;
             if (!a || !b || !c ||
-                grow((void **)&l->running, &l->cap_running, c2, sizeof(req *))) {
+                sched_grow((void **)&l->running, &l->cap_running, c2, sizeof(req *))) {
                 kvs_error(KVS_ENOMEM, "out of memory");
                 break;
             }
@@ -793,14 +393,14 @@ int kvs_loop_run(kvs_loop *l)
             lim[i] = KVS_MAX(t, 1);
             budget -= lim[i];
         }
-        relieve_pressure(l, lim);
+        sched_relieve_pressure(l, lim);
         budget = l->o.max_batch_tokens;
         for (int i = 0; i < l->n_running; i++) budget -= lim[i];
         /* 2. Admit waiting requests by VTC while budget, slots and pages allow. */
-        int64_t free_after = e->pool->n_free - pages_needed(l, lim);
+        int64_t free_after = e->pool->n_free - sched_pages_needed(l, lim);
         const int64_t watermark = e->pool->n_pages / 100;
         while (budget > 0 && l->n_running < l->o.max_running && l->n_waiting) {
-            int wi = pick_waiting(l);
+            int wi = sched_pick_waiting(l);
             if (wi < 0) break;
             req *r = l->waiting[wi];
             const model_config *c = &e->m->cfg;
@@ -811,12 +411,12 @@ int kvs_loop_run(kvs_loop *l)
             if (t->t.max_kv_pages > 0 && t->pages + pages > t->t.max_kv_pages && t->running > 0)
                 break; /* its quota is full: wait for its own requests to finish */
             if (pages + watermark > free_after && l->n_running > 0) break;
-            if (start_seq(l, r)) {
-                remove_at(l->waiting, &l->n_waiting, wi);
-                finish(l, r, SCHED_FINISH_ERROR, KVS_EINVAL, kvs_last_error());
+            if (sched_start_seq(l, r)) {
+                sched_remove_at(l->waiting, &l->n_waiting, wi);
+                sched_finish(l, r, SCHED_FINISH_ERROR, KVS_EINVAL, kvs_last_error());
                 continue;
             }
-            remove_at(l->waiting, &l->n_waiting, wi);
+            sched_remove_at(l->waiting, &l->n_waiting, wi);
             if (r->t_sched == 0) r->t_sched = kvs_now();
             /* VTC charges the prompt when the request is admitted, so the next pick in this
              * same step already sees it (a recompute after preemption is not charged again). */
@@ -835,7 +435,7 @@ int kvs_loop_run(kvs_loop *l)
             t->pages += pages;
         }
         if (!l->n_running) { publish_stats(l); continue; }
-        relieve_pressure(l, lim);
+        sched_relieve_pressure(l, lim);
         if (!l->n_running) { publish_stats(l); continue; }
 
         /* 3. One step. */
@@ -849,7 +449,7 @@ int kvs_loop_run(kvs_loop *l)
             snprintf(msg, sizeof msg, "engine step failed: %s", kvs_last_error());
             while (l->n_running) {
                 req *r = l->running[--l->n_running];
-                finish(l, r, SCHED_FINISH_ERROR, rc, msg);
+                sched_finish(l, r, SCHED_FINISH_ERROR, rc, msg);
             }
             publish_stats(l);
             continue;
@@ -861,8 +461,8 @@ int kvs_loop_run(kvs_loop *l)
             int32_t tok = smp_sample(&r->smp, logits + (size_t)row_of[i] * e->m->cfg.n_vocab);
             /* take_token may finish (and free) the request */
             req *keep = r;
-            remove_at(l->running, &l->n_running, i);
-            if (!take_token(l, keep, tok)) {
+            sched_remove_at(l->running, &l->n_running, i);
+            if (!sched_take_token(l, keep, tok)) {
                 memmove(l->running + i + 1, l->running + i,
                         (size_t)(l->n_running - i) * sizeof *l->running);
                 l->running[i] = keep;
