@@ -47,6 +47,14 @@ expect_fail "prompt longer than the context" "context is 8192" "$bin" generate -
 expect_fail "empty prompt" "empty" "$bin" generate --model "$model" --prompt ""
 expect_fail "tiny KV memory" "KV memory" "$bin" generate --model "$model" --prompt hi --kv-memory 4K
 
+out="$("$bin" generate --model "$model" --prompt "The capital of France is" -n 4 --policy knorm --ratio 0.5 --window 2 2>&1 >/dev/null)"
+if grep -Eq "KV policy knorm .*evicted [1-9][0-9]* of" <<<"$out"; then ok "generate --policy knorm --ratio 0.5 evicts"; else ko "policy eviction report: $out"; fi
+expect_fail "ratio out of range" "ratio.*\\[0, 1\\)" "$bin" generate --model "$model" --prompt hi --policy knorm --ratio 1.5
+expect_fail "unknown policy" "unknown eviction policy.*qfilters" "$bin" generate --model "$model" --prompt hi --policy nosuch
+expect_fail "budget below window + sink" "window" "$bin" generate --model "$model" --prompt hi --policy streaming --budget 8 --window 16
+expect_fail "missing plugin" "nosuch.so" "$bin" policies --policy-plugin /nonexistent/nosuch.so
+if "$bin" policies | grep -q qfilters; then ok "policies lists qfilters"; else ko "policies"; fi
+
 if "$bin" bench --model "$model" --batches 1,2 --prompt-len 8 --gen-len 2 >"$tmp/out" 2>&1 && grep -q "decode" "$tmp/out"; then
   ok "bench runs"; else ko "bench: $(tail -5 "$tmp/out")"; fi
 
