@@ -468,6 +468,8 @@ void tok_destroy(tok_ctx *t)
 static int pre_from_name(const char *name, size_t len)
 {
     if (len == 4 && memcmp(name, "gpt2", 4) == 0) return PRE_GPT2;
+    /* "default" (llama.cpp's name for files that name no special pre-tokenizer) is GPT-2's. */
+    if (len == 7 && memcmp(name, "default", 7) == 0) return PRE_GPT2;
     if (len == 6 && memcmp(name, "smollm", 6) == 0) return PRE_SMOLLM;
     return -1;
 }
@@ -549,7 +551,7 @@ int tok_create_from_gguf(const gguf_ctx *g, tok_ctx **out)
         pre = pre_from_name(s, sl);
         if (pre < 0)
             return kvs_error(KVS_EUNSUPPORTED, "pre-tokenizer '%.*s' (tokenizer.ggml.pre) is not "
-                             "supported; supported: gpt2, smollm", (int)KVS_MIN(sl, 64), s);
+                             "supported; supported: gpt2 (or default), smollm", (int)KVS_MIN(sl, 64), s);
     } else if (rc != KVS_ENOTFOUND) {
         return rc;
     }
