@@ -88,11 +88,7 @@ void sched_relieve_pressure(kvs_loop *l, int32_t *lim)
     }
     /* (2) compact everything. */
     if (sched_pages_needed(l, lim) > e->pool->n_free)
-        for (int i = 0; i < l->n_running; i++) {
-            engine_seq *s = l->running[i]->seq;
-            for (int k = 0; k < s->kv->n_layers * s->kv->n_kv_heads; k++)
-                s->compaction_moves += mem_stream_compact(e->pool, &s->kv->streams[k]);
-        }
+        for (int i = 0; i < l->n_running; i++) engine_seq_compact(e, l->running[i]->seq);
     /* (3) preempt by recompute. */
     while (l->n_running > 1 && sched_pages_needed(l, lim) > e->pool->n_free) {
         int v = 0;
