@@ -20,6 +20,18 @@ int engine_create(const engine_opts *o, kvs_engine **out)
         goto fail;
     }
     int P = o->page_slots ? o->page_slots : 16;
+    /* CUDA backend (device.h): K/V pages live in one device allocation; the host keeps the
+     * block manager's bookkeeping in a metadata pool of as many pages. */
+    kvs_device_kind dev;
+    if ((rc = kvs_device_resolve(o->device, &dev))) goto fail;
+    if (dev == KVS_DEVICE_CUDA) {
+        if ((rc = fwd_cuda_create(e->m, P, o->kv_bytes, 0.0, &e->cuda))) goto fail;
+        if ((rc = kvs_meta_pool_create(P, e->m->cfg.head_dim, fwd_cuda_n_pages(e->cuda),
+                                       &e->pool))) goto fail;
+        if ((rc = fwd_create(e->m, &e->fwd))) goto fail;
+        *out = e;
+        return 0;
+    }
     size_t bytes = o->kv_bytes ? o->kv_bytes : ((size_t)1 << 30);
     int32_t pages = mem_pool_pages_for_bytes(P, e->m->cfg.head_dim, bytes);
     if (pages < 0) { rc = pages; goto fail; }
@@ -42,6 +54,7 @@ void engine_destroy(kvs_engine *e)
 {
     if (!e) return;
     fwd_destroy(e->fwd);
+    fwd_cuda_destroy(e->cuda); /* CUDA backend; NULL on the CPU backend */
     mem_pool_destroy(e->pool);
     tok_destroy(e->tok);
     model_free(e->m);
@@ -123,6 +136,19 @@ int64_t engine_seq_pages(const engine_seq *s)
 static void compact_seq(kvs_engine *e, engine_seq *s, int force)
 {
     const int P = e->pool->page_slots;
+    if (e->cuda) { /* CUDA backend: host bookkeeping, then one batched device copy */
+        int n = 0, n_streams = s->kv->n_layers * s->kv->n_kv_heads;
+        mem_stream **list = malloc((size_t)n_streams * sizeof *list);
+        if (!list) return; /* compaction is an optimisation: skip it */
+        for (int i = 0; i < n_streams; i++) {
+            mem_stream *st = &s->kv->streams[i];
+            if (force || st->n_slots - st->n_live >= P) list[n++] = st;
+        }
+        int64_t moves = n ? kvs_cuda_compact_streams(e->cuda, e->pool, list, n) : 0;
+        if (moves > 0) s->compaction_moves += moves;
+        free(list);
+        return;
+    }
     for (int i = 0; i < s->kv->n_layers * s->kv->n_kv_heads; i++) {
         mem_stream *st = &s->kv->streams[i];
         if (force || st->n_slots - st->n_live >= P)
@@ -138,6 +164,13 @@ static int run_policy(kvs_engine *e, engine_seq *s, pol_event ev)
     s->evicted += n;
     if (n > 0) compact_seq(e, s, ev != POL_AT_STEP);
     return 0;
+}
+
+int64_t engine_seq_compact(kvs_engine *e, engine_seq *s)
+{
+    int64_t before = s->compaction_moves;
+    compact_seq(e, s, 1);
+    return s->compaction_moves - before;
 }
 
 int64_t engine_seq_compress(kvs_engine *e, engine_seq *s)
@@ -235,7 +268,9 @@ int engine_step_limits(kvs_engine *e, engine_seq **seqs, int n, const int32_t *l
     for (int i = 0; i < n; i++)
         if ((rc = mem_seq_reserve(e->pool, seqs[i]->kv, fs[i].n_tokens))) goto out;
     int rows;
-    if ((rc = fwd_cpu(e->fwd, e->m, e->pool, fs, n, logits, &rows))) goto out;
+    rc = e->cuda ? fwd_cuda(e->cuda, e->m, e->pool, fs, n, logits, &rows) /* CUDA backend */
+                 : fwd_cpu(e->fwd, e->m, e->pool, fs, n, logits, &rows);
+    if (rc) goto out;
     for (int i = 0, r = 0; i < n; i++) {
         engine_seq *s = seqs[i];
         int32_t before = s->n_computed;
@@ -267,8 +302,20 @@ int engine_seq_clone(kvs_engine *e, const engine_seq *src, engine_seq **out)
         return kvs_error(KVS_ENOMEM, "cloning a sequence needs %lld KV pages but only %d are "
                          "free (raise --kv-memory)", (long long)need, pool->n_free);
     engine_seq *s = NULL;
+    /* CUDA backend: the live slots' global ids, copied on the device at the end */
+    int32_t *csrc = NULL, *cdst = NULL, nc = 0;
+    if (e->cuda) {
+        int64_t live = 0;
+        for (int i = 0; i < n_streams; i++) live += src->kv->streams[i].n_live;
+        csrc = malloc((size_t)(live + 1) * sizeof *csrc);
+        cdst = malloc((size_t)(live + 1) * sizeof *cdst);
+        if (!csrc || !cdst) {
+            free(csrc); free(cdst);
+            return kvs_error(KVS_ENOMEM, "out of memory cloning a sequence");
+        }
+    }
     int rc = engine_seq_create(e, &s);
-    if (rc) return rc;
+    if (rc) { free(csrc); free(cdst); return rc; }
     if (src->n_tokens > 0 && (rc = engine_seq_push(e, s, src->tokens, src->n_tokens))) goto fail;
     s->n_computed = src->n_computed;
     s->n_prompt = src->n_prompt;
@@ -284,15 +331,26 @@ int engine_seq_clone(kvs_engine *e, const engine_seq *src, engine_seq **out)
             int32_t page = mem_slot_page(pool, a, slot), off = slot & (P - 1);
             int32_t pos = mem_page_pos(pool, page)[off];
             if (pos < 0) continue;
-            int32_t r = mem_stream_append(pool, b, pos, mem_page_k(pool, page) + (size_t)off * d,
-                                          mem_page_v(pool, page) + (size_t)off * d,
-                                          mem_page_score(pool, page)[off]);
+            int32_t r;
+            if (e->cuda) { /* CUDA backend: bookkeeping here, K/V below */
+                r = kvs_stream_take_slot(pool, b, pos, mem_page_score(pool, page)[off]);
+                if (r >= 0) { csrc[nc] = page * P + off; cdst[nc++] = kvs_gslot(pool, b, r); }
+            } else {
+                r = mem_stream_append(pool, b, pos, mem_page_k(pool, page) + (size_t)off * d,
+                                      mem_page_v(pool, page) + (size_t)off * d,
+                                      mem_page_score(pool, page)[off]);
+            }
             if (r < 0) { rc = r; goto fail; }
         }
     }
+    if (e->cuda && (rc = kvs_cuda_copy_slots(e->cuda, csrc, cdst, nc))) goto fail;
+    free(csrc);
+    free(cdst);
     *out = s;
     return 0;
 fail:
+    free(csrc);
+    free(cdst);
     engine_seq_destroy(e, s);
     return rc;
 }
@@ -315,18 +373,37 @@ int engine_seq_rescore(kvs_engine *e, engine_seq *s)
             for (int32_t p0 = 0; p0 < st->n_slots; p0 += P) {
                 int32_t page = st->pages[p0 >> pool->page_shift];
                 const int32_t *pp = mem_page_pos(pool, page);
-                const float *K = mem_page_k(pool, page);
+                const float *K = e->cuda ? NULL : mem_page_k(pool, page); /* CUDA: device */
                 int n = 0;
                 for (int32_t off = 0; off < P && p0 + off < st->n_slots; off++) {
                     if (pp[off] < 0) continue;
-                    memcpy(keys + (size_t)n * d, K + (size_t)off * d, (size_t)d * sizeof *keys);
+                    if (!e->cuda)
+                        memcpy(keys + (size_t)n * d, K + (size_t)off * d, (size_t)d * sizeof *keys);
                     pos[n] = pp[off];
                     slots[n++] = off;
                 }
                 if (!n) continue;
+                int rc = 0;
+                if (e->cuda) { /* CUDA backend: the keys come from the device */
+                    for (int i = 0; i < n; i++) slots[i] += page * P; /* global slots */
+                    rc = kvs_cuda_read_keys(e->cuda, slots, n, keys);
+                    for (int i = 0; i < n; i++) slots[i] -= page * P;
+                }
+                if (rc) {
+                    free(keys); free(sc); free(pos); free(slots);
+                    return rc;
+                }
                 pol_score_keys(s->policy, l, h, keys, pos, n, sc);
                 float *score = mem_page_score(pool, page);
                 for (int i = 0; i < n; i++) score[slots[i]] = sc[i];
+                if (e->cuda) { /* keep the device's score mirror in step */
+                    for (int i = 0; i < n; i++) slots[i] += page * P;
+                    rc = kvs_cuda_write_scores(e->cuda, slots, sc, n);
+                    if (rc) {
+                        free(keys); free(sc); free(pos); free(slots);
+                        return rc;
+                    }
+                }
             }
         }
     free(keys); free(sc); free(pos); free(slots);

@@ -7,6 +7,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "device.h"
 #include "forward.h"
 #include "memory/policy.h"
 #include "memory/pool.h"
@@ -15,16 +16,19 @@
 
 typedef struct engine_opts {
     const char *model_path;
-    size_t kv_bytes;   /* KV pool size in bytes; 0 = 1 GiB */
+    size_t kv_bytes;   /* KV pool size in bytes; 0 = 1 GiB (CPU), a share of free GPU memory
+                        * (CUDA) */
     int page_slots;    /* P; 0 = 16 */
+    kvs_device_kind device; /* KVS_DEVICE_CPU (0, the default), _CUDA or _AUTO (device.h) */
 } engine_opts;
 
 typedef struct kvs_engine {
     model *m;
     tok_ctx *tok;
-    mem_pool *pool;
+    mem_pool *pool;    /* with the CUDA backend: the host metadata pool (K/V on the device) */
     fwd_state *fwd;
     int32_t next_stream_id;
+    fwd_cuda_state *cuda; /* the CUDA backend, or NULL for the CPU backend */
 } kvs_engine;
 
 /* A sequence: its token ids (prompt + generated) and its KV streams; the first n_computed
@@ -61,6 +65,11 @@ void engine_seq_mark_prompt(engine_seq *s);
 int64_t engine_seq_compress(kvs_engine *e, engine_seq *s);
 /* Pages the sequence's streams hold. */
 int64_t engine_seq_pages(const engine_seq *s);
+/* Compact every stream of the sequence (tail-to-hole moves, trailing empty pages back to the
+ * pool) on the engine's backend; adds the moves to s->compaction_moves and returns them (or a
+ * negative status). Use this, not mem_stream_compact: with the CUDA backend the K/V to move
+ * are on the device. */
+int64_t engine_seq_compact(kvs_engine *e, engine_seq *s);
 /* The model as policies see it. */
 pol_model_info engine_model_info(const kvs_engine *e);
 

@@ -11,6 +11,8 @@
 #include "engine.h"
 #include "sampler.h"
 
+int cmd_bench_cuda(int argc, char **argv); /* cmd_bench_cuda.c: --device cuda */
+
 static void usage(FILE *f)
 {
     fprintf(f,
@@ -22,6 +24,8 @@ static void usage(FILE *f)
         "  --prompt-len N     prompt tokens per sequence (default 128)\n"
         "  --gen-len N        decode steps per batch (default 32)\n"
         "  --kv-memory SIZE   KV page pool (default 1G)\n"
+        "  --device DEV       cpu (default), cuda or auto (cuda: `kvsieve bench --device cuda\n"
+        "                     --help` lists the GPU benchmarks)\n"
         "  --json FILE        also write the results as JSON\n");
 }
 
@@ -61,16 +65,27 @@ static double model_flops(const model_config *c, int64_t p0, int64_t n, int rows
 
 int cmd_bench(int argc, char **argv)
 {
+    /* --device cuda (or auto with a GPU): the CUDA benchmarks take over */
+    for (int i = 1; i < argc; i++) {
+        const char *d = !strcmp(argv[i], "--device") && i + 1 < argc ? argv[i + 1]
+                        : !strncmp(argv[i], "--device=", 9) ? argv[i] + 9 : NULL;
+        kvs_device_kind k;
+        if (!d) continue;
+        if (kvs_device_parse(d, &k)) { fprintf(stderr, "kvsieve bench: %s\n", kvs_last_error()); return 2; }
+        if (k == KVS_DEVICE_CUDA || (k == KVS_DEVICE_AUTO && kvs_device_count() > 0))
+            return cmd_bench_cuda(argc, argv);
+    }
     const char *model_path = NULL, *json_path = NULL, *cmd = "bench";
     int32_t batches[16] = {1, 8, 32};
     int n_batches = 3;
     long long prompt_len = 128, gen_len = 32;
     size_t kv_bytes = 0;
-    enum { O_MODEL = 256, O_BATCHES, O_PL, O_GL, O_KV, O_JSON };
+    enum { O_MODEL = 256, O_BATCHES, O_PL, O_GL, O_KV, O_JSON, O_DEVICE };
     static const struct option opts[] = {
         {"model", required_argument, 0, O_MODEL}, {"batches", required_argument, 0, O_BATCHES},
         {"prompt-len", required_argument, 0, O_PL}, {"gen-len", required_argument, 0, O_GL},
         {"kv-memory", required_argument, 0, O_KV}, {"json", required_argument, 0, O_JSON},
+        {"device", required_argument, 0, O_DEVICE},
         {"help", no_argument, 0, 'h'}, {0, 0, 0, 0}};
     int c;
     opterr = 0;
@@ -84,6 +99,7 @@ int cmd_bench(int argc, char **argv)
         case O_GL: if (cli_int(cmd, "--gen-len", optarg, 1, 1 << 16, &gen_len)) return 2; break;
         case O_KV: if (cli_size(cmd, "--kv-memory", optarg, &kv_bytes)) return 2; break;
         case O_JSON: json_path = optarg; break;
+        case O_DEVICE: break; /* cpu here; checked above */
         case 'h': usage(stdout); return 0;
         default:
             fprintf(stderr, "kvsieve bench: unknown or incomplete option '%s'\n", argv[optind - 1]);
