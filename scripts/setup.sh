@@ -21,7 +21,9 @@ if [ "${KVS_SKIP_APT:-0}" != 1 ]; then
         # key hashing; Debian's grpcio for the Python integration tests (/usr/bin/python3)
         libgrpc-dev libprotobuf-c-dev protobuf-c-compiler protobuf-compiler grpc-proto
         libmicrohttpd-dev libyaml-dev libssl-dev
-        python3-grpcio python3-grpc-tools python3-protobuf)
+        python3-grpcio python3-grpc-tools python3-protobuf
+        # public-domain texts: calibration (King James Bible) and evaluation (US Constitution)
+        bible-kjv bible-kjv-text miscfiles)
   missing=()
   for p in "${pkgs[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -39,8 +41,8 @@ if [ ! -x .venv/bin/python ]; then
   say "creating Python venv in .venv"
   python3 -m venv .venv
 fi
-if ! .venv/bin/python -c "import gguf, numpy, tokenizers" 2>/dev/null; then
-  say "installing Python packages (gguf, numpy, tokenizers) into .venv"
+if ! .venv/bin/python -c "import gguf, numpy, tokenizers, matplotlib" 2>/dev/null; then
+  say "installing Python packages (gguf, numpy, tokenizers, matplotlib) into .venv"
   .venv/bin/python -m pip install --quiet --disable-pip-version-check -r scripts/requirements.txt
 fi
 
@@ -50,4 +52,9 @@ say "building (build/, ${KVS_BUILD_TYPE:-Release}, CUDA ${KVS_CUDA:-AUTO})"
 cmake -S . -B build -DCMAKE_BUILD_TYPE="${KVS_BUILD_TYPE:-Release}" -DKVS_CUDA="${KVS_CUDA:-AUTO}" \
       ${KVS_CMAKE_ARGS:-} >/dev/null
 cmake --build build -j"$(nproc)" >/dev/null
+# Q-Filters for the default model (calibrated on a public-domain text; ~3 min on 2 cores).
+# The test command skips this (KVS_SKIP_FILTERS=1): its tests calibrate their own small filters.
+if [ "${KVS_SKIP_FILTERS:-0}" != 1 ]; then
+  scripts/make-filters
+fi
 say "ready: build/kvsieve"

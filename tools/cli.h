@@ -50,5 +50,7 @@ int cmd_serve(int argc, char **argv);    /* cmd_serve.c (links kvsieve_server) *
 int cmd_hash_key(int argc, char **argv); /* cmd_hash_key.c */
 int cmd_policies(int argc, char **argv);
 int cmd_load(int argc, char **argv);     /* cmd_load.c + load_*.c (gRPC client) */
+int cmd_calibrate(int argc, char **argv); /* cmd_calibrate.c */
+int cmd_eval(int argc, char **argv);      /* cmd_eval.c, eval_*.c */
 
 #endif

@@ -15,6 +15,8 @@ static const struct {
     {"serve", cmd_serve, "serve the model over gRPC (multi-tenant, streaming, metrics)"},
     {"load", cmd_load, "load-test a running server: latency percentiles, throughput, goodput"},
     {"hash-key", cmd_hash_key, "print the hash of an API key for the tenants file (or --generate one)"},
+    {"calibrate", cmd_calibrate, "make a model's Q-Filters from a text (with per-head diagnostics)"},
+    {"eval", cmd_eval, "quality under KV compression: ppl, passkey, needle, cost (CSV/JSON)"},
     {"dump-logits", cmd_dump_logits, "write raw logits for token ids (for reference comparisons)"},
 };
 

@@ -1,0 +1,219 @@
+#!/usr/bin/env python3
+"""Plots of `kvsieve eval` results (docs/QUALITY.md).
+
+    plot_quality.py DIR
+
+Reads DIR/ppl.csv, DIR/passkey.csv, DIR/needle.csv (whichever exist) and writes:
+  DIR/ppl.png               perplexity vs budget per policy, one panel per window, the full
+                            cache as a dashed line
+  DIR/ppl_gap.png           the same as the gap to the full cache (second half of the text)
+  DIR/passkey.png, needle.png  accuracy heatmaps, context x compression ratio, one per policy
+  DIR/tables.md             the same numbers as Markdown tables (for docs/QUALITY.md)
+Needs matplotlib (scripts/requirements.txt).
+"""
+from __future__ import annotations
+
+import csv
+import os
+import sys
+from collections import defaultdict
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+STYLE = {  # policy -> (colour, marker)
+    "full": ("black", ""), "qfilters": ("tab:red", "o"), "knorm": ("tab:blue", "s"),
+    "streaming": ("tab:green", "^"), "random": ("tab:gray", "x"), "h2o": ("tab:purple", "D"),
+    "tova": ("tab:orange", "v"), "snapkv": ("tab:brown", "P"),
+}
+
+
+def read(path: str) -> list[dict]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def plot_ppl(rows: list[dict], out_dir: str) -> None:
+    full = [r for r in rows if r["policy"] == "full"][0]
+    windows = sorted({int(r["window"]) for r in rows if r["policy"] != "full"})
+    policies = [p for p in dict.fromkeys(r["policy"] for r in rows) if p != "full"]
+    for key, fname, ylabel in (("ppl", "ppl.png", "perplexity (whole text)"),
+                               ("gap_second_half", "ppl_gap.png",
+                                "ppl gap to full (second half)")):
+        fig, axes = plt.subplots(1, len(windows), figsize=(5.2 * len(windows), 4.2),
+                                 squeeze=False, sharey=True)
+        for ax, w in zip(axes[0], windows):
+            for p in policies:
+                pts = sorted((int(r["budget"]), float(r[key])) for r in rows
+                             if r["policy"] == p and int(r["window"]) == w)
+                if not pts:
+                    continue
+                c, m = STYLE.get(p, (None, "."))
+                ax.plot([b for b, _ in pts], [v for _, v in pts], marker=m, color=c, label=p)
+            if key == "ppl":
+                ax.axhline(float(full["ppl"]), color="black", ls="--", lw=1, label="full")
+            else:
+                ax.axhline(0, color="black", ls="--", lw=1)
+            ax.set_xscale("log", base=2)
+            if key == "ppl":
+                ax.set_yscale("log")
+            else:  # gaps can be negative (a policy may beat the full cache)
+                ax.set_yscale("symlog", linthresh=0.1)
+            ax.set_xlabel("budget (tokens kept per head)")
+            ax.set_title(f"window {w}")
+            ax.grid(True, which="both", alpha=0.3)
+        axes[0][0].set_ylabel(ylabel)
+        axes[0][-1].legend(fontsize=8)
+        fig.suptitle(f"Generation perplexity under a fixed KV budget ({full['tokens']} tokens)")
+        fig.tight_layout()
+        fig.savefig(os.path.join(out_dir, fname), dpi=110)
+        plt.close(fig)
+
+
+def plot_retrieval(rows: list[dict], task: str, out_dir: str) -> None:
+    contexts = sorted({int(r["context"]) for r in rows})
+    ratios = sorted({float(r["ratio"]) for r in rows if r["policy"] != "full"})
+    policies = [p for p in dict.fromkeys(r["policy"] for r in rows)]
+    acc: dict = defaultdict(lambda: [0, 0])
+    for r in rows:
+        k = (r["policy"], int(r["context"]), float(r["ratio"]))
+        acc[k][0] += int(r["correct"])
+        acc[k][1] += 1
+    n = len(policies)
+    cols = min(4, n)
+    rws = (n + cols - 1) // cols
+    fig, axes = plt.subplots(rws, cols, figsize=(3.6 * cols, 3.4 * rws), squeeze=False)
+    fig.subplots_adjust(hspace=0.55, wspace=0.35)
+    for i, p in enumerate(policies):
+        ax = axes[i // cols][i % cols]
+        rs = [0.0] if p == "full" else ratios
+        grid = [[acc[(p, c, r)][0] / acc[(p, c, r)][1] if acc[(p, c, r)][1] else float("nan")
+                 for r in rs] for c in contexts]
+        im = ax.imshow(grid, vmin=0, vmax=1, cmap="RdYlGn", aspect="auto", origin="lower")
+        for yi, row in enumerate(grid):
+            for xi, v in enumerate(row):
+                ax.text(xi, yi, f"{100 * v:.0f}", ha="center", va="center", fontsize=8)
+        ax.set_xticks(range(len(rs)))
+        ax.set_xticklabels(["x1" if r == 0 else f"x{round(1 / (1 - r))}" for r in rs])
+        ax.set_yticks(range(len(contexts)))
+        ax.set_yticklabels([f"{c // 1024}K" if c % 1024 == 0 else str(c) for c in contexts])
+        ax.set_title(p)
+        if i % cols == 0:
+            ax.set_ylabel("context")
+        ax.set_xlabel("compression")
+    for j in range(n, rws * cols):
+        axes[j // cols][j % cols].axis("off")
+    fig.colorbar(im, ax=axes, shrink=0.8, label="exact-match accuracy")
+    fig.suptitle(f"{task}: accuracy (%) by context and compression ratio "
+                 f"(prefill compression, question kept)")
+    fig.savefig(os.path.join(out_dir, f"{task}.png"), dpi=110, bbox_inches="tight")
+    plt.close(fig)
+
+
+def tables(d: str) -> str:
+    """Markdown tables of whatever results DIR holds (pasted into docs/QUALITY.md)."""
+    out = []
+    p = os.path.join(d, "ppl.csv")
+    if os.path.exists(p):
+        rows = read(p)
+        full = [r for r in rows if r["policy"] == "full"][0]
+        cfgs = sorted({(int(r["budget"]), int(r["window"])) for r in rows if r["policy"] != "full"})
+        pols = [x for x in dict.fromkeys(r["policy"] for r in rows) if x != "full"]
+        for key, title in (("ppl", "perplexity, whole text"),
+                           ("ppl_second_half", "perplexity, second half")):
+            out.append(f"{title} (full cache: {float(full[key]):.3f})\n")
+            out.append("| policy | " + " | ".join(f"B={b} W={w}" for b, w in cfgs) + " |")
+            out.append("|---|" + "---:|" * len(cfgs))
+            for pol in pols:
+                cells = []
+                for b, w in cfgs:
+                    m = [r for r in rows if r["policy"] == pol and int(r["budget"]) == b
+                         and int(r["window"]) == w]
+                    cells.append(f"{float(m[0][key]):.3f}" if m else "")
+                out.append(f"| {pol} | " + " | ".join(cells) + " |")
+            out.append("")
+        out.append("gap to full, second half (ppl - ppl_full)\n")
+        out.append("| policy | " + " | ".join(f"B={b} W={w}" for b, w in cfgs) + " |")
+        out.append("|---|" + "---:|" * len(cfgs))
+        for pol in pols:
+            cells = []
+            for b, w in cfgs:
+                m = [r for r in rows if r["policy"] == pol and int(r["budget"]) == b
+                     and int(r["window"]) == w]
+                cells.append(f"{float(m[0]['gap_second_half']):+.3f}" if m else "")
+            out.append(f"| {pol} | " + " | ".join(cells) + " |")
+        out.append("")
+    for task in ("passkey", "needle"):
+        p = os.path.join(d, f"{task}.csv")
+        if not os.path.exists(p):
+            continue
+        rows = read(p)
+        contexts = sorted({int(r["context"]) for r in rows})
+        ratios = sorted({float(r["ratio"]) for r in rows if r["policy"] != "full"})
+        pols = list(dict.fromkeys(r["policy"] for r in rows))
+        n_cases = len({(r["context"], r["depth"]) for r in rows})
+        out.append(f"{task}: exact-match accuracy over {n_cases} cases "
+                   f"(contexts {', '.join(str(c) for c in contexts)} x depths "
+                   f"{', '.join(sorted({r['depth'] for r in rows}, key=float))}%); "
+                   "in brackets: share of the needle's KV entries kept\n")
+        out.append("| policy | " + " | ".join(f"x{round(1 / (1 - r))}" for r in ratios) + " |")
+        out.append("|---|" + "---:|" * len(ratios))
+        for pol in pols:
+            cells = []
+            for r in ([0.0] * len(ratios) if pol == "full" else ratios):
+                m = [x for x in rows if x["policy"] == pol and abs(float(x["ratio"]) - r) < 1e-9]
+                acc = sum(int(x["correct"]) for x in m) / len(m) if m else float("nan")
+                kept = [float(x["needle_kept"]) for x in m if "needle_kept" in x]
+                k = f" ({100 * sum(kept) / len(kept):.0f}%)" if kept and pol != "full" else ""
+                cells.append(f"{100 * acc:.0f}%{k}")
+                if pol == "full":
+                    break
+            out.append(f"| {pol} | " + " | ".join(cells) + " |")
+        out.append("")
+        out.append(f"{task} by context (accuracy over depths, x8 = ratio 0.875)\n")
+        out.append("| policy, ratio | " + " | ".join(str(c) for c in contexts) + " |")
+        out.append("|---|" + "---:|" * len(contexts))
+        for pol in pols:
+            for r in ([0.0] if pol == "full" else ratios):
+                cells = []
+                for c in contexts:
+                    m = [x for x in rows if x["policy"] == pol and int(x["context"]) == c
+                         and abs(float(x["ratio"]) - r) < 1e-9]
+                    cells.append(f"{100 * sum(int(x['correct']) for x in m) / len(m):.0f}%"
+                                 if m else "")
+                label = pol if pol == "full" else f"{pol} x{round(1 / (1 - r))}"
+                out.append(f"| {label} | " + " | ".join(cells) + " |")
+        out.append("")
+    return "\n".join(out)
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 2:
+        print(__doc__, file=sys.stderr)
+        return 2
+    d = argv[1]
+    made = []
+    if os.path.exists(os.path.join(d, "ppl.csv")):
+        plot_ppl(read(os.path.join(d, "ppl.csv")), d)
+        made += ["ppl.png", "ppl_gap.png"]
+    for task in ("passkey", "needle"):
+        p = os.path.join(d, f"{task}.csv")
+        if os.path.exists(p):
+            plot_retrieval(read(p), task, d)
+            made.append(f"{task}.png")
+    t = tables(d)
+    if t:
+        with open(os.path.join(d, "tables.md"), "w") as f:
+            f.write(t + "\n")
+        made.append("tables.md")
+    if not made:
+        print(f"plot_quality.py: no ppl.csv, passkey.csv or needle.csv in {d}", file=sys.stderr)
+        return 1
+    print("wrote " + ", ".join(os.path.join(d, m) for m in made))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
