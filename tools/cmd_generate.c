@@ -7,6 +7,7 @@
 
 #include "cli.h"
 #include "common.h"
+#include "device.h"
 #include "engine.h"
 #include "sampler.h"
 
@@ -26,6 +27,7 @@ static void usage(FILE *f)
         "  --seed S            random seed (default 0)\n"
         "  --kv-memory SIZE    KV page pool size, e.g. 256M, 2G (default 1G)\n"
         "  --chunk N           prefill chunk size in tokens (default 512)\n"
+        "  --device DEV        cpu | cuda | auto (default cpu)\n"
         "  --echo              print the prompt before the generated text\n"
         "%s"
         "  -h, --help          this help\n", cli_policy_help);
@@ -38,8 +40,9 @@ int cmd_generate(int argc, char **argv)
     long long n_gen = 64, top_k = 0, seed = 0, chunk = 512;
     double temperature = 0.0, top_p = 1.0;
     size_t kv_bytes = 0;
+    kvs_device_kind device = KVS_DEVICE_CPU;
     enum { O_MODEL = 256, O_PROMPT, O_CHAT, O_SYSTEM, O_TEMP, O_TOPK, O_TOPP, O_SEED, O_KV,
-           O_CHUNK, O_ECHO };
+           O_CHUNK, O_ECHO, O_DEVICE };
     cli_policy pol = {0};
     static const struct option opts[] = {
         {"policy", required_argument, 0, 0}, {"ratio", required_argument, 0, 0},
@@ -52,6 +55,7 @@ int cmd_generate(int argc, char **argv)
         {"top-k", required_argument, 0, O_TOPK}, {"top-p", required_argument, 0, O_TOPP},
         {"seed", required_argument, 0, O_SEED}, {"kv-memory", required_argument, 0, O_KV},
         {"chunk", required_argument, 0, O_CHUNK}, {"echo", no_argument, 0, O_ECHO},
+        {"device", required_argument, 0, O_DEVICE},
         {"help", no_argument, 0, 'h'}, {0, 0, 0, 0}};
     const char *cmd = "generate";
     int c, li;
@@ -73,6 +77,12 @@ int cmd_generate(int argc, char **argv)
         case O_KV: if (cli_size(cmd, "--kv-memory", optarg, &kv_bytes)) return 2; break;
         case O_CHUNK: if (cli_int(cmd, "--chunk", optarg, 1, 1 << 16, &chunk)) return 2; break;
         case O_ECHO: echo = 1; break;
+        case O_DEVICE:
+            if (kvs_device_parse(optarg, &device)) {
+                fprintf(stderr, "kvsieve generate: %s\n", kvs_last_error());
+                return 2;
+            }
+            break;
         case 'h': usage(stdout); return 0;
         default:
             fprintf(stderr, "kvsieve generate: unknown or incomplete option '%s'\n",
@@ -103,7 +113,7 @@ int cmd_generate(int argc, char **argv)
     int32_t *ids = NULL;
     char *text = NULL, *piece = NULL;
     int rc = 1;
-    engine_opts eo = {.model_path = model_path, .kv_bytes = kv_bytes};
+    engine_opts eo = {.model_path = model_path, .kv_bytes = kv_bytes, .device = device};
     if (engine_create(&eo, &e)) {
         fprintf(stderr, "kvsieve generate: %s\n", kvs_last_error());
         if (!strstr(kvs_last_error(), "format") && access(model_path, R_OK) != 0)

@@ -11,6 +11,7 @@
 
 #include "cli.h"
 #include "common.h"
+#include "device.h"
 #include "engine.h"
 #include "memory/policy.h"
 #include "scheduler/loop.h"
@@ -34,6 +35,7 @@ static void usage(FILE *f)
         "                          allowed policies). Without it the server is open: no API key,\n"
         "                          one tenant 'default' without limits\n"
         "  --kv-memory SIZE        KV page pool size, e.g. 256M, 2G (default 1G)\n"
+        "  --device DEV            cpu | cuda | auto (default cpu; cuda needs a GPU build)\n"
         "  --max-batch-tokens N    token budget of one engine step (default 512)\n"
         "  --max-running N         sequences in one step (default 64)\n"
         "  --prefill-chunk N       prompt tokens of one sequence per step (default 256)\n"
@@ -68,10 +70,11 @@ int cmd_serve(int argc, char **argv)
     cli_policy pol = {0};
     int verbose = 0;
     size_t kv_bytes = 0;
+    kvs_device_kind device = KVS_DEVICE_CPU;
     long long max_batch = 512, max_running = 64, chunk = 256, threads = 1;
     double grace = 15.0;
     enum { O_MODEL = 256, O_LISTEN, O_METRICS, O_TENANTS, O_KV, O_POLICY, O_BATCH, O_RUNNING,
-           O_CHUNK, O_GRACE, O_THREADS };
+           O_CHUNK, O_GRACE, O_THREADS, O_DEVICE };
     static const struct option opts[] = {
         {"model", required_argument, 0, O_MODEL},
         {"listen", required_argument, 0, O_LISTEN},
@@ -90,6 +93,7 @@ int cmd_serve(int argc, char **argv)
         {"prefill-chunk", required_argument, 0, O_CHUNK},
         {"grace", required_argument, 0, O_GRACE},
         {"server-threads", required_argument, 0, O_THREADS},
+        {"device", required_argument, 0, O_DEVICE},
         {"verbose", no_argument, 0, 'v'},
         {"help", no_argument, 0, 'h'},
         {0, 0, 0, 0}};
@@ -102,6 +106,12 @@ int cmd_serve(int argc, char **argv)
         case O_METRICS: metrics_listen = optarg; break;
         case O_TENANTS: tenants_path = optarg; break;
         case O_KV: if (cli_size(cmd, "--kv-memory", optarg, &kv_bytes)) return 2; break;
+        case O_DEVICE:
+            if (kvs_device_parse(optarg, &device)) {
+                fprintf(stderr, "kvsieve serve: %s\n", kvs_last_error());
+                return 2;
+            }
+            break;
         case O_POLICY: if (cli_policy_flag(cmd, &pol, opts[li].name, optarg) < 0) return 2; break;
         case O_BATCH: if (cli_int(cmd, "--max-batch-tokens", optarg, 1, 1 << 20, &max_batch)) return 2; break;
         case O_RUNNING: if (cli_int(cmd, "--max-running", optarg, 1, 1 << 16, &max_running)) return 2; break;
@@ -170,7 +180,7 @@ int cmd_serve(int argc, char **argv)
         for (int i = 0; i < tenants.n; i++) st[i] = tenants.v[i].st;
     }
 
-    engine_opts eo = {.model_path = model_path, .kv_bytes = kv_bytes};
+    engine_opts eo = {.model_path = model_path, .kv_bytes = kv_bytes, .device = device};
     if (engine_create(&eo, &e)) {
         fprintf(stderr, "kvsieve serve: %s\n", kvs_last_error());
         if (access(model_path, R_OK) != 0)
