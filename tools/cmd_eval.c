@@ -229,6 +229,15 @@ int cmd_eval(int argc, char **argv)
         return 2;
     }
     if (!c.model_path) c.model_path = cli_default_model();
+    /* Required inputs first: their errors must not hide behind policy set-up errors. */
+    if (mode == M_PPL && !text) {
+        fprintf(stderr, "kvsieve %s: --text FILE is required\n", cmd);
+        return 2;
+    }
+    if (mode == M_NEEDLE && !ro.haystack_path) {
+        fprintf(stderr, "kvsieve %s: --haystack FILE (natural text) is required\n", cmd);
+        return 2;
+    }
     if (!policies)
         policies = mode == M_PPL ? DEFAULT_PPL_POLICIES
                  : mode == M_COST ? DEFAULT_COST_POLICIES : DEFAULT_RETRIEVAL_POLICIES;
@@ -237,18 +246,10 @@ int cmd_eval(int argc, char **argv)
     if (c.n_pol < 0) return 2;
     switch (mode) {
     case M_PPL:
-        if (!text) {
-            fprintf(stderr, "kvsieve %s: --text FILE is required\n", cmd);
-            return 2;
-        }
         po.text_path = text;
         return eval_ppl(&c, &po);
     case M_PASSKEY:
     case M_NEEDLE:
-        if (mode == M_NEEDLE && !ro.haystack_path) {
-            fprintf(stderr, "kvsieve %s: --haystack FILE (natural text) is required\n", cmd);
-            return 2;
-        }
         return eval_retrieval(&c, &ro);
     default:
         co.text_path = text;
