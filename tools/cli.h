@@ -42,6 +42,13 @@ extern const char cli_policy_help[];
  * Returns the new argc, or -1 after printing the error. */
 int cli_load_plugins(int argc, char **argv);
 
+/* OpenBLAS kernel choice (blas_core.c): when the library fell back to its generic "Prescott"
+ * kernels on a CPU with AVX2 or AVX-512 and OPENBLAS_CORETYPE is unset, set it and execute
+ * the program again (argv as given to main). Returns only when nothing had to change or the
+ * restart failed. cli_blas_core_for_cpu: the OpenBLAS core name for this CPU's features. */
+void cli_blas_core_fix(char **argv);
+const char *cli_blas_core_for_cpu(void);
+
 /* Subcommands. */
 int cmd_generate(int argc, char **argv);
 int cmd_bench(int argc, char **argv);

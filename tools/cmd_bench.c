@@ -121,9 +121,9 @@ int cmd_bench(int argc, char **argv)
     }
     fprintf(stderr, "measuring sgemm peak (2048^3, ~3 s)...\n");
     double peak = sgemm_peak(2048, 3.0);
-    printf("model %s | %d layers, d_model %d, heads %d/%d, vocab %d | BLAS threads %d\n",
+    printf("model %s | %d layers, d_model %d, heads %d/%d, vocab %d | BLAS threads %d, core %s\n",
            cfg->name, cfg->n_layers, cfg->d_model, cfg->n_heads, cfg->n_kv_heads, cfg->n_vocab,
-           openblas_get_num_threads());
+           openblas_get_num_threads(), openblas_get_corename());
     printf("sgemm peak: %.1f GFLOP/s\n", peak);
     printf("%-6s %-8s %12s %10s %8s %8s\n", "batch", "phase", "tokens/s", "GFLOP/s", "MFU", "gemm%");
     FILE *jf = json_path ? fopen(json_path, "w") : NULL;

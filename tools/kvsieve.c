@@ -34,6 +34,7 @@ static void usage(FILE *f)
 
 int main(int argc, char **argv)
 {
+    cli_blas_core_fix(argv);
     argc = cli_load_plugins(argc, argv);
     if (argc < 0) return 2;
     if (argc < 2) {
