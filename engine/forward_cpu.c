@@ -12,6 +12,7 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <stdio.h>
 
 #include "common.h"
 
@@ -139,8 +140,66 @@ static void rope_apply(float *v, const float *cs, const float *sn, int half)
     }
 }
 
-/* Attention of query rows of one (sequence, kv_head) over its stream, online softmax page by
- * page. q: n_q tokens x G heads, rows at q0 + (t * q_stride) + g * hd; out likewise. */
+/* Keys per attention tile: one vector register of scores on AVX-512. */
+#define ATT_TILE 16
+/* Largest head dim the attention tiles hold on the stack. */
+#define ATT_MAX_HD 512
+
+/* One tile of ATT_TILE floats as a GCC/Clang vector (a zmm register on AVX-512, split by the
+ * compiler elsewhere). */
+typedef float att_vec __attribute__((vector_size(ATT_TILE * sizeof(float))));
+typedef int32_t att_ivec __attribute__((vector_size(ATT_TILE * sizeof(int32_t))));
+
+static inline att_vec att_select(att_ivec mask, att_vec a, att_vec b) /* mask ? a : b */
+{
+    return (att_vec)(((att_ivec)a & mask) | ((att_ivec)b & ~mask));
+}
+
+/* exp(x) lane by lane for x <= 0 (softmax arguments); 0 below -87 and for -inf. Range
+ * reduction by ln 2 and a degree-6 polynomial: relative error ~1e-7, one vector at a time
+ * (expf would be called one element at a time). */
+static inline att_vec att_exp_nonpos(att_vec x)
+{
+    const att_vec lo = (att_vec){0} - 87.0f;
+    att_ivec under = x < lo;
+    att_vec v = att_select(under, lo, x);
+    att_vec k = (v * 1.44269504f + 12582912.0f) - 12582912.0f; /* round to nearest */
+    att_vec r = v - k * 0.693145752f;
+    r = r - k * 1.42860677e-06f;
+    att_vec p = 1.0f + r * (1.0f + r * (0.5f + r * (1.6666667e-1f + r * (4.1666667e-2f +
+                r * (8.3333333e-3f + r * 1.3888889e-3f)))));
+    att_ivec e = (__builtin_convertvector(k, att_ivec) + 127) << 23;
+    return att_select(under, (att_vec){0}, p * (att_vec)e);
+}
+
+static inline att_vec att_load(const float *p)
+{
+    att_vec v;
+    memcpy(&v, p, sizeof v);
+    return v;
+}
+
+/* a[0..hd) = a * corr + sum_j p[j] v_j, v_j = V + j * hd: one register accumulator per
+ * ATT_TILE-wide chunk of a, so that the chain over j stays in registers. */
+static void att_accumulate(float *a, float corr, const float *p, const float *V, int ns, int hd)
+{
+    int i = 0;
+    for (; i + ATT_TILE <= hd; i += ATT_TILE) {
+        att_vec acc = att_load(a + i) * corr;
+        for (int j = 0; j < ns; j++) acc += p[j] * att_load(V + (size_t)j * hd + i);
+        memcpy(a + i, &acc, sizeof acc);
+    }
+    for (; i < hd; i++) {
+        float acc = a[i] * corr;
+        for (int j = 0; j < ns; j++) acc += p[j] * V[(size_t)j * hd + i];
+        a[i] = acc;
+    }
+}
+
+/* Attention of query rows of one (sequence, kv_head) over its stream, online softmax tile by
+ * tile: ATT_TILE slots of a page, their keys transposed so that the scores of a query row
+ * are one vector of FMAs (four rows at a time, sharing the key loads). q: n_q tokens x G
+ * heads, rows at q0 + (t * q_stride) + g * hd; out likewise. */
 static void attend_stream(const mem_pool *pool, const mem_stream *s, const float *q0,
                           size_t q_stride, float *out0, size_t out_stride,
                           const int32_t *qpos, int n_q, int G, int hd, float scale)
@@ -149,55 +208,82 @@ static void attend_stream(const mem_pool *pool, const mem_stream *s, const float
     const int P = pool->page_slots;
     const int R = n_q * G;
     float m_run[MAXR], l_run[MAXR];
-    float *acc = out0; /* accumulate straight into the output rows */
+    att_vec kt[ATT_MAX_HD]; /* kt[i][j] = key j's component i */
+    att_vec scv[MAXR];      /* scores of every row for the current tile */
+    float pr[ATT_TILE];
+    const float *qrow[MAXR];
+    int32_t qmax = INT32_MIN;
+    for (int t = 0; t < n_q; t++)
+        if (qpos[t] > qmax) qmax = qpos[t];
     for (int r = 0; r < R; r++) {
         m_run[r] = -INFINITY;
         l_run[r] = 0.0f;
-        float *a = acc + (size_t)(r / G) * out_stride + (size_t)(r % G) * hd;
-        memset(a, 0, (size_t)hd * sizeof(float));
+        qrow[r] = q0 + (size_t)(r / G) * q_stride + (size_t)(r % G) * hd;
+        memset(out0 + (size_t)(r / G) * out_stride + (size_t)(r % G) * hd, 0,
+               (size_t)hd * sizeof(float));
     }
-    float sc[1024];
-    const int n_pages_used = (s->n_slots + P - 1) / P;
-    for (int pi = 0; pi < n_pages_used; pi++) {
-        int32_t page = s->pages[pi];
-        const float *K = mem_page_k(pool, page), *V = mem_page_v(pool, page);
-        const int32_t *pos = mem_page_pos(pool, page);
-        int ns = s->n_slots - pi * P;
-        if (ns > P) ns = P;
+    for (int base = 0; base < s->n_slots; base += ATT_TILE) {
+        int32_t page = s->pages[base / P];
+        int off = base % P;
+        int ns = s->n_slots - base;
+        if (ns > ATT_TILE) ns = ATT_TILE;
+        if (ns > P - off) ns = P - off;
+        if (ns < ATT_TILE) base -= ATT_TILE - ns; /* next tile starts at the next page */
+        const float *K = mem_page_k(pool, page) + (size_t)off * hd;
+        const float *V = mem_page_v(pool, page) + (size_t)off * hd;
+        const int32_t *pos = mem_page_pos(pool, page) + off;
+        int32_t pmin = INT32_MAX;
+        for (int j = 0; j < ns; j++)
+            if (pos[j] >= 0 && pos[j] < pmin) pmin = pos[j];
+        if (pmin > qmax) continue; /* holes only, or the causal future of every row */
+        for (int i = 0; i < hd; i++)
+            for (int j = 0; j < ATT_TILE; j++) kt[i][j] = j < ns ? K[(size_t)j * hd + i] : 0.0f;
+        for (int r0 = 0; r0 < R; r0 += 4) {
+            const float *qa = qrow[r0], *qb = qrow[r0 + 1 < R ? r0 + 1 : r0];
+            const float *qc = qrow[r0 + 2 < R ? r0 + 2 : r0], *qd = qrow[r0 + 3 < R ? r0 + 3 : r0];
+            att_vec sa = {0}, sb = {0}, scc = {0}, sd = {0};
+            for (int i = 0; i < hd; i++) {
+                att_vec k = kt[i];
+                sa += qa[i] * k;
+                sb += qb[i] * k;
+                scc += qc[i] * k;
+                sd += qd[i] * k;
+            }
+            scv[r0] = sa;
+            if (r0 + 1 < R) scv[r0 + 1] = sb;
+            if (r0 + 2 < R) scv[r0 + 2] = scc;
+            if (r0 + 3 < R) scv[r0 + 3] = sd;
+        }
+        att_ivec posv, jv;
+        for (int j = 0; j < ATT_TILE; j++) {
+            posv[j] = j < ns ? pos[j] : -1;
+            jv[j] = j;
+        }
+        const att_vec neg_inf = (att_vec){0} - INFINITY;
         for (int r = 0; r < R; r++) {
             int t = r / G, g = r % G;
-            const float *q = q0 + (size_t)t * q_stride + (size_t)g * hd;
-            float *a = acc + (size_t)t * out_stride + (size_t)g * hd;
             int32_t qp = qpos[t];
+            if (pmin > qp) continue;
+            float *a = out0 + (size_t)t * out_stride + (size_t)g * hd;
+            att_ivec ok = (posv >= 0) & (posv <= qp) & (jv < ns);
+            att_vec sv = att_select(ok, scv[r] * scale, neg_inf);
             float mx = m_run[r];
-            int any = 0;
-            for (int j = 0; j < ns; j++) {
-                if (pos[j] < 0 || pos[j] > qp) { sc[j] = -INFINITY; continue; }
-                const float *k = K + (size_t)j * hd;
-                float d = 0.0f;
-                for (int i = 0; i < hd; i++) d += q[i] * k[i];
-                sc[j] = d * scale;
-                if (sc[j] > mx) mx = sc[j];
-                any = 1;
+            for (int j = 0; j < ATT_TILE; j++)
+                if (sv[j] > mx) mx = sv[j];
+            float corr = mx == m_run[r] ? 1.0f : expf(m_run[r] - mx); /* 0 on the first tile */
+            att_vec pv = att_exp_nonpos(sv - mx);
+            float l = 0.0f;
+            for (int j = 0; j < ATT_TILE; j++) {
+                pr[j] = pv[j];
+                l += pv[j];
             }
-            if (!any) continue;
-            float corr = expf(m_run[r] - mx); /* exp(-inf) = 0 on the first page */
-            float l = l_run[r] * corr;
-            if (corr != 1.0f)
-                for (int i = 0; i < hd; i++) a[i] *= corr;
-            for (int j = 0; j < ns; j++) {
-                if (sc[j] == -INFINITY) continue;
-                float p = expf(sc[j] - mx);
-                l += p;
-                const float *v = V + (size_t)j * hd;
-                for (int i = 0; i < hd; i++) a[i] += p * v[i];
-            }
+            att_accumulate(a, corr, pr, V, ns, hd);
             m_run[r] = mx;
-            l_run[r] = l;
+            l_run[r] = l_run[r] * corr + l;
         }
     }
     for (int r = 0; r < R; r++) {
-        float *a = acc + (size_t)(r / G) * out_stride + (size_t)(r % G) * hd;
+        float *a = out0 + (size_t)(r / G) * out_stride + (size_t)(r % G) * hd;
         float inv = l_run[r] > 0.0f ? 1.0f / l_run[r] : 0.0f;
         for (int i = 0; i < hd; i++) a[i] *= inv;
     }
@@ -205,40 +291,73 @@ static void attend_stream(const mem_pool *pool, const mem_stream *s, const float
 
 /* Attention probabilities of n_q query tokens (G heads each) over a stream's slots, averaged
  * over the G heads: probs[n_q][n_slots], 0 for holes and masked slots. A second pass over the
- * keys, paid only by attention-based policies. */
+ * keys, paid only by attention-based policies; the tiles of attend_stream, ATT_PROB_ROWS query
+ * rows at a time (each tile's keys transposed once per block of rows). */
+#define ATT_PROB_ROWS 16
 static void attention_probs(const mem_pool *pool, const mem_stream *s, const float *q0,
                             size_t q_stride, const int32_t *qpos, int n_q, int G, int hd,
                             float scale, float *probs)
 {
-    const int P = pool->page_slots, n = s->n_slots;
-    float *row = malloc((size_t)(n > 0 ? n : 1) * sizeof(float));
+    const int P = pool->page_slots, n = s->n_slots, R = n_q * G;
+    const int max_tiles = (n + ATT_TILE - 1) / ATT_TILE + (n + P - 1) / P + 1;
+    att_vec *sc = malloc((size_t)ATT_PROB_ROWS * max_tiles * sizeof(att_vec));
+    int *tile_slot = malloc((size_t)(max_tiles + 1) * sizeof(int));
+    att_vec *kt = malloc((size_t)(hd > 0 ? hd : 1) * sizeof(att_vec));
     memset(probs, 0, (size_t)n_q * n * sizeof(float));
-    if (!row) return;
-    for (int t = 0; t < n_q; t++) {
-        float *pr = probs + (size_t)t * n;
-        for (int g = 0; g < G; g++) {
-            const float *q = q0 + (size_t)t * q_stride + (size_t)g * hd;
-            float mx = -INFINITY;
-            for (int slot = 0; slot < n; slot++) {
-                int32_t page = s->pages[slot / P], off = slot % P;
-                int32_t p = mem_page_pos(pool, page)[off];
-                if (p < 0 || p > qpos[t]) { row[slot] = -INFINITY; continue; }
-                const float *k = mem_page_k(pool, page) + (size_t)off * hd;
-                float d = 0.0f;
-                for (int i = 0; i < hd; i++) d += q[i] * k[i];
-                row[slot] = d * scale;
-                if (row[slot] > mx) mx = row[slot];
+    const att_vec neg_inf = (att_vec){0} - INFINITY;
+    att_ivec jv;
+    for (int j = 0; j < ATT_TILE; j++) jv[j] = j;
+    if (!sc || !tile_slot || !kt) goto done;
+    for (int r0 = 0; r0 < R; r0 += ATT_PROB_ROWS) {
+        const int nr = R - r0 < ATT_PROB_ROWS ? R - r0 : ATT_PROB_ROWS;
+        float mx[ATT_PROB_ROWS];
+        for (int k = 0; k < nr; k++) mx[k] = -INFINITY;
+        int nt = 0;
+        for (int base = 0; base < n; nt++) {
+            int32_t page = s->pages[base / P];
+            int off = base % P, ns = n - base;
+            if (ns > ATT_TILE) ns = ATT_TILE;
+            if (ns > P - off) ns = P - off;
+            const float *K = mem_page_k(pool, page) + (size_t)off * hd;
+            const int32_t *pos = mem_page_pos(pool, page) + off;
+            att_ivec posv;
+            for (int j = 0; j < ATT_TILE; j++) posv[j] = j < ns ? pos[j] : -1;
+            for (int i = 0; i < hd; i++)
+                for (int j = 0; j < ATT_TILE; j++) kt[i][j] = j < ns ? K[(size_t)j * hd + i] : 0.0f;
+            for (int k = 0; k < nr; k++) {
+                int r = r0 + k, t = r / G, g = r % G;
+                const float *q = q0 + (size_t)t * q_stride + (size_t)g * hd;
+                att_vec sv = {0};
+                for (int i = 0; i < hd; i++) sv += q[i] * kt[i];
+                att_ivec ok = (posv >= 0) & (posv <= qpos[t]) & (jv < ns);
+                sv = att_select(ok, sv * scale, neg_inf);
+                for (int j = 0; j < ATT_TILE; j++)
+                    if (sv[j] > mx[k]) mx[k] = sv[j];
+                sc[(size_t)k * max_tiles + nt] = sv;
             }
-            if (mx == -INFINITY) continue;
+            tile_slot[nt] = base;
+            base += ns;
+        }
+        tile_slot[nt] = n;
+        for (int k = 0; k < nr; k++) {
+            if (mx[k] == -INFINITY) continue;
+            att_vec *row = sc + (size_t)k * max_tiles;
+            float *pr = probs + (size_t)((r0 + k) / G) * n;
             double sum = 0.0;
-            for (int slot = 0; slot < n; slot++)
-                if (row[slot] != -INFINITY) sum += (row[slot] = expf(row[slot] - mx));
+            for (int b = 0; b < nt; b++) {
+                row[b] = att_exp_nonpos(row[b] - mx[k]);
+                for (int j = 0; j < ATT_TILE; j++) sum += row[b][j];
+            }
             float w = (float)(1.0 / (sum * G));
-            for (int slot = 0; slot < n; slot++)
-                if (row[slot] != -INFINITY) pr[slot] += row[slot] * w;
+            for (int b = 0; b < nt; b++)
+                for (int j = 0; j < tile_slot[b + 1] - tile_slot[b]; j++)
+                    pr[tile_slot[b] + j] += row[b][j] * w;
         }
     }
-    free(row);
+done:
+    free(sc);
+    free(tile_slot);
+    free(kt);
 }
 
 /* Feed attention-based policies: for every sequence with an observer, the probabilities of its
@@ -296,6 +415,8 @@ int fwd_cpu(fwd_state *st, const model *m, mem_pool *pool, const fwd_seq *seqs, 
     if (n_seqs <= 0) return kvs_error(KVS_EINVAL, "empty batch");
     if (pool->head_dim != hd) return kvs_error(KVS_EINVAL, "KV pool head dim %d != model %d",
                                                pool->head_dim, hd);
+    if (hd > ATT_MAX_HD)
+        return kvs_error(KVS_EUNSUPPORTED, "head dim %d is larger than %d", hd, ATT_MAX_HD);
     if (G * ATT_QBLOCK > 256)
         return kvs_error(KVS_EUNSUPPORTED, "GQA group of %d query heads is too large", G);
     /* Validate the batch and count tokens / logit rows. */
@@ -452,6 +573,7 @@ int fwd_cpu(fwd_state *st, const model *m, mem_pool *pool, const fwd_seq *seqs, 
         gemm_xwt(st->logits, st->xrows, m->output, R, c->n_vocab, D, 0.0f);
     }
     t1 = kvs_now(); st->timing.logits += t1 - t0;
+    if (getenv("KVS_TT")) fprintf(stderr, "T=%d gemm %.3f att %.3f kvw %.3f other %.3f logits %.3f\n", T, st->timing.gemm, st->timing.attention, st->timing.kv_write, st->timing.other, st->timing.logits);
     *logits = st->logits;
     *n_rows = R;
     return 0;
