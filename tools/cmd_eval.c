@@ -1,5 +1,6 @@
 /* cmd_eval.c — `kvsieve eval MODE`: the quality harness (METHODS.md, "How we judge quality").
- * Parses the flags and hands over to eval_ppl.c, eval_retrieval.c or eval_cost.c. */
+ * Parses the flags and hands over to eval_ppl.c, eval_retrieval.c, eval_cost.c or
+ * eval_recall.c. */
 #include <getopt.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -16,14 +17,18 @@ static const char DEFAULT_COST_POLICIES[] = "full,streaming,knorm,qfilters,rando
 static void usage(FILE *f)
 {
     fprintf(f,
-        "usage: kvsieve eval ppl|passkey|needle|cost [options]\n\n"
+        "usage: kvsieve eval ppl|passkey|needle|cost|recall [options]\n\n"
         "Measure quality under KV-cache compression against the full cache (docs/QUALITY.md).\n\n"
         "  ppl      generation perplexity of a text streamed token by token with a fixed budget\n"
         "           per head (when=decode), every policy in one batch, teacher forcing\n"
         "  passkey  a 5-digit pass key in repetitive filler; the context is compressed at\n"
         "           prefill end (ratio = fraction removed), then the question, greedy answer\n"
         "  needle   a 7-digit magic number in natural text (--haystack), same protocol\n"
-        "  cost     scoring cost per key, eviction + compaction time per step, peak KV pages\n\n"
+        "  cost     scoring cost per key, eviction + compaction time per step, peak KV pages\n"
+        "  recall   diagnostic: share of each query's attention (full cache, second half of\n"
+        "           --text) on the keys streaming / knorm / qfilters would hold at budget B,\n"
+        "           window W, next to the best B keys (oracle) and to Q-Filters calibrated on\n"
+        "           the text's own first half; where attention goes (recent, first tokens)\n\n"
         "common options:\n"
         "  --model PATH          GGUF model (default: $KVSIEVE_MODEL, else " KVS_DEFAULT_MODEL_REL ")\n"
         "  --policies LIST       policies to compare (full is always included as the reference)\n"
@@ -55,6 +60,12 @@ static void usage(FILE *f)
         "  --prompt-len N        prompt tokens (default 1024)\n"
         "  --gen-len N           decode steps (default 64)\n"
         "  --budget B --window W generation budget (default 256, 32)\n"
+        "recall:\n"
+        "  --text FILE           the text (required)\n"
+        "  --tokens N            use the first N tokens (default 2048; memory grows as N^2)\n"
+        "  --budgets LIST, --windows LIST   as for ppl (default 128,256,512 and 32,64)\n"
+        "  --chunk N             prefill chunk (default 256)\n"
+        "  --policy-args qfilters:filters=FILE   filters (default <model>.kvsqf)\n"
         "  -h, --help            this help\n",
         DEFAULT_PPL_POLICIES, DEFAULT_RETRIEVAL_POLICIES, DEFAULT_COST_POLICIES);
 }
@@ -90,7 +101,8 @@ static int float_list(const char *cmd, const char *flag, const char *s, double l
     return n ? n : -1;
 }
 
-enum { M_PPL = 1, M_PASSKEY = 2, M_NEEDLE = 4, M_COST = 8, M_RET = M_PASSKEY | M_NEEDLE };
+enum { M_PPL = 1, M_PASSKEY = 2, M_NEEDLE = 4, M_COST = 8, M_RECALL = 16,
+       M_RET = M_PASSKEY | M_NEEDLE };
 
 int cmd_eval(int argc, char **argv)
 {
@@ -100,9 +112,10 @@ int cmd_eval(int argc, char **argv)
     }
     const char *mode_name = argv[1];
     int mode = !strcmp(mode_name, "ppl") ? M_PPL : !strcmp(mode_name, "passkey") ? M_PASSKEY
-             : !strcmp(mode_name, "needle") ? M_NEEDLE : !strcmp(mode_name, "cost") ? M_COST : 0;
+             : !strcmp(mode_name, "needle") ? M_NEEDLE : !strcmp(mode_name, "cost") ? M_COST
+             : !strcmp(mode_name, "recall") ? M_RECALL : 0;
     if (!mode) {
-        fprintf(stderr, "kvsieve eval: unknown mode '%s' (ppl, passkey, needle or cost)\n",
+        fprintf(stderr, "kvsieve eval: unknown mode '%s' (ppl, passkey, needle, cost or recall)\n",
                 mode_name);
         return 2;
     }
@@ -120,7 +133,7 @@ int cmd_eval(int argc, char **argv)
     eval_cost_opts co = {.prompt_len = 1024, .gen_len = 64, .budget = 256, .window = 32};
     const char *policies = NULL, *text = NULL;
     char *extra[32];
-    int n_extra = 0;
+    int n_extra = 0, chunk_set = 0;
     long long v;
     enum { O_MODEL = 256, O_POL, O_PARGS, O_OUT, O_KV, O_TEXT, O_TOKENS, O_BUDGETS, O_WINDOWS,
            O_CHUNK, O_CONTEXTS, O_DEPTHS, O_RATIOS, O_HAY, O_MAXNEW, O_SEED, O_NOCHAT, O_PL,
@@ -140,9 +153,11 @@ int cmd_eval(int argc, char **argv)
         {0, 0, 0, 0}};
     /* Which modes take each option (0 = all). */
     static const struct { int opt, modes; } only[] = {
-        {O_TOKENS, M_PPL}, {O_BUDGETS, M_PPL}, {O_WINDOWS, M_PPL}, {O_CHUNK, M_PPL | M_RET},
+        {O_TOKENS, M_PPL | M_RECALL}, {O_BUDGETS, M_PPL | M_RECALL},
+        {O_WINDOWS, M_PPL | M_RECALL}, {O_CHUNK, M_PPL | M_RET | M_RECALL},
+        {O_POL, M_PPL | M_RET | M_COST},
         {O_CONTEXTS, M_RET}, {O_DEPTHS, M_RET}, {O_RATIOS, M_RET}, {O_HAY, M_NEEDLE},
-        {O_MAXNEW, M_RET}, {O_SEED, M_RET}, {O_NOCHAT, M_RET}, {O_TEXT, M_PPL | M_COST},
+        {O_MAXNEW, M_RET}, {O_SEED, M_RET}, {O_NOCHAT, M_RET}, {O_TEXT, M_PPL | M_COST | M_RECALL},
         {O_PL, M_COST}, {O_GL, M_COST}, {O_BUDGET, M_COST}, {O_WINDOW, M_COST}};
     int ch, li;
     opterr = 0;
@@ -179,6 +194,7 @@ int cmd_eval(int argc, char **argv)
         case O_CHUNK:
             if (cli_int(cmd, "--chunk", optarg, 1, 1 << 16, &v)) return 2;
             po.chunk = ro.chunk = (int32_t)v;
+            chunk_set = 1;
             break;
         case O_CONTEXTS:
             if ((ro.n_contexts = cli_int_list(cmd, "--contexts", optarg, 64, 1 << 20, ro.contexts, 16)) < 0) return 2;
@@ -230,13 +246,36 @@ int cmd_eval(int argc, char **argv)
     }
     if (!c.model_path) c.model_path = cli_default_model();
     /* Required inputs first: their errors must not hide behind policy set-up errors. */
-    if (mode == M_PPL && !text) {
+    if ((mode == M_PPL || mode == M_RECALL) && !text) {
         fprintf(stderr, "kvsieve %s: --text FILE is required\n", cmd);
         return 2;
     }
     if (mode == M_NEEDLE && !ro.haystack_path) {
         fprintf(stderr, "kvsieve %s: --haystack FILE (natural text) is required\n", cmd);
         return 2;
+    }
+    if (mode == M_RECALL) {
+        eval_recall_opts ro2 = {.text_path = text, .max_tokens = po.max_tokens ? po.max_tokens : 2048,
+                                .n_budgets = po.n_budgets, .n_windows = po.n_windows,
+                                .chunk = chunk_set ? po.chunk : 256};
+        memcpy(ro2.budgets, po.budgets, sizeof ro2.budgets);
+        memcpy(ro2.windows, po.windows, sizeof ro2.windows);
+        c.n_pol = eval_parse_policies(cmd, "qfilters", extra, n_extra, c.model_path, c.pol,
+                                      EVAL_MAX_POLICIES);
+        if (c.n_pol < 0) return 2;
+        static char fpath[4096];
+        for (int i = 0; i < c.n_pol; i++) {
+            const char *f = strstr(c.pol[i].args, "filters=");
+            if (strcmp(c.pol[i].name, "qfilters") || !f) continue;
+            f += strlen("filters=");
+            size_t n = strcspn(f, ",");
+            if (n < sizeof fpath) {
+                memcpy(fpath, f, n);
+                fpath[n] = 0;
+                ro2.filters_path = fpath;
+            }
+        }
+        return eval_recall(&c, &ro2);
     }
     if (!policies)
         policies = mode == M_PPL ? DEFAULT_PPL_POLICIES

@@ -7,7 +7,9 @@
  *   eval_out.c        output files (CSV, JSON), progress lines, Spearman correlation
  *   eval_ppl.c        generation perplexity under a fixed budget (mode ppl)
  *   eval_retrieval.c  passkey and needle-in-a-haystack under prefill compression
- *   eval_cost.c       scoring, eviction and compaction cost, peak KV pages (mode cost) */
+ *   eval_cost.c       scoring, eviction and compaction cost, peak KV pages (mode cost)
+ *   eval_recall.c     share of attention each static-score policy's kept set would catch
+ *                     (mode recall, a diagnostic) */
 #ifndef KVS_TOOLS_EVAL_H
 #define KVS_TOOLS_EVAL_H
 
@@ -149,6 +151,16 @@ typedef struct eval_retrieval_opts {
     int chat;
 } eval_retrieval_opts;
 int eval_retrieval(const eval_common *c, const eval_retrieval_opts *o);
+
+typedef struct eval_recall_opts {
+    const char *text_path;
+    int32_t max_tokens;       /* tokens of the text used (0 = all, capped by the context) */
+    int32_t budgets[16], windows[16];
+    int n_budgets, n_windows;
+    int32_t chunk;            /* prefill chunk */
+    const char *filters_path; /* qfilters' filters file */
+} eval_recall_opts;
+int eval_recall(const eval_common *c, const eval_recall_opts *o);
 
 typedef struct eval_cost_opts {
     const char *text_path;    /* NULL: random tokens */

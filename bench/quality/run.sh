@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # bench/quality/run.sh — the quality evaluation recorded in docs/QUALITY.md, on the default
 # model: generation perplexity (budgets 128/256/512 x windows 32/64), passkey and needle
-# retrieval (contexts 1K-8K x depths 0/50/100% x ratios x2..x32), and the cost table; then the
-# plots. Results go to bench/quality/ (CSV, JSON, PNG, logs).
+# retrieval (contexts 1K-8K x depths 0/25/50/75/100% x ratios x2..x32), the cost table, the
+# same perplexity grid on a second text (ppl2), the attention-recall diagnostic on both texts
+# (recall); then the plots. Results go to bench/quality/ (CSV, JSON, PNG, logs; the second
+# text's in bench/quality/devil/).
 #
-#   bench/quality/run.sh [ppl|passkey|needle|cost|plots|all]   (default all)
+#   bench/quality/run.sh [ppl|passkey|needle|cost|ppl2|recall|plots|all]   (default all)
 #
 # Texts (public domain, from Debian packages; never the calibration text, which is the KJV
 # Bible, scripts/make-filters):
@@ -12,12 +14,16 @@
 #             /usr/share/state/us-constitution.gz, us-declaration.gz), hard line breaks
 #             removed inside paragraphs. ppl streams its first KVS_PPL_TOKENS tokens; the
 #             needle task uses it as the haystack.
+#   eval2.txt Ambrose Bierce, The Devil's Dictionary (1911, public domain; Debian dict-devil,
+#             unpacked with dpkg-deb, not installed: it would pull in a dictionary server),
+#             from the preface on, same paragraph treatment. Varied prose and verse: a check
+#             that the ranking on eval.txt is not a property of legal text.
 # Env: KVSIEVE_BIN (default build/kvsieve), KVS_PPL_TOKENS (default 2048),
-#      KVS_PASSKEY_CONTEXTS (default 1024,2048,4096,8192), KVS_NEEDLE_CONTEXTS (default
-#      1024,2048,4096), KVS_DEPTHS (default 0,50,100), KVS_RETRIEVAL_POLICIES (default
-#      full,streaming,knorm,qfilters,snapkv: the 2-core CPU budget; add random,tova,h2o),
-#      KVS_QUALITY_THREADS (OMP_NUM_THREADS per run, default 1: the three runs go side
-#      by side on a 2-core machine), PYTHON (for the plots; needs matplotlib).
+#      KVS_PASSKEY_CONTEXTS and KVS_NEEDLE_CONTEXTS (default 1024,2048,4096,8192),
+#      KVS_DEPTHS (default 0,25,50,75,100), KVS_RETRIEVAL_POLICIES (default all eight:
+#      full,random,streaming,knorm,qfilters,snapkv,h2o,tova), KVS_QUALITY_THREADS
+#      (OMP_NUM_THREADS, default: all cores; the parts of `all` run one after another),
+#      PYTHON (for the plots; needs matplotlib).
 set -euo pipefail
 root="$(cd "$(dirname "$0")/../.." && pwd)"
 cd "$root"
@@ -26,7 +32,7 @@ out=bench/quality
 what="${1:-all}"
 work="${TMPDIR:-/tmp}/kvsieve-quality"
 mkdir -p "$work"
-export OMP_WAIT_POLICY=PASSIVE OMP_NUM_THREADS="${KVS_QUALITY_THREADS:-1}"
+export OMP_WAIT_POLICY=PASSIVE OMP_NUM_THREADS="${KVS_QUALITY_THREADS:-$(nproc)}"
 
 if [ ! -f /usr/share/state/us-constitution.gz ]; then
   sudo=""; [ "$(id -u)" = 0 ] || sudo="sudo"
@@ -37,12 +43,28 @@ fi
 import re, sys
 paras = [re.sub(r"\s+", " ", p).strip() for p in re.split(r"\n\s*\n", sys.stdin.read())]
 sys.stdout.write("\n\n".join(p for p in paras if p) + "\n")' > "$work/eval.txt"
+if [ ! -s "$work/eval2.txt" ]; then
+  ( cd "$work" && rm -rf devil ./dict-devil_*.deb && apt-get download dict-devil >/dev/null &&
+    dpkg-deb -x dict-devil_*.deb devil )
+  zcat "$work/devil/usr/share/dictd/devil.dict.dz" | "${PYTHON:-python3}" -c '
+import re, sys
+t = sys.stdin.read()
+t = t[t.index("PREFACE"):]
+paras = [re.sub(r"\s+", " ", p).strip() for p in re.split(r"\n\s*\n", t)]
+sys.stdout.write("\n\n".join(p for p in paras if p) + "\n")' > "$work/eval2.txt"
+fi
 
-run_ppl() {
-  "$bin" eval ppl --text "$work/eval.txt" --tokens "${KVS_PPL_TOKENS:-2048}" \
+run_ppl() { # TEXT OUT_DIR
+  mkdir -p "$2"
+  "$bin" eval ppl --text "$1" --tokens "${KVS_PPL_TOKENS:-2048}" \
     --policies full,streaming,knorm,qfilters,random,h2o,tova \
-    --budgets 128,256,512 --windows 32,64 --chunk 1 --out-dir "$out" \
-    > "$out/ppl.txt" 2> "$out/ppl.log"
+    --budgets 128,256,512 --windows 32,64 --chunk 1 --out-dir "$2" \
+    > "$2/ppl.txt" 2> "$2/ppl.log"
+}
+run_recall() { # TEXT OUT_DIR
+  mkdir -p "$2"
+  "$bin" eval recall --text "$1" --tokens "${KVS_PPL_TOKENS:-2048}" --out-dir "$2" \
+    > "$2/recall.txt" 2> "$2/recall.log"
 }
 run_retrieval() { # passkey | needle
   # passkey: plain text (with the chat template the full cache already fails at 2K on the
@@ -50,11 +72,12 @@ run_retrieval() { # passkey | needle
   local extra=(--no-chat) ctx="${KVS_PASSKEY_CONTEXTS:-1024,2048,4096,8192}"
   if [ "$1" = needle ]; then
     extra=(--haystack "$work/eval.txt")
-    ctx="${KVS_NEEDLE_CONTEXTS:-1024,2048,4096}"
+    ctx="${KVS_NEEDLE_CONTEXTS:-1024,2048,4096,8192}"
   fi
-  "$bin" eval "$1" "${extra[@]}" --contexts "$ctx" --depths "${KVS_DEPTHS:-0,50,100}" \
+  "$bin" eval "$1" "${extra[@]}" --contexts "$ctx" --depths "${KVS_DEPTHS:-0,25,50,75,100}" \
     --ratios 0.5,0.75,0.875,0.9375,0.96875 \
-    --policies "${KVS_RETRIEVAL_POLICIES:-full,streaming,knorm,qfilters,snapkv}" --out-dir "$out" \
+    --policies "${KVS_RETRIEVAL_POLICIES:-full,random,streaming,knorm,qfilters,snapkv,h2o,tova}" \
+    --out-dir "$out" \
     > "$out/$1.txt" 2> "$out/$1.log"
 }
 run_cost() {
@@ -68,16 +91,20 @@ run_plots() {
 }
 
 case "$what" in
-  ppl) run_ppl ;;
+  ppl) run_ppl "$work/eval.txt" "$out" ;;
+  ppl2) run_ppl "$work/eval2.txt" "$out/devil" ;;
+  recall) run_recall "$work/eval.txt" "$out"; run_recall "$work/eval2.txt" "$out/devil" ;;
   passkey|needle) run_retrieval "$what" ;;
   cost) run_cost ;;
   plots) run_plots ;;
   all)
-    run_ppl & p1=$!
-    run_retrieval passkey & p2=$!
-    run_retrieval needle & p3=$!
-    wait $p1; wait $p2; wait $p3
+    run_ppl "$work/eval.txt" "$out"
+    run_retrieval passkey
+    run_retrieval needle
     run_cost
+    run_ppl "$work/eval2.txt" "$out/devil"
+    run_recall "$work/eval.txt" "$out"
+    run_recall "$work/eval2.txt" "$out/devil"
     run_plots ;;
-  *) echo "usage: $0 [ppl|passkey|needle|cost|plots|all]" >&2; exit 2 ;;
+  *) echo "usage: $0 [ppl|passkey|needle|cost|ppl2|recall|plots|all]" >&2; exit 2 ;;
 esac

@@ -96,6 +96,26 @@ if "$bin" eval passkey --model "$model" --contexts 1024 --depths 50 --ratios 0.5
   if grep -q "case 1/1" "$tmp/pk.err"; then ok "passkey progress line"; else ko "passkey progress: $(tail -2 "$tmp/pk.err")"; fi
 else ko "eval passkey: $(tail -3 "$tmp/pk.err")"; fi
 
+# ---- eval recall -----------------------------------------------------------------------------
+if "$bin" eval recall --model "$model" --text "$tmp/eval.txt" --tokens 300 --budgets 36,64 \
+     --windows 8 --policy-args "qfilters:filters=$f" --out-dir "$tmp/ev" >"$tmp/rc.out" 2>"$tmp/rc.err"; then
+  c="$tmp/ev/recall.csv"
+  if [ "$(wc -l < "$c")" = 181 ] && grep -q "^   128\|^    36" "$tmp/rc.out" && grep -q "qf>stream" "$tmp/rc.out"; then
+    ok "eval recall: a CSV row per KV head and budget, summary table"
+  else ko "eval recall output: $(wc -l < "$c") rows; $(head -8 "$tmp/rc.out")"; fi
+  # the best B keys catch at least as much as any kept set of B keys; shares are in [0, 1]
+  bad="$(awk -F, 'NR>1{for(i=5;i<=12;i++) if($i<-1e-6||$i>1+1e-4) print; for(i=9;i<=12;i++) if($i>$8+1e-4) print}' "$c" | head -3)"
+  if [ -z "$bad" ]; then ok "eval recall: oracle >= every policy, all shares in [0, 1]"
+  else ko "eval recall: inconsistent rows: $bad"; fi
+  # streaming at B=36 holds the first 4 and the last 32: two separate computations must agree
+  bad="$(awk -F, 'NR>1 && $3==36{d=$9-($7+$5); if(d<-2e-4||d>2e-4) print}' "$c" | head -3)"
+  if [ -z "$bad" ]; then ok "eval recall: streaming(B=36) = first4 + last32"
+  else ko "eval recall: streaming != first4 + last32: $bad"; fi
+  bad="$(awk -F, 'NR>1{k=$1","$2; if($3==36){o[k]=$8;s[k]=$9} else if($8<o[k]-1e-5||$9<s[k]-1e-5) print}' "$c" | head -3)"
+  if [ -z "$bad" ]; then ok "eval recall: a larger budget catches no less"
+  else ko "eval recall: not monotone in the budget: $bad"; fi
+else ko "eval recall: $(tail -3 "$tmp/rc.err")"; fi
+
 # ---- bad input -----------------------------------------------------------------------------
 expect_fail "eval: unknown mode" "unknown mode" "$bin" eval frobnicate
 expect_fail "eval: unknown option" "unknown or incomplete option" "$bin" eval ppl --text "$tmp/eval.txt" --bogus
@@ -111,6 +131,12 @@ expect_fail "eval: missing filters file" "cannot open filters file" \
   "$bin" eval ppl --model "$model" --text "$tmp/eval.txt" --policies full,qfilters --policy-args "qfilters:filters=$tmp/none.kvsqf"
 expect_fail "eval: policy-args for an unlisted policy" "is not in --policies" \
   "$bin" eval ppl --text "$tmp/eval.txt" --policies full,knorm --policy-args "h2o:sink=4"
+expect_fail "eval recall: --text required" "--text FILE is required" "$bin" eval recall --model "$model"
+expect_fail "eval recall: text too short" "need at least" \
+  "$bin" eval recall --model "$model" --text "$tmp/eval.txt" --tokens 300 --budgets 512 --policy-args "qfilters:filters=$f"
+expect_fail "eval recall: window not below budget" "must exceed the window" \
+  "$bin" eval recall --model "$model" --text "$tmp/eval.txt" --budgets 32 --windows 32 --policy-args "qfilters:filters=$f"
+expect_fail "eval recall: --policies refused" "not an option of this mode" "$bin" eval recall --text "$tmp/eval.txt" --policies full
 expect_fail "calibrate: --out required" "--text and --out are required" "$bin" calibrate --text "$tmp/calib.txt"
 expect_fail "calibrate: bad --seq-len" "out of range" "$bin" calibrate --text "$tmp/calib.txt" --out "$tmp/x" --seq-len 0
 expect_fail "calibrate: missing text" "cannot open" "$bin" calibrate --text "$tmp/none.txt" --out "$tmp/x"
