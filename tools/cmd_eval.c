@@ -28,7 +28,7 @@ static void usage(FILE *f)
         "  recall   diagnostic: share of each query's attention (full cache, second half of\n"
         "           --text) on the keys streaming / knorm / qfilters would hold at budget B,\n"
         "           window W, next to the best B keys (oracle) and to Q-Filters calibrated on\n"
-        "           the text's own first half; where attention goes (recent, first tokens)\n\n"
+        "           the text's own first half, post- and pre-RoPE; where attention goes\n\n"
         "common options:\n"
         "  --model PATH          GGUF model (default: $KVSIEVE_MODEL, else " KVS_DEFAULT_MODEL_REL ")\n"
         "  --policies LIST       policies to compare (full is always included as the reference)\n"

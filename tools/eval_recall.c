@@ -15,6 +15,9 @@
  *               qfilters uses the policy's filters file; qfilters-self is calibrated here on
  *               the first half of this same text (its queries at positions < N/2), to see
  *               what a calibration text closer to the evaluation text would give.
+ *   self-preRoPE like qfilters-self, but queries and keys are turned back to before RoPE
+ *               (each by its own position) for calibration and scoring: pre- vs post-RoPE
+ *               filters on the same calibration data.
  * Plus where attention goes: the share on the last 32 and last 128 positions and on the first
  * 4 tokens. Attention here is the full cache's: what each kept set would catch if the past
  * had not been compressed (the usual oracle analysis; no feedback of eviction on queries). */
@@ -27,16 +30,20 @@
 #include "common.h"
 #include "memory/policy.h"
 
-enum { R_ORACLE, R_STREAM, R_KNORM, R_QF, R_QFSELF, R_N };
+enum { R_ORACLE, R_STREAM, R_KNORM, R_QF, R_QFSELF, R_QFPRE, R_N };
 static const char *const r_name[R_N] = {"oracle", "streaming", "knorm", "qfilters",
-                                        "qfilters-self"};
+                                        "qfilters-self", "self-preRoPE"};
 #define RECALL_SINKS 4
+#define ATT_MAX_UNROT 1024 /* largest head dim */
 
 typedef struct {
     int n_pos, half, n_kv_heads;
     float *rows;      /* [stream][t - half][n_pos]: attention of query t (second half) */
     qf_calib *cal;    /* self-calibration on the first half */
-    int cal_on, rc;
+    qf_calib *cal_pre; /* the same on queries turned back to before RoPE */
+    const double *inv_freq; /* [hd/2] RoPE frequencies */
+    float *unrot;     /* [chunk][hd] scratch */
+    int hd, pos0, cal_on, rc;
 } recall_sink;
 
 static int on_attention(void *ctx, mem_pool *pool, mem_stream *s, int layer, int kv_head,
@@ -64,11 +71,27 @@ static int on_attention(void *ctx, mem_pool *pool, mem_stream *s, int layer, int
     return 0;
 }
 
+/* out = x turned back by RoPE's angle at position pos (GGML pairs (x[2i], x[2i+1]), angle
+ * pos * inv_freq[i], as engine/forward_cpu.c applies it). */
+static void unrotate(float *out, const float *x, int32_t pos, const double *inv_freq, int hd)
+{
+    for (int i = 0; i < hd / 2; i++) {
+        double a = (double)pos * inv_freq[i], c = cos(a), s = sin(a);
+        double x0 = x[2 * i], x1 = x[2 * i + 1];
+        out[2 * i] = (float)(x0 * c + x1 * s);
+        out[2 * i + 1] = (float)(-x0 * s + x1 * c);
+    }
+}
+
 static void on_queries(void *ctx, int layer, int head, const float *q, int n)
 {
     recall_sink *rs = ctx;
     if (!rs->cal_on || rs->rc) return;
     int rc = qf_calib_add_queries(rs->cal, layer, head, q, n);
+    for (int i = 0; i < n && !rc; i++)
+        unrotate(rs->unrot + (size_t)i * rs->hd, q + (size_t)i * rs->hd, rs->pos0 + i,
+                 rs->inv_freq, rs->hd);
+    if (!rc) rc = qf_calib_add_queries(rs->cal_pre, layer, head, rs->unrot, n);
     if (rc) rs->rc = rc;
 }
 
@@ -150,7 +173,7 @@ int eval_recall(const eval_common *c, const eval_recall_opts *o)
     engine_seq *s = NULL;
     recall_sink rs = {0};
     qf_filters *file_f = NULL;
-    float *self_u = NULL, *frac = NULL, *scores = NULL, *tmp = NULL;
+    float *self_u = NULL, *pre_u = NULL, *frac = NULL, *scores = NULL, *tmp = NULL;
     double *res = NULL;
     int32_t *heap_buf = NULL;
     FILE *csv = NULL;
@@ -159,6 +182,10 @@ int eval_recall(const eval_common *c, const eval_recall_opts *o)
     if (eval_engine_open(c, &e)) goto done;
     const model_config *cfg = &e->m->cfg;
     const int L = cfg->n_layers, Hkv = cfg->n_kv_heads, hd = cfg->head_dim;
+    if (hd > ATT_MAX_UNROT) {
+        fprintf(stderr, "kvsieve %s: head dim %d is larger than %d\n", c->cmd, hd, ATT_MAX_UNROT);
+        goto done;
+    }
     int N;
     if (eval_tokenize(e, text, len, 1, &ids, &N)) {
         fprintf(stderr, "kvsieve %s: %s\n", c->cmd, kvs_last_error());
@@ -206,7 +233,18 @@ int eval_recall(const eval_common *c, const eval_recall_opts *o)
                 "--tokens to shorten the text)\n", c->cmd, n_streams, n_rows, N);
         goto done;
     }
-    if (qf_calib_create(L, cfg->n_heads, Hkv, hd, QF_RESERVOIR_DEFAULT, &rs.cal)) {
+    double *inv_freq = malloc((size_t)(hd / 2 + 1) * sizeof *inv_freq);
+    rs.unrot = malloc((size_t)o->chunk * hd * sizeof(float));
+    if (!inv_freq || !rs.unrot) {
+        free(inv_freq);
+        fprintf(stderr, "kvsieve %s: out of memory\n", c->cmd);
+        goto done;
+    }
+    for (int i = 0; i < hd / 2; i++) inv_freq[i] = pow((double)cfg->rope_base, -2.0 * i / hd);
+    rs.inv_freq = inv_freq;
+    rs.hd = hd;
+    if (qf_calib_create(L, cfg->n_heads, Hkv, hd, QF_RESERVOIR_DEFAULT, &rs.cal) ||
+        qf_calib_create(L, cfg->n_heads, Hkv, hd, QF_RESERVOIR_DEFAULT, &rs.cal_pre)) {
         fprintf(stderr, "kvsieve %s: %s\n", c->cmd, kvs_last_error());
         goto done;
     }
@@ -230,6 +268,7 @@ int eval_recall(const eval_common *c, const eval_recall_opts *o)
             goto done;
         }
         rs.cal_on = at + k <= rs.half;
+        rs.pos0 = at;
         fwd_seq fs = {.kv = s->kv, .tokens = ids + at, .n_tokens = k, .pos0 = at,
                       .logits = FWD_LOGITS_NONE, .queries = on_queries, .queries_ctx = &rs};
         if (at + k > rs.half) {
@@ -247,6 +286,7 @@ int eval_recall(const eval_common *c, const eval_recall_opts *o)
         eval_progress_show(&pg, at, N, "tok", NULL, at == N);
     }
     self_u = malloc((size_t)L * Hkv * hd * sizeof *self_u);
+    pre_u = malloc((size_t)L * Hkv * hd * sizeof *pre_u);
     frac = malloc((size_t)L * cfg->n_heads * sizeof *frac);
     scores = malloc((size_t)R_N * N * sizeof *scores);
     tmp = malloc((size_t)N * sizeof *tmp);
@@ -254,34 +294,38 @@ int eval_recall(const eval_common *c, const eval_recall_opts *o)
     const int n_bw = o->n_budgets * o->n_windows;
     /* res[stream][bw][R_N] recall; plus 3 locality values per stream */
     res = calloc(n_streams * ((size_t)n_bw * R_N + 3), sizeof *res);
-    if (!self_u || !frac || !scores || !tmp || !heap_buf || !res) {
+    if (!self_u || !pre_u || !frac || !scores || !tmp || !heap_buf || !res) {
         fprintf(stderr, "kvsieve %s: out of memory\n", c->cmd);
         goto done;
     }
-    if (qf_calib_finish(rs.cal, self_u, frac)) {
+    if (qf_calib_finish(rs.cal, self_u, frac) || qf_calib_finish(rs.cal_pre, pre_u, frac)) {
         fprintf(stderr, "kvsieve %s: %s\n", c->cmd, kvs_last_error());
         goto done;
     }
     const int P = e->pool->page_slots;
     for (size_t st = 0; st < n_streams; st++) {
         const mem_stream *str = &s->kv->streams[st];
-        const float *uf = file_f->u + st * hd, *us = self_u + st * hd;
+        const float *uf = file_f->u + st * hd, *us = self_u + st * hd, *up = pre_u + st * hd;
         float *kn = scores + (size_t)R_KNORM * N, *qf = scores + (size_t)R_QF * N;
-        float *qs = scores + (size_t)R_QFSELF * N;
+        float *qs = scores + (size_t)R_QFSELF * N, *qp = scores + (size_t)R_QFPRE * N;
+        float kpre[ATT_MAX_UNROT];
         for (int32_t slot = 0; slot < str->n_slots; slot++) {
             int32_t page = mem_slot_page(e->pool, str, slot);
             int32_t p = mem_page_pos(e->pool, page)[slot & (P - 1)];
             if (p < 0 || p >= N) continue;
             const float *k = mem_page_k(e->pool, page) + (size_t)(slot & (P - 1)) * hd;
-            double n2 = 0, df = 0, ds = 0;
+            double n2 = 0, df = 0, ds = 0, dp = 0;
+            unrotate(kpre, k, p, rs.inv_freq, hd);
             for (int i = 0; i < hd; i++) {
                 n2 += (double)k[i] * k[i];
                 df += (double)k[i] * uf[i];
                 ds += (double)k[i] * us[i];
+                dp += (double)kpre[i] * up[i];
             }
             kn[p] = (float)-sqrt(n2);
             qf[p] = (float)df;
             qs[p] = (float)ds;
+            qp[p] = (float)dp;
         }
         const float *rows = rs.rows + st * n_rows * (size_t)N;
         double *out = res + st * ((size_t)n_bw * R_N + 3);
@@ -319,7 +363,7 @@ int eval_recall(const eval_common *c, const eval_recall_opts *o)
                 double *r = out + (size_t)(b * o->n_windows + w) * R_N;
                 r[R_ORACLE] = orc[b] / n_rows;
                 r[R_STREAM] = strm[b] / n_rows;
-                for (int k = R_KNORM; k <= R_QFSELF; k++)
+                for (int k = R_KNORM; k < R_N; k++)
                     r[k] = static_recall(rows, scores + (size_t)k * N, N, rs.half, B,
                                          o->windows[w], heap_buf);
             }
@@ -399,6 +443,10 @@ done:
     if (csv) fclose(csv);
     if (s) engine_seq_destroy(e, s);
     qf_calib_destroy(rs.cal);
+    qf_calib_destroy(rs.cal_pre);
+    free((void *)rs.inv_freq);
+    free(rs.unrot);
+    free(pre_u);
     qf_filters_free(file_f);
     kvs_free(rs.rows);
     free(self_u);

@@ -104,7 +104,7 @@ if "$bin" eval recall --model "$model" --text "$tmp/eval.txt" --tokens 300 --bud
     ok "eval recall: a CSV row per KV head and budget, summary table"
   else ko "eval recall output: $(wc -l < "$c") rows; $(head -8 "$tmp/rc.out")"; fi
   # the best B keys catch at least as much as any kept set of B keys; shares are in [0, 1]
-  bad="$(awk -F, 'NR>1{for(i=5;i<=12;i++) if($i<-1e-6||$i>1+1e-4) print; for(i=9;i<=12;i++) if($i>$8+1e-4) print}' "$c" | head -3)"
+  bad="$(awk -F, 'NR>1{for(i=5;i<=13;i++) if($i<-1e-6||$i>1+1e-4) print; for(i=9;i<=13;i++) if($i>$8+1e-4) print}' "$c" | head -3)"
   if [ -z "$bad" ]; then ok "eval recall: oracle >= every policy, all shares in [0, 1]"
   else ko "eval recall: inconsistent rows: $bad"; fi
   # streaming at B=36 holds the first 4 and the last 32: two separate computations must agree
