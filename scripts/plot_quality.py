@@ -3,11 +3,14 @@
 
     plot_quality.py DIR
 
-Reads DIR/ppl.csv, DIR/passkey.csv, DIR/needle.csv (whichever exist) and writes:
+Reads DIR/ppl.csv, DIR/passkey.csv, DIR/needle.csv, DIR/recall.csv (whichever exist) and
+writes:
   DIR/ppl.png               perplexity vs budget per policy, one panel per window, the full
                             cache as a dashed line
   DIR/ppl_gap.png           the same as the gap to the full cache (second half of the text)
   DIR/passkey.png, needle.png  accuracy heatmaps, context x compression ratio, one per policy
+  DIR/recall.png            attention recall vs budget per policy (one panel per window) and,
+                            per layer, where attention goes and recall at the first budget
   DIR/tables.md             the same numbers as Markdown tables (for docs/QUALITY.md)
 Needs matplotlib (scripts/requirements.txt).
 """
@@ -112,6 +115,63 @@ def plot_retrieval(rows: list[dict], task: str, out_dir: str) -> None:
     plt.close(fig)
 
 
+RECALL_POLICIES = ["oracle", "streaming", "knorm", "qfilters", "qfilters-self", "self-preRoPE"]
+RECALL_STYLE = {"oracle": ("black", "*"), "qfilters-self": ("tab:pink", "o"),
+                "self-preRoPE": ("tab:olive", "o")}
+
+
+def recall_means(rows: list[dict]) -> dict:
+    """(budget, window) -> policy -> mean recall over the KV heads."""
+    acc: dict = defaultdict(lambda: defaultdict(list))
+    for r in rows:
+        for p in RECALL_POLICIES:
+            acc[(int(r["budget"]), int(r["window"]))][p].append(float(r[p]))
+    return {k: {p: sum(v) / len(v) for p, v in d.items()} for k, d in acc.items()}
+
+
+def plot_recall(rows: list[dict], out_dir: str) -> None:
+    means = recall_means(rows)
+    windows = sorted({w for _, w in means})
+    budgets = sorted({b for b, _ in means})
+    fig, axes = plt.subplots(1, len(windows) + 1, figsize=(5 * (len(windows) + 1), 4.2),
+                             squeeze=False)
+    for ax, w in zip(axes[0], windows):
+        for p in RECALL_POLICIES:
+            c, m = RECALL_STYLE.get(p, STYLE.get(p, (None, ".")))
+            ax.plot(budgets, [means[(b, w)][p] for b in budgets], marker=m, color=c, label=p,
+                    ls="--" if p in ("oracle", "qfilters-self", "self-preRoPE") else "-")
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("budget (tokens kept per head)")
+        ax.set_ylabel("share of attention on kept keys")
+        ax.set_title(f"window {w}")
+        ax.grid(True, alpha=0.3)
+    axes[0][0].legend(fontsize=8)
+    ax = axes[0][-1]
+    b0, w0 = budgets[0], windows[0]
+    layers = sorted({int(r["layer"]) for r in rows})
+    per: dict = defaultdict(list)
+    for r in rows:
+        if int(r["budget"]) == b0 and int(r["window"]) == w0:
+            per[int(r["layer"])].append(r)
+    for key, c, lab in (("last32", "tab:green", "attention on last 32"),
+                        ("first4", "tab:gray", "attention on first 4"),
+                        ("streaming", "tab:green", f"streaming recall B={b0}"),
+                        ("qfilters", "tab:red", f"qfilters recall B={b0} W={w0}")):
+        ys = [sum(float(r[key]) for r in per[l]) / len(per[l]) for l in layers]
+        ax.plot(layers, ys, color=c, ls=":" if key in ("last32", "first4") else "-",
+                marker="." if key == "first4" else None, label=lab)
+    ax.set_xlabel("layer")
+    ax.set_ylim(0, 1)
+    ax.set_title("per layer (mean over KV heads)")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.suptitle("Attention recall: share of each query's (full-cache) attention on the keys a "
+                 "policy would hold")
+    fig.tight_layout()
+    fig.savefig(os.path.join(out_dir, "recall.png"), dpi=110)
+    plt.close(fig)
+
+
 def tables(d: str) -> str:
     """Markdown tables of whatever results DIR holds (pasted into docs/QUALITY.md)."""
     out = []
@@ -144,6 +204,18 @@ def tables(d: str) -> str:
                      and int(r["window"]) == w]
                 cells.append(f"{float(m[0]['gap_second_half']):+.3f}" if m else "")
             out.append(f"| {pol} | " + " | ".join(cells) + " |")
+        out.append("")
+    p = os.path.join(d, "recall.csv")
+    if os.path.exists(p):
+        rows = read(p)
+        means = recall_means(rows)
+        out.append("attention recall (mean over KV heads of the share of each second-half "
+                   "query's attention on the keys held)\n")
+        out.append("| budget | window | " + " | ".join(RECALL_POLICIES) + " |")
+        out.append("|---:|---:|" + "---:|" * len(RECALL_POLICIES))
+        for (b, w) in sorted(means):
+            out.append(f"| {b} | {w} | " + " | ".join(f"{means[(b, w)][p]:.3f}"
+                                                     for p in RECALL_POLICIES) + " |")
         out.append("")
     for task in ("passkey", "needle"):
         p = os.path.join(d, f"{task}.csv")
@@ -203,13 +275,17 @@ def main(argv: list[str]) -> int:
         if os.path.exists(p):
             plot_retrieval(read(p), task, d)
             made.append(f"{task}.png")
+    if os.path.exists(os.path.join(d, "recall.csv")):
+        plot_recall(read(os.path.join(d, "recall.csv")), d)
+        made.append("recall.png")
     t = tables(d)
     if t:
         with open(os.path.join(d, "tables.md"), "w") as f:
             f.write(t + "\n")
         made.append("tables.md")
     if not made:
-        print(f"plot_quality.py: no ppl.csv, passkey.csv or needle.csv in {d}", file=sys.stderr)
+        print(f"plot_quality.py: no ppl.csv, passkey.csv, needle.csv or recall.csv in {d}",
+              file=sys.stderr)
         return 1
     print("wrote " + ", ".join(os.path.join(d, m) for m in made))
     return 0

@@ -88,6 +88,8 @@ run_plots() {
   local py="${PYTHON:-python3}"
   [ -z "${PYTHON:-}" ] && [ -x .venv/bin/python ] && py=.venv/bin/python
   "$py" scripts/plot_quality.py "$out"
+  [ -d "$out/devil" ] && "$py" scripts/plot_quality.py "$out/devil"
+  true
 }
 
 case "$what" in
