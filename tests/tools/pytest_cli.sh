@@ -58,5 +58,16 @@ if "$bin" policies | grep -q qfilters; then ok "policies lists qfilters"; else k
 if "$bin" bench --model "$model" --batches 1,2 --prompt-len 8 --gen-len 2 >"$tmp/out" 2>&1 && grep -q "decode" "$tmp/out"; then
   ok "bench runs"; else ko "bench: $(tail -5 "$tmp/out")"; fi
 
+# OpenBLAS kernels: never the generic Prescott ones on a CPU with AVX2 + FMA (blas_core.c);
+# a user's OPENBLAS_CORETYPE is left alone.
+if grep -qw avx2 /proc/cpuinfo && grep -qw fma /proc/cpuinfo; then
+  core="$(OPENBLAS_VERBOSE=2 "$bin" --version 2>&1 | sed -n 's/^Core: //p' | tail -1)"
+  if [ -n "$core" ] && [ "$core" != Prescott ]; then ok "OpenBLAS core in use: $core"
+  else ko "OpenBLAS core in use: '${core:-none reported}'"; fi
+fi
+core="$(OPENBLAS_CORETYPE=Prescott OPENBLAS_VERBOSE=2 "$bin" --version 2>&1 | sed -n 's/^Core: //p' | tr '\n' ' ')"
+if [ "$core" = "Prescott " ]; then ok "OPENBLAS_CORETYPE set by the user is kept"
+else ko "OPENBLAS_CORETYPE=Prescott gave cores '$core'"; fi
+
 echo "$pass passed, $fail failed"
 [ $fail -eq 0 ]
