@@ -194,6 +194,27 @@ def tables(d: str) -> str:
                     cells.append(f"{float(m[0][key]):.3f}" if m else "")
                 out.append(f"| {pol} | " + " | ".join(cells) + " |")
             out.append("")
+        # first half, from the whole-text and second-half NLLs: N = tokens + 1 text tokens,
+        # second half = the predictions of positions >= N // 2 (tools/eval_ppl.c)
+        n_all = int(full["tokens"])
+        n2 = n_all + 1 - (n_all + 1) // 2
+
+        def first_half(r: dict) -> float:
+            import math
+            return math.exp((math.log(float(r["ppl"])) * n_all
+                             - math.log(float(r["ppl_second_half"])) * n2) / (n_all - n2))
+        out.append(f"gap to full, first half (ppl - ppl_full; full cache: "
+                   f"{first_half(full):.3f}; derived from the two columns above)\n")
+        out.append("| policy | " + " | ".join(f"B={b} W={w}" for b, w in cfgs) + " |")
+        out.append("|---|" + "---:|" * len(cfgs))
+        for pol in pols:
+            cells = []
+            for b, w in cfgs:
+                m = [r for r in rows if r["policy"] == pol and int(r["budget"]) == b
+                     and int(r["window"]) == w]
+                cells.append(f"{first_half(m[0]) - first_half(full):+.3f}" if m else "")
+            out.append(f"| {pol} | " + " | ".join(cells) + " |")
+        out.append("")
         out.append("gap to full, second half (ppl - ppl_full)\n")
         out.append("| policy | " + " | ".join(f"B={b} W={w}" for b, w in cfgs) + " |")
         out.append("|---|" + "---:|" * len(cfgs))
