@@ -180,8 +180,8 @@ static void probe_key(float *k, int hd)
     for (int j = 0; j < hd; j++) k[j] = (float)((j * 2654435761u) % 1009u) / 1009.0f - 0.5f;
 }
 
-/* The filter set of a qfilters instance (-1: none could be given; the caller falls back to
- * host scoring). The instance is identified by its pointer and by the scores of the probe
+/* The filter set of a qfilters instance (-1: none could be given, or its score depends on the
+ * position as with recent_layers; the caller falls back to host scoring). The instance is identified by its pointer and by the scores of the probe
  * key, so a new instance that reuses a freed one's address is not mistaken for it. */
 static int filter_set_of(kvs_filter_cache *fc, void *inst)
 {
@@ -192,9 +192,14 @@ static int filter_set_of(kvs_filter_cache *fc, void *inst)
     int set = -1;
     if (!key || !fp) goto out;
     probe_key(key, hd);
-    int32_t pos0 = 0;
+    int32_t pos0 = 0, pos1 = 1 << 20;
     for (int l = 0; l < L; l++)
-        for (int h = 0; h < H; h++) pol_score_keys(inst, l, h, key, &pos0, 1, &fp[l * H + h]);
+        for (int h = 0; h < H; h++) {
+            float other;
+            pol_score_keys(inst, l, h, key, &pos0, 1, &fp[l * H + h]);
+            pol_score_keys(inst, l, h, key, &pos1, 1, &other);
+            if (other != fp[l * H + h]) goto out; /* depends on the position (recent_layers) */
+        }
     int found = -1;
     for (int i = 0; i < fc->n_inst; i++)
         if (fc->inst[i].inst == inst) { found = i; break; }

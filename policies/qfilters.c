@@ -25,17 +25,33 @@
 
 /* ---- the policy -------------------------------------------------------------------------- */
 
-typedef struct { qf_filters *f; } qfilters_state;
+typedef struct {
+    qf_filters *f;
+    int recent_layers; /* layers [0, recent_layers) keep their newest keys instead */
+} qfilters_state;
 
 static int qfilters_create(const pol_model_info *mi, const pol_opts *opts, const char *args,
                            void **state, char *err, size_t err_size)
 {
     (void)opts;
     char key[64], val[4096], path[4096] = "";
+    long recent = 0;
     const char *cur = args;
     while (pol_args_next(&cur, key, sizeof key, val, sizeof val)) {
+        if (!strcmp(key, "recent_layers")) {
+            char *end;
+            errno = 0;
+            recent = strtol(val, &end, 10);
+            if (errno || end == val || *end || recent < 0 || recent > mi->n_layers) {
+                snprintf(err, err_size, "recent_layers must be an integer in [0, %d], got '%s'",
+                         mi->n_layers, val);
+                return KVS_ERANGE;
+            }
+            continue;
+        }
         if (strcmp(key, "filters") != 0) {
-            snprintf(err, err_size, "unknown option '%s' (qfilters takes filters=PATH)", key);
+            snprintf(err, err_size, "unknown option '%s' (qfilters takes filters=PATH and "
+                     "recent_layers=N)", key);
             return KVS_EINVAL;
         }
         snprintf(path, sizeof path, "%s", val);
@@ -51,6 +67,7 @@ static int qfilters_create(const pol_model_info *mi, const pol_opts *opts, const
     qfilters_state *st = malloc(sizeof *st);
     if (!st) { qf_filters_free(f); snprintf(err, err_size, "out of memory"); return KVS_ENOMEM; }
     st->f = f;
+    st->recent_layers = (int)recent;
     *state = st;
     return 0;
 }
@@ -63,12 +80,17 @@ static void qfilters_destroy(void *state)
     free(st);
 }
 
-/* out[i] = <keys[i], u[layer][kv_head]> */
+/* out[i] = <keys[i], u[layer][kv_head]>; the position (newest kept) in the first
+ * recent_layers layers. */
 static void qfilters_score(void *state, int layer, int kv_head, const float *keys,
                            const int32_t *pos, int n, float *out)
 {
-    (void)pos;
-    const qf_filters *f = ((const qfilters_state *)state)->f;
+    const qfilters_state *st = state;
+    if (layer < st->recent_layers) {
+        for (int i = 0; i < n; i++) out[i] = (float)pos[i];
+        return;
+    }
+    const qf_filters *f = st->f;
     const int d = f->head_dim;
     const float *u = f->u + ((size_t)layer * f->n_kv_heads + kv_head) * d;
     for (int i = 0; i < n; i++) {
@@ -82,8 +104,9 @@ static void qfilters_score(void *state, int layer, int kv_head, const float *key
 const pol_vtable pol_qfilters_vtable = {
     .version = POL_API_VERSION,
     .name = "qfilters",
-    .description = "Q-Filters: score <k, u> with calibrated per-head filters (filters=PATH)",
-    .args_help = "filters=PATH",
+    .description = "Q-Filters: score <k, u> with calibrated per-head filters (filters=PATH); "
+                   "recent_layers=N: the first N layers keep their newest keys instead",
+    .args_help = "filters=PATH[,recent_layers=N]",
     .create = qfilters_create,
     .destroy = qfilters_destroy,
     .score_keys = qfilters_score,

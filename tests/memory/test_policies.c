@@ -430,6 +430,54 @@ static void test_qfilters_scoring(void)
     unlink(path);
 }
 
+/* recent_layers=1: layer 0 keeps its newest keys (score = position), layer 1 still scores
+ * <k, u>; out-of-range values are refused. */
+static void test_qfilters_recent_layers(void)
+{
+    char path[512];
+    tmp_path(path, sizeof path, "recent");
+    float u[2][2][D] = { { { 0 } } };
+    u[0][0][0] = 1.0f;
+    u[1][0][0] = 1.0f;
+    qf_filters f;
+    make_filters(&f, &u[0][0][0]);
+    CU_ASSERT_EQUAL_FATAL(qf_filters_save(path, &f), KVS_OK);
+    char args[600];
+    snprintf(args, sizeof args, "budget=4,filters=%s,recent_layers=1", path);
+    pol_instance *inst = inst_new("qfilters", args);
+    float keys[8][D] = { { 0 } };
+    const float a[8] = { 5, -1, 3, 0.5f, 2, -4, 4, 1 };
+    for (int i = 0; i < 8; i++) keys[i][0] = a[i];
+    int32_t pos[8] = { 10, 11, 12, 13, 14, 15, 16, 17 };
+    float sc[8];
+    pol_score_keys(inst, 0, 0, &keys[0][0], pos, 8, sc);
+    for (int i = 0; i < 8; i++) CU_ASSERT_DOUBLE_EQUAL(sc[i], pos[i], 1e-6);
+    pol_score_keys(inst, 1, 0, &keys[0][0], pos, 8, sc);
+    for (int i = 0; i < 8; i++) CU_ASSERT_DOUBLE_EQUAL(sc[i], a[i], 1e-6);
+
+    mem_pool *pool = NULL;
+    mem_seq *q = NULL;
+    CU_ASSERT_FATAL(mem_pool_create(4, D, 16, &pool) == KVS_OK);
+    CU_ASSERT_FATAL(mem_seq_create(2, 2, 0, &q) == KVS_OK);
+    write_keys(inst, pool, q, 0, 0, 0, &keys[0][0], 8);
+    write_keys(inst, pool, q, 1, 0, 0, &keys[0][0], 8);
+    CU_ASSERT_EQUAL(pol_on_event(inst, pool, q, 7, POL_AT_STEP), 8);
+    for (int i = 0; i < 8; i++) {
+        CU_ASSERT_EQUAL(is_live(pool, mem_seq_stream(q, 0, 0), i), i >= 4);  /* newest 4 */
+        CU_ASSERT_EQUAL(is_live(pool, mem_seq_stream(q, 1, 0), i),           /* largest k[0] */
+                        i == 0 || i == 2 || i == 4 || i == 6);
+    }
+    pol_instance_destroy(inst);
+    mem_seq_destroy(pool, q);
+    mem_pool_destroy(pool);
+    pol_instance *bad = NULL;
+    snprintf(args, sizeof args, "filters=%s,recent_layers=3", path);
+    CU_ASSERT(expect_error(pol_instance_create("qfilters", args, &MI, &bad), "recent_layers"));
+    snprintf(args, sizeof args, "filters=%s,recent_layers=x", path);
+    CU_ASSERT(expect_error(pol_instance_create("qfilters", args, &MI, &bad), "recent_layers"));
+    unlink(path);
+}
+
 /* ---- qfilters: calibration --------------------------------------------------------------- */
 
 static void unit_vec(double *v, int d)
@@ -753,6 +801,7 @@ int main(void)
         { "random", test_random },
         { "qfilters_file", test_qfilters_file },
         { "qfilters_scoring", test_qfilters_scoring },
+        { "qfilters_recent_layers", test_qfilters_recent_layers },
         { "calibration", test_calibration },
         { "h2o", test_h2o },
         { "tova", test_tova },
