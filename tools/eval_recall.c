@@ -19,7 +19,11 @@
  *               (each by its own position) for calibration and scoring: pre- vs post-RoPE
  *               filters on the same calibration data.
  * Plus where attention goes: the share on the last 32 and last 128 positions and on the first
- * 4 tokens. Attention here is the full cache's: what each kept set would catch if the past
+ * 4 tokens. And, for the first (budget, window), what the kept set does to the attention
+ * output: the relative error |o_K - o| / |o| of the value average over the kept keys K
+ * (their attention renormalised) against the full one, o = sum_p a_p v_p with a the group's
+ * mean attention (so o is the mean of the group's head outputs). Mass says how much
+ * attention a policy keeps; this says whether what it drops mattered to the output. Attention here is the full cache's: what each kept set would catch if the past
  * had not been compressed (the usual oracle analysis; no feedback of eviction on queries). */
 #include "eval.h"
 
@@ -134,17 +138,47 @@ static void heap_pop(heap *h)
     }
 }
 
-static int desc_float(const void *a, const void *b)
+typedef struct { float a; int32_t pos; } att_pos;
+
+static int desc_att(const void *a, const void *b)
 {
-    float x = *(const float *)a, y = *(const float *)b;
+    float x = ((const att_pos *)a)->a, y = ((const att_pos *)b)->a;
     return (x < y) - (x > y);
+}
+
+/* What the output loses by keeping only the keys at kept[0..n): |o_K - o| / |o|. */
+typedef struct {
+    const float *V;     /* [n_pos][hd] values by position */
+    const float *ofull; /* [queries][hd] full outputs */
+    int hd;
+} out_ctx;
+
+static double output_err(const out_ctx *oc, const float *row, int t_idx, const int32_t *kept,
+                         int n)
+{
+    double acc[ATT_MAX_UNROT] = {0}, mass = 0;
+    for (int i = 0; i < n; i++) {
+        const float a = row[kept[i]], *v = oc->V + (size_t)kept[i] * oc->hd;
+        mass += a;
+        for (int d = 0; d < oc->hd; d++) acc[d] += (double)a * v[d];
+    }
+    const float *o = oc->ofull + (size_t)t_idx * oc->hd;
+    double e2 = 0, o2 = 0;
+    for (int d = 0; d < oc->hd; d++) {
+        double x = mass > 0 ? acc[d] / mass : 0;
+        e2 += (x - o[d]) * (x - o[d]);
+        o2 += (double)o[d] * o[d];
+    }
+    return o2 > 0 ? sqrt(e2 / o2) : 0;
 }
 
 /* Recall of one static-score policy for one stream: mean over t of the attention on the most
  * recent W positions and the top (B - W) older ones by score. */
 static double static_recall(const float *rows, const float *score, int n_pos, int half, int B,
-                            int W, int32_t *heap_buf)
+                            int W, int32_t *heap_buf, const out_ctx *oc, int32_t *kept,
+                            double *err)
 {
+    double err_sum = 0;
     heap h = {heap_buf, 0, score};
     int keep_old = B - W;
     double total = 0;
@@ -157,10 +191,13 @@ static double static_recall(const float *rows, const float *score, int n_pos, in
             if (h.n > keep_old) heap_pop(&h);
         }
         double m = 0;
-        for (int i = 0; i < h.n; i++) m += row[h.pos[i]];
-        for (int p = t - W + 1 > 0 ? t - W + 1 : 0; p <= t; p++) m += row[p];
+        int nk = 0;
+        for (int i = 0; i < h.n; i++) m += row[kept[nk++] = h.pos[i]];
+        for (int p = t - W + 1 > 0 ? t - W + 1 : 0; p <= t; p++) m += row[kept[nk++] = p];
         total += m;
+        if (oc) err_sum += output_err(oc, row, t - half, kept, nk);
     }
+    if (err) *err = err_sum / (n_pos - half);
     return total / (n_pos - half);
 }
 
@@ -173,7 +210,9 @@ int eval_recall(const eval_common *c, const eval_recall_opts *o)
     engine_seq *s = NULL;
     recall_sink rs = {0};
     qf_filters *file_f = NULL;
-    float *self_u = NULL, *pre_u = NULL, *frac = NULL, *scores = NULL, *tmp = NULL;
+    float *self_u = NULL, *pre_u = NULL, *frac = NULL, *scores = NULL, *vbuf = NULL, *ofull = NULL;
+    att_pos *srt = NULL;
+    int32_t *kept = NULL;
     double *res = NULL;
     int32_t *heap_buf = NULL;
     FILE *csv = NULL;
@@ -289,12 +328,17 @@ int eval_recall(const eval_common *c, const eval_recall_opts *o)
     pre_u = malloc((size_t)L * Hkv * hd * sizeof *pre_u);
     frac = malloc((size_t)L * cfg->n_heads * sizeof *frac);
     scores = malloc((size_t)R_N * N * sizeof *scores);
-    tmp = malloc((size_t)N * sizeof *tmp);
+    srt = malloc((size_t)N * sizeof *srt);
+    vbuf = calloc((size_t)N * hd, sizeof *vbuf);
+    ofull = malloc((size_t)(N - rs.half) * hd * sizeof *ofull);
+    kept = malloc((size_t)(max_b + 1) * sizeof *kept);
     heap_buf = malloc((size_t)(max_b + 1) * sizeof *heap_buf);
     const int n_bw = o->n_budgets * o->n_windows;
-    /* res[stream][bw][R_N] recall; plus 3 locality values per stream */
-    res = calloc(n_streams * ((size_t)n_bw * R_N + 3), sizeof *res);
-    if (!self_u || !pre_u || !frac || !scores || !tmp || !heap_buf || !res) {
+    /* res[stream]: [bw][R_N] recall, 3 locality values, [R_N] output errors (first bw) */
+    const size_t per_stream = (size_t)n_bw * R_N + 3 + R_N;
+    res = calloc(n_streams * per_stream, sizeof *res);
+    if (!self_u || !pre_u || !frac || !scores || !srt || !vbuf || !ofull || !kept || !heap_buf ||
+        !res) {
         fprintf(stderr, "kvsieve %s: out of memory\n", c->cmd);
         goto done;
     }
@@ -314,6 +358,8 @@ int eval_recall(const eval_common *c, const eval_recall_opts *o)
             int32_t p = mem_page_pos(e->pool, page)[slot & (P - 1)];
             if (p < 0 || p >= N) continue;
             const float *k = mem_page_k(e->pool, page) + (size_t)(slot & (P - 1)) * hd;
+            memcpy(vbuf + (size_t)p * hd, mem_page_v(e->pool, page) + (size_t)(slot & (P - 1)) * hd,
+                   (size_t)hd * sizeof *vbuf);
             double n2 = 0, df = 0, ds = 0, dp = 0;
             unrotate(kpre, k, p, rs.inv_freq, hd);
             for (int i = 0; i < hd; i++) {
@@ -328,7 +374,8 @@ int eval_recall(const eval_common *c, const eval_recall_opts *o)
             qp[p] = (float)dp;
         }
         const float *rows = rs.rows + st * n_rows * (size_t)N;
-        double *out = res + st * ((size_t)n_bw * R_N + 3);
+        double *out = res + st * per_stream, *err = out + (size_t)n_bw * R_N + 3;
+        const out_ctx oc = {vbuf, ofull, hd};
         double loc32 = 0, loc128 = 0, sink = 0;
         for (int t = rs.half; t < N; t++) {
             const float *row = rows + (size_t)(t - rs.half) * N;
@@ -341,20 +388,35 @@ int eval_recall(const eval_common *c, const eval_recall_opts *o)
         out[(size_t)n_bw * R_N + 0] = loc32 / n_rows;
         out[(size_t)n_bw * R_N + 1] = loc128 / n_rows;
         out[(size_t)n_bw * R_N + 2] = sink / n_rows;
+        for (int t = rs.half; t < N; t++) {
+            const float *row = rows + (size_t)(t - rs.half) * N;
+            float *of = ofull + (size_t)(t - rs.half) * hd;
+            double acc[ATT_MAX_UNROT] = {0};
+            for (int p = 0; p <= t; p++)
+                for (int d = 0; d < hd; d++) acc[d] += (double)row[p] * vbuf[(size_t)p * hd + d];
+            for (int d = 0; d < hd; d++) of[d] = (float)acc[d];
+        }
         double orc[16] = {0}, strm[16] = {0};
         for (int t = rs.half; t < N; t++) {
             const float *row = rows + (size_t)(t - rs.half) * N;
-            memcpy(tmp, row, (size_t)(t + 1) * sizeof *tmp);
-            qsort(tmp, (size_t)t + 1, sizeof *tmp, desc_float);
+            for (int p = 0; p <= t; p++) srt[p] = (att_pos){row[p], p};
+            qsort(srt, (size_t)t + 1, sizeof *srt, desc_att);
             for (int b = 0; b < o->n_budgets; b++) {
                 const int B = o->budgets[b];
                 double m = 0;
-                for (int i = 0; i < B && i <= t; i++) m += tmp[i];
+                for (int i = 0; i < B && i <= t; i++) m += srt[i].a;
                 orc[b] += m;
+                if (b == 0) {
+                    int nk = 0;
+                    for (int i = 0; i < B && i <= t; i++) kept[nk++] = srt[i].pos;
+                    err[R_ORACLE] += output_err(&oc, row, t - rs.half, kept, nk) / n_rows;
+                }
                 m = 0;
-                for (int p = 0; p < RECALL_SINKS; p++) m += row[p];
-                for (int p = t - (B - RECALL_SINKS) + 1; p <= t; p++) m += row[p];
+                int nk = 0;
+                for (int p = 0; p < RECALL_SINKS; p++) m += row[kept[nk++] = p];
+                for (int p = t - (B - RECALL_SINKS) + 1; p <= t; p++) m += row[kept[nk++] = p];
                 strm[b] += m;
+                if (b == 0) err[R_STREAM] += output_err(&oc, row, t - rs.half, kept, nk) / n_rows;
             }
         }
         for (int b = 0; b < o->n_budgets; b++) {
@@ -365,7 +427,8 @@ int eval_recall(const eval_common *c, const eval_recall_opts *o)
                 r[R_STREAM] = strm[b] / n_rows;
                 for (int k = R_KNORM; k < R_N; k++)
                     r[k] = static_recall(rows, scores + (size_t)k * N, N, rs.half, B,
-                                         o->windows[w], heap_buf);
+                                         o->windows[w], heap_buf, b || w ? NULL : &oc, kept,
+                                         b || w ? NULL : &err[k]);
             }
         }
         eval_progress_show(&pg, (double)st + 1, (double)n_streams, "heads", "scoring", 0);
@@ -385,7 +448,7 @@ int eval_recall(const eval_common *c, const eval_recall_opts *o)
             double m[R_N] = {0};
             int qf_gt_s = 0, qf_gt_k = 0;
             for (size_t st = 0; st < n_streams; st++) {
-                const double *r = res + st * ((size_t)n_bw * R_N + 3) +
+                const double *r = res + st * per_stream +
                                   (size_t)(b * o->n_windows + w) * R_N;
                 for (int k = 0; k < R_N; k++) m[k] += r[k] / n_streams;
                 qf_gt_s += r[R_QF] > r[R_STREAM];
@@ -404,7 +467,7 @@ int eval_recall(const eval_common *c, const eval_recall_opts *o)
     for (int l = 0; l < L; l++) {
         double loc[3] = {0}, m[R_N] = {0};
         for (int h = 0; h < Hkv; h++) {
-            const double *r = res + ((size_t)l * Hkv + h) * ((size_t)n_bw * R_N + 3);
+            const double *r = res + ((size_t)l * Hkv + h) * per_stream;
             for (int k = 0; k < 3; k++) loc[k] += r[(size_t)n_bw * R_N + k] / Hkv;
             for (int k = 0; k < R_N; k++) m[k] += r[k] / Hkv;
         }
@@ -414,13 +477,36 @@ int eval_recall(const eval_common *c, const eval_recall_opts *o)
         printf("\n");
     }
     printf("  all %7.3f %7.3f %7.3f\n", all_loc[0], all_loc[1], all_loc[2]);
+    printf("\nattention output error |o_K - o| / |o| at budget %d window %d (mean over the "
+           "queries; per layer: mean over its KV heads)\n\n%5s", o->budgets[0], o->windows[0],
+           "layer");
+    for (int k = 0; k < R_N; k++) printf(" %13s", r_name[k]);
+    printf("\n");
+    double all_err[R_N] = {0};
+    for (int l = 0; l < L; l++) {
+        double m[R_N] = {0};
+        for (int h = 0; h < Hkv; h++) {
+            const double *r = res + ((size_t)l * Hkv + h) * per_stream + (size_t)n_bw * R_N + 3;
+            for (int k = 0; k < R_N; k++) m[k] += r[k] / Hkv;
+        }
+        printf("%5d", l);
+        for (int k = 0; k < R_N; k++) {
+            printf(" %13.3f", m[k]);
+            all_err[k] += m[k] / L;
+        }
+        printf("\n");
+    }
+    printf("%5s", "all");
+    for (int k = 0; k < R_N; k++) printf(" %13.3f", all_err[k]);
+    printf("\n");
     if (c->out_dir) {
         if (!(csv = eval_open_out(c->cmd, c->out_dir, "recall.csv"))) goto done;
         fprintf(csv, "layer,kv_head,budget,window,last32,last128,first4");
         for (int k = 0; k < R_N; k++) fprintf(csv, ",%s", r_name[k]);
+        for (int k = 0; k < R_N; k++) fprintf(csv, ",err_%s", r_name[k]);
         fprintf(csv, "\n");
         for (size_t st = 0; st < n_streams; st++) {
-            const double *r0 = res + st * ((size_t)n_bw * R_N + 3);
+            const double *r0 = res + st * per_stream;
             for (int b = 0; b < o->n_budgets; b++)
                 for (int w = 0; w < o->n_windows; w++) {
                     const double *r = r0 + (size_t)(b * o->n_windows + w) * R_N;
@@ -428,6 +514,9 @@ int eval_recall(const eval_common *c, const eval_recall_opts *o)
                             o->budgets[b], o->windows[w], r0[(size_t)n_bw * R_N],
                             r0[(size_t)n_bw * R_N + 1], r0[(size_t)n_bw * R_N + 2]);
                     for (int k = 0; k < R_N; k++) fprintf(csv, ",%.5f", r[k]);
+                    for (int k = 0; k < R_N; k++)
+                        if (b || w) fprintf(csv, ",");
+                        else fprintf(csv, ",%.5f", r0[(size_t)n_bw * R_N + 3 + k]);
                     fprintf(csv, "\n");
                 }
         }
@@ -452,7 +541,10 @@ done:
     free(self_u);
     free(frac);
     free(scores);
-    free(tmp);
+    free(srt);
+    free(vbuf);
+    free(ofull);
+    free(kept);
     free(heap_buf);
     free(res);
     free(ids);
