@@ -112,6 +112,9 @@ if "$bin" eval recall --model "$model" --text "$tmp/eval.txt" --tokens 300 --bud
   if [ -z "$bad" ]; then ok "eval recall: streaming(B=36) = first4 + last32"
   else ko "eval recall: streaming != first4 + last32: $bad"; fi
   bad="$(awk -F, 'NR>1{k=$1","$2; if($3==36){o[k]=$8;s[k]=$9} else if($8<o[k]-1e-5||$9<s[k]-1e-5) print}' "$c" | head -3)"
+  bad="$(awk -F, 'NR>1 && $3==36{for(i=14;i<=19;i++) if($i==""||$i<0||$i>10) print} NR>1 && $3==64 && $14!=""{print}' "$c" | head -3)"
+  if [ -z "$bad" ] && grep -q "attention output error" "$tmp/rc.out"; then ok "eval recall: output errors for the first budget only"
+  else ko "eval recall: output error columns: $bad"; fi
   if [ -z "$bad" ]; then ok "eval recall: a larger budget catches no less"
   else ko "eval recall: not monotone in the budget: $bad"; fi
 else ko "eval recall: $(tail -3 "$tmp/rc.err")"; fi
