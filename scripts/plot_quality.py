@@ -238,6 +238,20 @@ def tables(d: str) -> str:
             out.append(f"| {b} | {w} | " + " | ".join(f"{means[(b, w)][p]:.3f}"
                                                      for p in RECALL_POLICIES) + " |")
         out.append("")
+        er = [r for r in rows if r.get("err_oracle", "") != ""]
+        if er:
+            b0, w0 = er[0]["budget"], er[0]["window"]
+            out.append(f"attention output error |o_K - o| / |o| at B={b0} W={w0} (mean over KV "
+                       "heads and queries)\n")
+            out.append("| layers | " + " | ".join(RECALL_POLICIES) + " |")
+            out.append("|---|" + "---:|" * len(RECALL_POLICIES))
+            for label, sel in (("all", lambda l: True), ("0", lambda l: l == 0),
+                               ("1 and up", lambda l: l > 0)):
+                rs = [r for r in er if sel(int(r["layer"]))]
+                out.append(f"| {label} | " + " | ".join(
+                    f"{sum(float(r['err_' + p]) for r in rs) / len(rs):.3f}"
+                    for p in RECALL_POLICIES) + " |")
+            out.append("")
     for task in ("passkey", "needle"):
         p = os.path.join(d, f"{task}.csv")
         if not os.path.exists(p):
