@@ -17,6 +17,7 @@ Needs matplotlib (scripts/requirements.txt).
 from __future__ import annotations
 
 import csv
+import math
 import os
 import sys
 from collections import defaultdict
@@ -181,9 +182,9 @@ def tables(d: str) -> str:
         full = [r for r in rows if r["policy"] == "full"][0]
         cfgs = sorted({(int(r["budget"]), int(r["window"])) for r in rows if r["policy"] != "full"})
         pols = [x for x in dict.fromkeys(r["policy"] for r in rows) if x != "full"]
-        for key, title in (("ppl", "perplexity, whole text"),
-                           ("ppl_second_half", "perplexity, second half")):
-            out.append(f"{title} (full cache: {float(full[key]):.3f})\n")
+        def table(title: str, cell) -> None:
+            """One row per policy, one column per (budget, window); cell(row) -> text."""
+            out.append(title + "\n")
             out.append("| policy | " + " | ".join(f"B={b} W={w}" for b, w in cfgs) + " |")
             out.append("|---|" + "---:|" * len(cfgs))
             for pol in pols:
@@ -191,41 +192,27 @@ def tables(d: str) -> str:
                 for b, w in cfgs:
                     m = [r for r in rows if r["policy"] == pol and int(r["budget"]) == b
                          and int(r["window"]) == w]
-                    cells.append(f"{float(m[0][key]):.3f}" if m else "")
+                    cells.append(cell(m[0]) if m else "")
                 out.append(f"| {pol} | " + " | ".join(cells) + " |")
             out.append("")
+
+        for key, title in (("ppl", "perplexity, whole text"),
+                           ("ppl_second_half", "perplexity, second half")):
+            table(f"{title} (full cache: {float(full[key]):.3f})",
+                  lambda r, key=key: f"{float(r[key]):.3f}")
         # first half, from the whole-text and second-half NLLs: N = tokens + 1 text tokens,
         # second half = the predictions of positions >= N // 2 (tools/eval_ppl.c)
         n_all = int(full["tokens"])
         n2 = n_all + 1 - (n_all + 1) // 2
 
         def first_half(r: dict) -> float:
-            import math
             return math.exp((math.log(float(r["ppl"])) * n_all
                              - math.log(float(r["ppl_second_half"])) * n2) / (n_all - n2))
-        out.append(f"gap to full, first half (ppl - ppl_full; full cache: "
-                   f"{first_half(full):.3f}; derived from the two columns above)\n")
-        out.append("| policy | " + " | ".join(f"B={b} W={w}" for b, w in cfgs) + " |")
-        out.append("|---|" + "---:|" * len(cfgs))
-        for pol in pols:
-            cells = []
-            for b, w in cfgs:
-                m = [r for r in rows if r["policy"] == pol and int(r["budget"]) == b
-                     and int(r["window"]) == w]
-                cells.append(f"{first_half(m[0]) - first_half(full):+.3f}" if m else "")
-            out.append(f"| {pol} | " + " | ".join(cells) + " |")
-        out.append("")
-        out.append("gap to full, second half (ppl - ppl_full)\n")
-        out.append("| policy | " + " | ".join(f"B={b} W={w}" for b, w in cfgs) + " |")
-        out.append("|---|" + "---:|" * len(cfgs))
-        for pol in pols:
-            cells = []
-            for b, w in cfgs:
-                m = [r for r in rows if r["policy"] == pol and int(r["budget"]) == b
-                     and int(r["window"]) == w]
-                cells.append(f"{float(m[0]['gap_second_half']):+.3f}" if m else "")
-            out.append(f"| {pol} | " + " | ".join(cells) + " |")
-        out.append("")
+        table(f"gap to full, first half (ppl - ppl_full; full cache: {first_half(full):.3f}; "
+              "derived from the two columns above)",
+              lambda r: f"{first_half(r) - first_half(full):+.3f}")
+        table("gap to full, second half (ppl - ppl_full)",
+              lambda r: f"{float(r['gap_second_half']):+.3f}")
     p = os.path.join(d, "recall.csv")
     if os.path.exists(p):
         rows = read(p)
