@@ -86,6 +86,7 @@ int32_t pol_enforce_stream(pol_instance *inst, mem_pool *pool, mem_stream *s, in
 {
     const pol_vtable *vt = inst->vt;
     if (vt->flags & POL_NO_EVICTION) return 0;
+    if (layer < inst->opts.layer_first || layer > inst->opts.layer_last) return 0;
     if (n_keep < 0) n_keep = 0;
     if (s->n_live <= n_keep) return 0;
     scratch sc = { 0 };

@@ -180,6 +180,30 @@ void pol_opts_default(pol_opts *o)
     o->window = 0;
     o->sink = 0;
     o->when = POL_WHEN_AUTO;
+    o->layer_first = 0;
+    o->layer_last = INT32_MAX;
+}
+
+/* layers=A-B or layers=A (one layer), 0 <= A <= B. */
+static int parse_layers(const char *val, pol_opts *o)
+{
+    const char *p = val;
+    long long a = 0, b;
+    if (!isdigit((unsigned char)*p)) goto bad;
+    for (; isdigit((unsigned char)*p) && a <= POL_MAX_TOKENS; p++) a = a * 10 + (*p - '0');
+    b = a;
+    if (*p == '-') {
+        p++;
+        if (!isdigit((unsigned char)*p)) goto bad;
+        for (b = 0; isdigit((unsigned char)*p) && b <= POL_MAX_TOKENS; p++) b = b * 10 + (*p - '0');
+    }
+    if (*p || a > POL_MAX_TOKENS || b > POL_MAX_TOKENS || a > b) goto bad;
+    o->layer_first = (int32_t)a;
+    o->layer_last = (int32_t)b;
+    return KVS_OK;
+bad:
+    return kvs_error(KVS_EINVAL, "layers=%s: layers must be A-B (first and last layer, 0 <= A <= "
+                     "B) or a single layer A", val);
 }
 
 pol_when pol_opts_when(const pol_opts *o)
@@ -315,6 +339,7 @@ int pol_opts_parse(const char *args, pol_opts *o, char *rest, size_t rest_size)
         else if (strcmp(key, "budget") == 0) rc = parse_count(key, val, 1, &o->budget);
         else if (strcmp(key, "window") == 0) rc = parse_count(key, val, 0, &o->window);
         else if (strcmp(key, "sink") == 0) rc = parse_count(key, val, 0, &o->sink);
+        else if (strcmp(key, "layers") == 0) rc = parse_layers(val, o);
         else if (strcmp(key, "when") == 0) {
             if (strcmp(val, "prefill") == 0) o->when = POL_WHEN_PREFILL;
             else if (strcmp(val, "decode") == 0) o->when = POL_WHEN_DECODE;
@@ -327,7 +352,7 @@ int pol_opts_parse(const char *args, pol_opts *o, char *rest, size_t rest_size)
             if (rest_len + need + 1 > rest_size) {
                 rc = rest_size ? kvs_error(KVS_EINVAL, "policy options are too long")
                                : kvs_error(KVS_EINVAL, "unknown policy option '%s' (common "
-                                           "options: ratio, budget, window, sink, when)", key);
+                                           "options: ratio, budget, window, sink, when, layers)", key);
                 break;
             }
             rest_len += (size_t)snprintf(rest + rest_len, rest_size - rest_len, "%s%s=%s",
@@ -403,6 +428,11 @@ int pol_instance_create(const char *name, const char *args, const pol_model_info
         return kvs_error(rc, "policy %s: %s", vt->name, msg);
     }
     o.when = pol_opts_when(&o);
+    if (o.layer_first >= mi->n_layers) {
+        free(rest);
+        return kvs_error(KVS_ERANGE, "policy %s: layers=%d-%d: the model has layers 0-%d",
+                         vt->name, (int)o.layer_first, (int)o.layer_last, mi->n_layers - 1);
+    }
 
     void *state = NULL;
     if (vt->create) {
@@ -419,7 +449,7 @@ int pol_instance_create(const char *name, const char *args, const pol_model_info
         pol_args_next(&cur, key, sizeof key, val, sizeof val);
         free(rest);
         return kvs_error(KVS_EINVAL, "policy %s: unknown option '%s' (%s takes only the common "
-                         "options ratio, budget, window, sink, when)", vt->name, key, vt->name);
+                         "options ratio, budget, window, sink, when, layers)", vt->name, key, vt->name);
     }
     free(rest);
     pol_instance *inst = calloc(1, sizeof *inst);

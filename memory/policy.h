@@ -64,6 +64,10 @@ typedef struct pol_opts {
     int32_t window;  /* recent positions protected, >= 0 (default 0) */
     int32_t sink;    /* lowest positions protected, >= 0 (default 0) */
     pol_when when;   /* POL_WHEN_AUTO until given; pol_instance_create resolves it */
+    /* Layers the policy evicts in (layers=A-B); the others keep every key. Default all:
+     * 0 and INT32_MAX. Added in API version 1 without a bump: a field at the end that older
+     * policies never read. */
+    int32_t layer_first, layer_last;
 } pol_opts;
 
 /* Largest window / sink / budget accepted. */
@@ -161,7 +165,7 @@ int pol_load_plugin(const char *path, const pol_vtable **out);
 
 /* Default options: ratio unset, budget unset, window 0, sink 0, when auto. */
 void pol_opts_default(pol_opts *o);
-/* Parse the common options of `args` over *o (keys: ratio, budget, window, sink, when; each
+/* Parse the common options of `args` over *o (keys: ratio, budget, window, sink, when, layers; each
  * at most once per string). The other key=value pairs are copied, in order and comma
  * separated, into rest (rest_size bytes; rest may be NULL when rest_size is 0, and then any
  * other key is an error). Checks the merged result (ratio XOR budget, budget >= window +

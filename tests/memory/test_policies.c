@@ -110,6 +110,28 @@ static void test_knorm(void)
     mem_pool_destroy(pool);
 }
 
+/* layers=1: a policy evicts in layer 1 only; layer 0 keeps every key. */
+static void test_layers_option(void)
+{
+    pol_instance *inst = inst_new("knorm", "budget=4,layers=1");
+    float keys[8][D] = { { 0 } };
+    for (int i = 0; i < 8; i++) keys[i][0] = (float)(i + 1);
+    mem_pool *pool = NULL;
+    mem_seq *q = NULL;
+    CU_ASSERT_FATAL(mem_pool_create(4, D, 16, &pool) == KVS_OK);
+    CU_ASSERT_FATAL(mem_seq_create(2, 2, 0, &q) == KVS_OK);
+    write_keys(inst, pool, q, 0, 0, 0, &keys[0][0], 8);
+    write_keys(inst, pool, q, 1, 0, 0, &keys[0][0], 8);
+    CU_ASSERT_EQUAL(pol_on_event(inst, pool, q, 7, POL_AT_STEP), 4);
+    for (int i = 0; i < 8; i++) {
+        CU_ASSERT(is_live(pool, mem_seq_stream(q, 0, 0), i));
+        CU_ASSERT_EQUAL(is_live(pool, mem_seq_stream(q, 1, 0), i), i < 4); /* smallest norms */
+    }
+    pol_instance_destroy(inst);
+    mem_seq_destroy(pool, q);
+    mem_pool_destroy(pool);
+}
+
 static void test_streaming(void)
 {
     mem_pool *pool = NULL;
@@ -802,6 +824,7 @@ int main(void)
         { "qfilters_file", test_qfilters_file },
         { "qfilters_scoring", test_qfilters_scoring },
         { "qfilters_recent_layers", test_qfilters_recent_layers },
+        { "layers_option", test_layers_option },
         { "calibration", test_calibration },
         { "h2o", test_h2o },
         { "tova", test_tova },

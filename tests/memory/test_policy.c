@@ -65,6 +65,8 @@ static void test_opts_defaults(void)
     CU_ASSERT_EQUAL(o.budget, 0);
     CU_ASSERT_EQUAL(o.window, 0);
     CU_ASSERT_EQUAL(o.sink, 0);
+    CU_ASSERT_EQUAL(o.layer_first, 0);
+    CU_ASSERT_EQUAL(o.layer_last, INT32_MAX);
     CU_ASSERT_EQUAL(pol_opts_when(&o), POL_WHEN_PREFILL);
     CU_ASSERT_EQUAL(pol_n_keep(&o, 100), INT32_MAX);
     o.budget = 5;
@@ -122,6 +124,12 @@ static void test_opts_good(void)
     pol_opts_default(&o);
     CU_ASSERT_EQUAL(pol_opts_parse("window=1073741824,ratio=0.99999", &o, NULL, 0), KVS_OK);
     CU_ASSERT_EQUAL(o.window, POL_MAX_TOKENS);
+    pol_opts_default(&o);
+    CU_ASSERT_EQUAL(pol_opts_parse("layers=3-7", &o, NULL, 0), KVS_OK);
+    CU_ASSERT(o.layer_first == 3 && o.layer_last == 7);
+    pol_opts_default(&o);
+    CU_ASSERT_EQUAL(pol_opts_parse("layers=5", &o, NULL, 0), KVS_OK);
+    CU_ASSERT(o.layer_first == 5 && o.layer_last == 5);
 }
 
 static void test_opts_errors(void)
@@ -159,6 +167,11 @@ static void test_opts_errors(void)
         { ",", "empty option" },
         { "a b=1", "key 'a b' is malformed" },
         { "budget=16,window=64,sink=4", "budget=16 is less than window + sink = 68" },
+        { "layers=7-3", "layers=7-3: layers must be A-B" },
+        { "layers=-1", "layers must be A-B" },
+        { "layers=1-", "layers must be A-B" },
+        { "layers=x", "layers must be A-B" },
+        { "layers=99999999999", "layers must be A-B" },
     };
     char rest[256];
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
@@ -300,6 +313,8 @@ static void test_instance_errors(void)
                            "policy full: unknown option 'foo'"));
     CU_ASSERT(expect_error(pol_instance_create("h2o", "ratio=0.5,x=1", &MI, &inst),
                            "policy h2o: unknown option 'x'"));
+    CU_ASSERT(expect_error(pol_instance_create("knorm", "ratio=0.5,layers=9-12", &MI, &inst),
+                           "layers=9-12: the model has layers 0-"));
     CU_ASSERT(expect_error(pol_instance_create("knorm", "ratio=2", &MI, &inst),
                            "policy knorm: ratio=2: ratio must be in [0, 1)"));
     CU_ASSERT(expect_error(pol_instance_create("random", "seed=abc", &MI, &inst),
