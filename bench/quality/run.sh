@@ -3,10 +3,12 @@
 # model: generation perplexity (budgets 128/256/512 x windows 32/64), passkey and needle
 # retrieval (contexts 1K-8K x depths 0/25/50/75/100% x ratios x2..x32), the cost table, the
 # same perplexity grid on a second text (ppl2), the attention-recall diagnostic on both texts
-# (recall); then the plots. Results go to bench/quality/ (CSV, JSON, PNG, logs; the second
-# text's in bench/quality/devil/).
+# (recall), the layer experiments (layers: qfilters with recent_layers=1, and every policy
+# evicting in one third of the layers only); then the plots. Results go to bench/quality/
+# (CSV, JSON, PNG, logs; the second text's in bench/quality/devil/, the layer experiments' in
+# bench/quality/layer0/ and bench/quality/layers/).
 #
-#   bench/quality/run.sh [ppl|passkey|needle|cost|ppl2|recall|plots|all]   (default all)
+#   bench/quality/run.sh [ppl|passkey|needle|cost|ppl2|recall|layers|plots|all]   (default all)
 #
 # Texts (public domain, from Debian packages; never the calibration text, which is the KJV
 # Bible, scripts/make-filters):
@@ -84,6 +86,24 @@ run_cost() {
   "$bin" eval cost --text "$work/eval.txt" --prompt-len 1024 --gen-len 64 --budget 256 \
     --window 32 --out-dir "$out" > "$out/cost.txt" 2> "$out/cost.log"
 }
+run_layers() { # where Q-Filters loses perplexity (docs/QUALITY.md, "What we found")
+  local t d L
+  for t in eval eval2; do
+    d="$out/layer0/$t-base"; mkdir -p "$d"
+    "$bin" eval ppl --text "$work/$t.txt" --tokens 2048 --policies full,qfilters,streaming \
+      --budgets 128,256,512 --windows 32 --chunk 1 --out-dir "$d" > "$d/ppl.txt" 2> "$d/ppl.log"
+    d="$out/layer0/$t-recent1"; mkdir -p "$d"
+    "$bin" eval ppl --text "$work/$t.txt" --tokens 2048 --policies full,qfilters \
+      --policy-args qfilters:recent_layers=1 --budgets 128,256,512 --windows 32 --chunk 1 \
+      --out-dir "$d" > "$d/ppl.txt" 2> "$d/ppl.log"
+    for L in 0-9 10-19 20-29; do
+      d="$out/layers/$t-$L"; mkdir -p "$d"
+      "$bin" eval ppl --text "$work/$t.txt" --tokens 2048 --policies full,streaming,qfilters \
+        --policy-args "layers=$L" --budgets 128,256 --windows 32 --chunk 1 --out-dir "$d" \
+        > "$d/ppl.txt" 2> "$d/ppl.log"
+    done
+  done
+}
 run_plots() {
   local py="${PYTHON:-python3}"
   [ -z "${PYTHON:-}" ] && [ -x .venv/bin/python ] && py=.venv/bin/python
@@ -97,6 +117,7 @@ case "$what" in
   ppl2) run_ppl "$work/eval2.txt" "$out/devil" ;;
   recall) run_recall "$work/eval.txt" "$out"; run_recall "$work/eval2.txt" "$out/devil" ;;
   passkey|needle) run_retrieval "$what" ;;
+  layers) run_layers ;;
   cost) run_cost ;;
   plots) run_plots ;;
   all)
@@ -107,6 +128,7 @@ case "$what" in
     run_ppl "$work/eval2.txt" "$out/devil"
     run_recall "$work/eval.txt" "$out"
     run_recall "$work/eval2.txt" "$out/devil"
+    run_layers
     run_plots ;;
-  *) echo "usage: $0 [ppl|passkey|needle|cost|ppl2|recall|plots|all]" >&2; exit 2 ;;
+  *) echo "usage: $0 [ppl|passkey|needle|cost|ppl2|recall|layers|plots|all]" >&2; exit 2 ;;
 esac
