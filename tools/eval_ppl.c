@@ -125,8 +125,12 @@ int eval_ppl(const eval_common *c, const eval_ppl_opts *o)
                 fprintf(stderr, "\nkvsieve %s: %s\n", c->cmd, kvs_last_error());
                 goto done;
             }
-        if (engine_step(e, seqs, n_runs, k, &logits, row_of)) {
-            fprintf(stderr, "\nkvsieve %s: %s\n", c->cmd, kvs_last_error());
+        int src = engine_step(e, seqs, n_runs, k, &logits, row_of);
+        if (src) {
+            int oom = src == KVS_ENOMEM;
+            fprintf(stderr, "\nkvsieve %s: %s%s\n", c->cmd, kvs_last_error(),
+                    oom && !c->kv_bytes ? " (the pool is sized for every head at its budget; "
+                    "with layers= or a plugin that keeps more, give --kv-memory)" : "");
             goto done;
         }
         for (int r = 0; r < n_runs; r++) {

@@ -99,7 +99,8 @@ run_layers() { # where Q-Filters loses perplexity (docs/QUALITY.md, "What we fou
     for L in 0-9 10-19 20-29; do
       d="$out/layers/$t-$L"; mkdir -p "$d"
       "$bin" eval ppl --text "$work/$t.txt" --tokens 2048 --policies full,streaming,qfilters \
-        --policy-args "layers=$L" --budgets 128,256 --windows 32 --chunk 1 --out-dir "$d" \
+        --policy-args "layers=$L" --budgets 128,256 --windows 32 --chunk 1 --kv-memory 1G \
+        --out-dir "$d" \
         > "$d/ppl.txt" 2> "$d/ppl.log"
     done
   done
