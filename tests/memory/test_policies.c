@@ -110,16 +110,31 @@ static void test_knorm(void)
     mem_pool_destroy(pool);
 }
 
+/* A pool of 16 pages of 4 slots and one sequence of 2 layers x 2 KV heads; and their end. */
+static void two_layer_seq(mem_pool **pool, mem_seq **q)
+{
+    *pool = NULL;
+    *q = NULL;
+    CU_ASSERT_FATAL(mem_pool_create(4, D, 16, pool) == KVS_OK);
+    CU_ASSERT_FATAL(mem_seq_create(2, 2, 0, q) == KVS_OK);
+}
+
+static void two_layer_end(pol_instance *inst, mem_pool *pool, mem_seq *q)
+{
+    pol_instance_destroy(inst);
+    mem_seq_destroy(pool, q);
+    mem_pool_destroy(pool);
+}
+
 /* layers=1: a policy evicts in layer 1 only; layer 0 keeps every key. */
 static void test_layers_option(void)
 {
     pol_instance *inst = inst_new("knorm", "budget=4,layers=1");
     float keys[8][D] = { { 0 } };
     for (int i = 0; i < 8; i++) keys[i][0] = (float)(i + 1);
-    mem_pool *pool = NULL;
-    mem_seq *q = NULL;
-    CU_ASSERT_FATAL(mem_pool_create(4, D, 16, &pool) == KVS_OK);
-    CU_ASSERT_FATAL(mem_seq_create(2, 2, 0, &q) == KVS_OK);
+    mem_pool *pool;
+    mem_seq *q;
+    two_layer_seq(&pool, &q);
     write_keys(inst, pool, q, 0, 0, 0, &keys[0][0], 8);
     write_keys(inst, pool, q, 1, 0, 0, &keys[0][0], 8);
     CU_ASSERT_EQUAL(pol_on_event(inst, pool, q, 7, POL_AT_STEP), 4);
@@ -477,10 +492,9 @@ static void test_qfilters_recent_layers(void)
     pol_score_keys(inst, 1, 0, &keys[0][0], pos, 8, sc);
     for (int i = 0; i < 8; i++) CU_ASSERT_DOUBLE_EQUAL(sc[i], a[i], 1e-6);
 
-    mem_pool *pool = NULL;
-    mem_seq *q = NULL;
-    CU_ASSERT_FATAL(mem_pool_create(4, D, 16, &pool) == KVS_OK);
-    CU_ASSERT_FATAL(mem_seq_create(2, 2, 0, &q) == KVS_OK);
+    mem_pool *pool;
+    mem_seq *q;
+    two_layer_seq(&pool, &q);
     write_keys(inst, pool, q, 0, 0, 0, &keys[0][0], 8);
     write_keys(inst, pool, q, 1, 0, 0, &keys[0][0], 8);
     CU_ASSERT_EQUAL(pol_on_event(inst, pool, q, 7, POL_AT_STEP), 8);
@@ -489,9 +503,7 @@ static void test_qfilters_recent_layers(void)
         CU_ASSERT_EQUAL(is_live(pool, mem_seq_stream(q, 1, 0), i),           /* largest k[0] */
                         i == 0 || i == 2 || i == 4 || i == 6);
     }
-    pol_instance_destroy(inst);
-    mem_seq_destroy(pool, q);
-    mem_pool_destroy(pool);
+    two_layer_end(inst, pool, q);
     pol_instance *bad = NULL;
     snprintf(args, sizeof args, "filters=%s,recent_layers=3", path);
     CU_ASSERT(expect_error(pol_instance_create("qfilters", args, &MI, &bad), "recent_layers"));
