@@ -12,7 +12,6 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
-#include <stdio.h>
 
 #include "common.h"
 
@@ -573,7 +572,6 @@ int fwd_cpu(fwd_state *st, const model *m, mem_pool *pool, const fwd_seq *seqs, 
         gemm_xwt(st->logits, st->xrows, m->output, R, c->n_vocab, D, 0.0f);
     }
     t1 = kvs_now(); st->timing.logits += t1 - t0;
-    if (getenv("KVS_TT")) fprintf(stderr, "T=%d gemm %.3f att %.3f kvw %.3f other %.3f logits %.3f\n", T, st->timing.gemm, st->timing.attention, st->timing.kv_write, st->timing.other, st->timing.logits);
     *logits = st->logits;
     *n_rows = R;
     return 0;
