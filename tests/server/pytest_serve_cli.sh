@@ -4,26 +4,12 @@
 # policy, bad policy options, missing model, port in use) exit non-zero with a clear message.
 # Env (set by ctest): KVS_BUILD_DIR, KVS_SOURCE_DIR; optional KVSIEVE_MODEL.
 set -u
-root="${KVS_SOURCE_DIR:-.}"
-bin="${KVS_BUILD_DIR:-$root/build}/kvsieve"
-model="${KVSIEVE_MODEL:-$root/models/smollm2-135m-instruct-q4_1.gguf}"
-pass=0; fail=0
+source "$(dirname "${BASH_SOURCE[0]}")/../lib/harness.sh"
 tmp="$(mktemp -d)"
 srv_pid=""
 cleanup() { [ -n "$srv_pid" ] && kill -9 "$srv_pid" 2>/dev/null; rm -rf "$tmp"; }
 trap cleanup EXIT
-ok() { echo "PASS: $1"; pass=$((pass + 1)); }
-ko() { echo "FAIL: $1"; fail=$((fail + 1)); }
-if [ ! -x "$bin" ]; then echo "FAIL: $bin not built"; exit 1; fi
-if [ ! -f "$model" ]; then echo "FAIL: model missing; run scripts/fetch-model"; exit 1; fi
-
-# expect_fail NAME REGEX CMD...: non-zero exit < 128 (no crash) and stderr matching REGEX.
-expect_fail() {
-  local name="$1" re="$2"; shift 2
-  timeout 60 "$@" >"$tmp/out" 2>"$tmp/err"; local rc=$?
-  if [ $rc -ne 0 ] && [ $rc -lt 124 ] && grep -Eq -- "$re" "$tmp/err"; then ok "$name"
-  else ko "$name (rc=$rc, stderr: $(head -c 400 "$tmp/err"))"; fi
-}
+require_built
 
 if "$bin" serve --help | grep -q -- "--tenants" && "$bin" serve --help | grep -q -- "--grace" &&
    "$bin" serve --help | grep -q -- "--metrics-listen" && "$bin" --help | grep -q "serve"; then

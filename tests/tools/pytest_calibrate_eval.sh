@@ -6,29 +6,15 @@
 # full cache answers right; bad flags give clear errors. Run by ctest; needs the default model
 # (scripts/fetch-model) and, for the second model, python3 with the gguf package.
 set -u
-root="${KVS_SOURCE_DIR:-.}"
-bin="${KVS_BUILD_DIR:-$root/build}/kvsieve"
-model="${KVSIEVE_MODEL:-$root/models/smollm2-135m-instruct-q4_1.gguf}"
+source "$(dirname "${BASH_SOURCE[0]}")/../lib/harness.sh"
 # A python with the gguf package (for the second, tiny model): $PYTHON, the venv, python3.
 py=""
 for cand in "${PYTHON:-}" "$root/.venv/bin/python" python3; do
   if [ -n "$cand" ] && "$cand" -c "import gguf, numpy" 2>/dev/null; then py="$cand"; break; fi
 done
 export OMP_WAIT_POLICY=PASSIVE
-pass=0; fail=0
 tmp="$(mktemp -d)"; trap 'rm -rf "$tmp"' EXIT
-ok() { echo "PASS: $1"; pass=$((pass + 1)); }
-ko() { echo "FAIL: $1"; fail=$((fail + 1)); }
-if [ ! -x "$bin" ]; then echo "FAIL: $bin not built"; echo "0 passed, 1 failed"; exit 1; fi
-if [ ! -f "$model" ]; then echo "FAIL: model missing; run scripts/fetch-model"; echo "0 passed, 1 failed"; exit 1; fi
-
-# expect_fail NAME REGEX CMD...: non-zero exit < 128 (no signal) and stderr matching REGEX.
-expect_fail() {
-  local name="$1" re="$2"; shift 2
-  "$@" >"$tmp/out" 2>"$tmp/err"; local rc=$?
-  if [ $rc -ne 0 ] && [ $rc -lt 128 ] && grep -Eq -- "$re" "$tmp/err"; then ok "$name"
-  else ko "$name (rc=$rc, stderr: $(head -c 300 "$tmp/err"))"; fi
-}
+require_built
 
 # Calibration text (generic prose) and a different evaluation text.
 for i in 1 2 3; do cat >> "$tmp/calib.txt" <<'EOF'

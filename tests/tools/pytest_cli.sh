@@ -3,23 +3,9 @@
 # generation says Paris, chat mode works, and every bad input gets a clear error and a non-zero
 # exit (never a crash). Run by ctest; needs the default model (scripts/fetch-model).
 set -u
-root="${KVS_SOURCE_DIR:-.}"
-bin="${KVS_BUILD_DIR:-$root/build}/kvsieve"
-model="${KVSIEVE_MODEL:-$root/models/smollm2-135m-instruct-q4_1.gguf}"
-pass=0; fail=0
+source "$(dirname "${BASH_SOURCE[0]}")/../lib/harness.sh"
 tmp="$(mktemp -d)"; trap 'rm -rf "$tmp"' EXIT
-ok() { echo "PASS: $1"; pass=$((pass + 1)); }
-ko() { echo "FAIL: $1"; fail=$((fail + 1)); }
-if [ ! -x "$bin" ]; then echo "FAIL: $bin not built"; echo "0 passed, 1 failed"; exit 1; fi
-if [ ! -f "$model" ]; then echo "FAIL: model missing; run scripts/fetch-model"; echo "0 passed, 1 failed"; exit 1; fi
-
-# expect_fail NAME REGEX CMD...: non-zero exit < 128 (no signal) and stderr matching REGEX.
-expect_fail() {
-  local name="$1" re="$2"; shift 2
-  "$@" >"$tmp/out" 2>"$tmp/err"; local rc=$?
-  if [ $rc -ne 0 ] && [ $rc -lt 128 ] && grep -Eq -- "$re" "$tmp/err"; then ok "$name"
-  else ko "$name (rc=$rc, stderr: $(head -c 300 "$tmp/err"))"; fi
-}
+require_built
 
 out="$("$bin" generate --model "$model" --prompt "The capital of France is" -n 8 2>"$tmp/err")"
 if [ $? -eq 0 ] && grep -q "Paris" <<<"$out" && grep -q "tok/s" "$tmp/err"; then ok "greedy generation continues with Paris"

@@ -6,12 +6,9 @@
 # an unreachable port and bad flags (clear errors, non-zero exits). Run by ctest; needs the
 # default model (scripts/fetch-model). Takes well under two minutes.
 set -u
-root="${KVS_SOURCE_DIR:-.}"
-bin="${KVS_BUILD_DIR:-$root/build}/kvsieve"
-model="${KVSIEVE_MODEL:-$root/models/smollm2-135m-instruct-q4_1.gguf}"
+source "$(dirname "${BASH_SOURCE[0]}")/../lib/harness.sh"
 py=/usr/bin/python3; [ -x "$py" ] || py=python3
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-2}"
-pass=0; fail=0
 tmp="$(mktemp -d)"
 pids=()
 cleanup() {
@@ -20,11 +17,7 @@ cleanup() {
   rm -rf "$tmp"
 }
 trap cleanup EXIT
-ok() { echo "PASS: $1"; pass=$((pass + 1)); }
-ko() { echo "FAIL: $1"; fail=$((fail + 1)); }
-finish() { echo "$pass passed, $fail failed"; [ $fail -eq 0 ]; exit $?; }
-if [ ! -x "$bin" ]; then ko "$bin not built"; finish; fi
-if [ ! -f "$model" ]; then ko "model $model missing; run scripts/fetch-model"; finish; fi
+require_built
 
 # start_server NAME ARGS...: start `kvsieve serve` on free ports (port 0: the server binds a
 # free one and prints it), wait until it is ready and its metrics answer; sets $port.
