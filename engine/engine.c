@@ -4,7 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "common.h"
+#include "core/common.h"
 
 int engine_create(const engine_opts *o, kvs_engine **out)
 {

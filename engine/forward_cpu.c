@@ -13,7 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "common.h"
+#include "core/common.h"
 
 /* Query tokens handled by one attention task (with all G heads of the group). */
 #define ATT_QBLOCK 16

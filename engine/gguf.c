@@ -20,7 +20,7 @@
  * and private; a file truncated by someone else *after* gguf_open() would still SIGBUS on
  * access, which no reader can prevent. */
 #include "gguf.h"
-#include "common.h"
+#include "core/common.h"
 
 #include <errno.h>
 #include <fcntl.h>

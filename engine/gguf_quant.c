@@ -10,7 +10,7 @@
  * 144 or 210 bytes long, so scales are not aligned and a cast would be undefined
  * behaviour. GGUF is little-endian; so is every host we build for (checked below). */
 #include "gguf.h"
-#include "common.h"
+#include "core/common.h"
 
 #include <stdio.h>
 #include <string.h>

@@ -7,7 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "common.h"
+#include "core/common.h"
 #include "device.h"
 
 #define KREF_LOG2E 1.4426950408889634f

@@ -5,7 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "common.h"
+#include "core/common.h"
 
 static int meta_u32(gguf_ctx *g, const char *key, int required, uint32_t dflt, int *out)
 {

@@ -4,7 +4,7 @@
 #include <math.h>
 #include <stdlib.h>
 
-#include "common.h"
+#include "core/common.h"
 
 smp_params smp_default(void) { return (smp_params){0.0f, 0, 1.0f, 0}; }
 

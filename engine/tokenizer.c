@@ -13,7 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "common.h"
+#include "core/common.h"
 
 /* ---- Unicode character classes ---------------------------------------------------------- */
 

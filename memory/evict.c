@@ -6,7 +6,7 @@
  * the engine compacts afterwards to give pages back. */
 #include "memory/policy.h"
 
-#include "common.h"
+#include "core/common.h"
 
 #include <math.h>
 #include <stdio.h>

@@ -5,7 +5,7 @@
  * are registered once and read by every engine; a mutex guards it. */
 #include "memory/policy.h"
 
-#include "common.h"
+#include "core/common.h"
 
 #include <ctype.h>
 #include <dlfcn.h>

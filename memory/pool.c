@@ -6,7 +6,7 @@
  * a run of empty slots. Pages are handed out lowest id first (the stack is filled top-down). */
 #include "memory/pool.h"
 
-#include "common.h"
+#include "core/common.h"
 
 #include <stdio.h>
 #include <stdlib.h>

@@ -2,7 +2,7 @@
  * reserved for all at once, destroyed by giving every page back (ARCHITECTURE.md §3). */
 #include "memory/pool.h"
 
-#include "common.h"
+#include "core/common.h"
 
 #include <stdlib.h>
 

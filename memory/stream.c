@@ -14,7 +14,7 @@
  * evicting never allocates and cannot fail for lack of memory. */
 #include "memory/pool.h"
 
-#include "common.h"
+#include "core/common.h"
 
 #include <stdlib.h>
 #include <string.h>

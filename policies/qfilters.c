@@ -14,7 +14,7 @@
  *   renormalised. */
 #include "memory/policy.h"
 
-#include "common.h"
+#include "core/common.h"
 
 #include <cblas.h>
 #include <errno.h>

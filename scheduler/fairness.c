@@ -4,7 +4,7 @@
 
 #include <math.h>
 
-#include "common.h"
+#include "core/common.h"
 
 /* Pick the next waiting request: the tenant with the smallest virtual counter among those
  * with waiting requests and room under max_running; within it, highest priority, oldest. */

@@ -13,7 +13,7 @@
 #include <string.h>
 #include <time.h>
 
-#include "common.h"
+#include "core/common.h"
 
 static int find_tenant(const kvs_loop *l, const char *name)
 {

@@ -6,7 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "common.h"
+#include "core/common.h"
 
 /* Preempt by recompute: drop the KV, keep the tokens, back to the front of the queue. */
 static void preempt(kvs_loop *l, int i)

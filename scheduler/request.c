@@ -5,7 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "common.h"
+#include "core/common.h"
 
 int sched_grow(void **arr, int *cap, int need, size_t elem)
 {

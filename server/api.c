@@ -7,7 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "common.h"
+#include "core/common.h"
 #include "kvsieve/v1/kvsieve.pb-c.h"
 #include "memory/policy.h"
 #include "srv_internal.h"

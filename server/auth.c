@@ -9,7 +9,7 @@
 #include <string.h>
 #include <strings.h>
 
-#include "common.h"
+#include "core/common.h"
 #include "tenants.h"
 
 int srv_key_hash(const char *key, size_t len, unsigned char out[SRV_KEY_HASH_LEN])

@@ -20,7 +20,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "common.h"
+#include "core/common.h"
 #include "srv_internal.h"
 
 /* Requests kept armed per method per cq; one is re-armed as each call arrives. Calls beyond

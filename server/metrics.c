@@ -12,7 +12,7 @@
 #include <string.h>
 #include <sys/socket.h>
 
-#include "common.h"
+#include "core/common.h"
 
 /* Bucket bounds (seconds), as vLLM uses for the same metrics. */
 static const double ttft_b[] = {0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5,

@@ -10,7 +10,7 @@
 #include <string.h>
 #include <yaml.h>
 
-#include "common.h"
+#include "core/common.h"
 #include "memory/policy.h"
 
 typedef struct {

@@ -11,7 +11,7 @@
 #include <strings.h>
 #include <unistd.h>
 
-#include "common.h"
+#include "core/common.h"
 #include "memory/policy.h"
 
 const char *cli_default_model(void)

@@ -7,7 +7,7 @@
 #include <string.h>
 
 #include "cli.h"
-#include "common.h"
+#include "core/common.h"
 #include "engine.h"
 #include "sampler.h"
 

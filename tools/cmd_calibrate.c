@@ -16,7 +16,7 @@
 #include <unistd.h>
 
 #include "cli.h"
-#include "common.h"
+#include "core/common.h"
 #include "engine.h"
 #include "eval.h"
 

@@ -6,7 +6,7 @@
 #include <string.h>
 
 #include "cli.h"
-#include "common.h"
+#include "core/common.h"
 #include "forward.h"
 #include "memory/pool.h"
 #include "model.h"

@@ -7,7 +7,7 @@
 #include <string.h>
 
 #include "cli.h"
-#include "common.h"
+#include "core/common.h"
 #include "eval.h"
 
 static const char DEFAULT_PPL_POLICIES[] = "full,streaming,knorm,qfilters,random,h2o,tova";

@@ -4,7 +4,7 @@
 #include <string.h>
 
 #include "cli.h"
-#include "common.h"
+#include "core/common.h"
 #include "server/auth.h"
 
 static void usage(FILE *f)

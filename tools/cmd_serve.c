@@ -10,7 +10,7 @@
 #include <unistd.h>
 
 #include "cli.h"
-#include "common.h"
+#include "core/common.h"
 #include "device.h"
 #include "engine.h"
 #include "memory/policy.h"

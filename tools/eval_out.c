@@ -9,7 +9,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "common.h"
+#include "core/common.h"
 
 FILE *eval_open_out(const char *cmd, const char *dir, const char *name)
 {

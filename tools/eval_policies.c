@@ -5,7 +5,7 @@
 #include <string.h>
 
 #include "cli.h"
-#include "common.h"
+#include "core/common.h"
 
 static int append(char *buf, size_t size, const char *s)
 {

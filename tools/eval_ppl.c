@@ -14,7 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "common.h"
+#include "core/common.h"
 
 typedef struct {
     const eval_policy *pol;   /* NULL = the full cache */

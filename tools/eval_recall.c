@@ -31,7 +31,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "common.h"
+#include "core/common.h"
 #include "memory/policy.h"
 
 enum { R_ORACLE, R_STREAM, R_KNORM, R_QF, R_QFSELF, R_QFPRE, R_N };

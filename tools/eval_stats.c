@@ -17,7 +17,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "common.h"
+#include "core/common.h"
 
 struct eval_stats {
     int n_kv_heads, n_streams, n_pos;

@@ -17,7 +17,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "common.h"
+#include "core/common.h"
 
 int eval_read_file(const char *cmd, const char *path, char **text, size_t *len)
 {

@@ -18,7 +18,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "common.h"
+#include "core/common.h"
 #include "kvsieve/v1/kvsieve.pb-c.h"
 #include "load.h"
 

@@ -6,7 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "common.h"
+#include "core/common.h"
 #include "load.h"
 
 /* ---- random numbers ---------------------------------------------------------------------- */

@@ -14,7 +14,7 @@
 #include <stdint.h>
 
 extern "C" {
-#include "common.h"
+#include "core/common.h"
 }
 #include "engine/cuda/kvs_cuda.h"
 

@@ -12,7 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "common.h"
+#include "core/common.h"
 #include "device.h"
 #include "kernels_ref.h"
 #include "memory/pool.h"

@@ -6,7 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "common.h"
+#include "core/common.h"
 #include "forward.h"
 #include "memory/pool.h"
 #include "model.h"

@@ -7,7 +7,7 @@
  * test_metadata are the ones that script writes. */
 #include "test_util.h"
 
-#include "common.h"
+#include "core/common.h"
 #include "gguf.h"
 
 #include <math.h>

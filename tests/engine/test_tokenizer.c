@@ -7,7 +7,7 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "common.h"
+#include "core/common.h"
 #include "gguf.h"
 #include "test_util.h"
 #include "tokenizer.h"

@@ -4,7 +4,7 @@
  * attention over the live slots is the same before and after. Edge cases: empty stream, one
  * token, everything evicted, lengths at page boundaries, holes only at the tail, reserved
  * but unused pages. */
-#include "common.h"
+#include "core/common.h"
 #include "memory/pool.h"
 #include "test_util.h"
 

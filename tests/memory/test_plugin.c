@@ -3,7 +3,7 @@
  * harmless; a bad path, a library that is not a plugin, a file that is not a library and a
  * plugin built for a future API version all give clear errors; the plugin itself refuses a
  * kvsieve that is too old. */
-#include "common.h"
+#include "core/common.h"
 #include "memory/policy.h"
 #include "memory/pool.h"
 #include "test_util.h"

@@ -5,7 +5,7 @@
  * calibration recovers a planted direction with the right sign and averages GQA groups, h2o
  * accumulates and tova overwrites attention, snapkv pools with kernel 5; every policy keeps
  * the sinks and the window and leaves the streams' invariants valid. */
-#include "common.h"
+#include "core/common.h"
 #include "memory/policy.h"
 #include "memory/pool.h"
 #include "test_util.h"

@@ -3,7 +3,7 @@
  * ratios), the registry, instance creation errors, and the eviction driver on hand-made
  * streams (lowest score first, older first on ties, sinks and window protected, a policy's
  * select validated, invariants kept, compaction frees the expected pages). */
-#include "common.h"
+#include "core/common.h"
 #include "memory/policy.h"
 #include "memory/pool.h"
 #include "test_util.h"

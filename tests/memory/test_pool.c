@@ -2,7 +2,7 @@
  * pages, out-of-pages without side effects, all-or-nothing reserve, holes first, stats, page
  * return on destroy, random operation sequences against a shadow model with the invariant
  * checker after every step, and a check that the checker itself catches corruption. */
-#include "common.h"
+#include "core/common.h"
 #include "memory/pool.h"
 #include "test_util.h"
 

@@ -1,6 +1,6 @@
 /* common.c — per-thread error messages, jemalloc-backed big allocations, clock. */
 #define _POSIX_C_SOURCE 200809L
-#include "common.h"
+#include "core/common.h"
 
 #include <jemalloc/jemalloc.h>
 #include <stdarg.h>
