@@ -6,6 +6,25 @@
 
 #include "core/common.h"
 
+/* A backend of the engine's device and format with kv_bytes of KV, and the pool that keeps
+ * the bookkeeping of exactly its pages. */
+static int make_memory(kvs_engine *e, size_t kv_bytes, kvs_backend **be, mem_pool **pool)
+{
+    *be = NULL;
+    *pool = NULL;
+    const engine_opts *o = &e->opts;
+    kvs_backend_opts bo = {.page_slots = o->page_slots ? o->page_slots : 16,
+                           .kv_bytes = kv_bytes, .kv_format = NULL};
+    int rc;
+    if (o->kv_dtype && (rc = kv_format_parse(o->kv_dtype, &bo.kv_format))) return rc;
+    if ((rc = kvs_backend_create(o->device, e->m, &bo, be))) return rc;
+    if ((rc = mem_pool_create((*be)->page_slots, (*be)->n_pages, pool))) {
+        kvs_backend_destroy(*be);
+        *be = NULL;
+    }
+    return rc;
+}
+
 int engine_create(const engine_opts *o, kvs_engine **out)
 {
     *out = NULL;
@@ -19,30 +38,16 @@ int engine_create(const engine_opts *o, kvs_engine **out)
                        tok_n_vocab(e->tok), e->m->cfg.n_vocab);
         goto fail;
     }
-    int P = o->page_slots ? o->page_slots : 16;
-    /* CUDA backend (device.h): K/V pages live in one device allocation; the host keeps the
-     * block manager's bookkeeping in a metadata pool of as many pages. */
-    kvs_device_kind dev;
-    if ((rc = kvs_device_resolve(o->device, &dev))) goto fail;
-    if (dev == KVS_DEVICE_CUDA) {
-        if ((rc = fwd_cuda_create(e->m, P, o->kv_bytes, 0.0, &e->cuda))) goto fail;
-        if ((rc = kvs_meta_pool_create(P, e->m->cfg.head_dim, fwd_cuda_n_pages(e->cuda),
-                                       &e->pool))) goto fail;
-        if ((rc = fwd_create(e->m, &e->fwd))) goto fail;
-        *out = e;
-        return 0;
+    e->opts = *o;
+    e->opts.model_path = NULL;
+    if (o->kv_dtype) { /* keep the table's name, not the caller's string */
+        const kv_format *f;
+        if ((rc = kv_format_parse(o->kv_dtype, &f))) goto fail;
+        e->opts.kv_dtype = f->name;
     }
-    size_t bytes = o->kv_bytes ? o->kv_bytes : ((size_t)1 << 30);
-    int32_t pages = mem_pool_pages_for_bytes(P, e->m->cfg.head_dim, bytes);
-    if (pages < 0) { rc = pages; goto fail; }
-    if (pages < e->m->cfg.n_layers * e->m->cfg.n_kv_heads) {
-        rc = kvs_error(KVS_EINVAL, "KV memory of %zu bytes holds %d pages; one token of this "
-                       "model needs %d (one page per layer and KV head)", bytes, pages,
-                       e->m->cfg.n_layers * e->m->cfg.n_kv_heads);
-        goto fail;
-    }
-    if ((rc = mem_pool_create(P, e->m->cfg.head_dim, pages, &e->pool))) goto fail;
-    if ((rc = fwd_create(e->m, &e->fwd))) goto fail;
+    if ((rc = make_memory(e, o->kv_bytes, &e->be, &e->pool))) goto fail;
+    e->plan.grow = e->be->plan_grow;
+    e->plan.grow_ctx = e->be->plan_grow_ctx;
     *out = e;
     return 0;
 fail:
@@ -50,16 +55,53 @@ fail:
     return rc;
 }
 
+int engine_set_kv_bytes(kvs_engine *e, size_t kv_bytes)
+{
+    if (e->n_seqs > 0)
+        return kvs_error(KVS_EINVAL, "cannot resize the KV memory while %d sequences hold it",
+                         e->n_seqs);
+    kvs_backend *be;
+    mem_pool *pool;
+    int rc = make_memory(e, kv_bytes, &be, &pool);
+    if (rc) return rc;
+    kvs_plan_free(&e->plan);
+    kvs_backend_destroy(e->be);
+    mem_pool_destroy(e->pool);
+    e->be = be;
+    e->pool = pool;
+    e->opts.kv_bytes = kv_bytes;
+    memset(&e->plan, 0, sizeof e->plan);
+    e->plan.grow = be->plan_grow;
+    e->plan.grow_ctx = be->plan_grow_ctx;
+    return KVS_OK;
+}
+
 void engine_destroy(kvs_engine *e)
 {
     if (!e) return;
-    fwd_destroy(e->fwd);
-    fwd_cuda_destroy(e->cuda); /* CUDA backend; NULL on the CPU backend */
+    kvs_plan_free(&e->plan);
+    kvs_backend_destroy(e->be);
     mem_pool_destroy(e->pool);
     tok_destroy(e->tok);
     model_free(e->m);
     free(e);
 }
+
+const kv_format *engine_kv_format(const kvs_engine *e) { return e->be->kv_format; }
+
+size_t engine_kv_bytes_per_token(const kvs_engine *e)
+{
+    const model_config *c = &e->m->cfg;
+    return (size_t)c->n_layers * c->n_kv_heads *
+           (e->be->kv_slot_bytes + sizeof(int32_t) + sizeof(float));
+}
+
+int engine_read_kv(kvs_engine *e, const int32_t *gslots, int n, float *k, float *v)
+{
+    return e->be->i->read_kv(e->be, gslots, n, k, v);
+}
+
+const fwd_timing *engine_last_timing(const kvs_engine *e) { return e->be->i->last_timing(e->be); }
 
 int engine_seq_create(kvs_engine *e, engine_seq **out)
 {
@@ -69,6 +111,7 @@ int engine_seq_create(kvs_engine *e, engine_seq **out)
     int rc = mem_seq_create(c->n_layers, c->n_kv_heads, e->next_stream_id, &s->kv);
     if (rc) { free(s); return rc; }
     e->next_stream_id += c->n_layers * c->n_kv_heads;
+    e->n_seqs++;
     *out = s;
     return 0;
 }
@@ -77,6 +120,7 @@ void engine_seq_destroy(kvs_engine *e, engine_seq *s)
 {
     if (!s) return;
     if (s->kv) mem_seq_destroy(e->pool, s->kv);
+    e->n_seqs--;
     pol_instance_destroy(s->policy);
     free(s->tokens);
     free(s);
@@ -132,28 +176,23 @@ int64_t engine_seq_pages(const engine_seq *s)
     return n;
 }
 
-/* Compact the streams that hold at least a page's worth of holes or spare pages. */
-static void compact_seq(kvs_engine *e, engine_seq *s, int force)
+/* Compact the streams that hold at least a page's worth of holes or spare pages (all with
+ * force), on the backend: host bookkeeping plus the K/V copies, in one batch. */
+static int compact_seq(kvs_engine *e, engine_seq *s, int force)
 {
-    const int P = e->pool->page_slots;
-    if (e->cuda) { /* CUDA backend: host bookkeeping, then one batched device copy */
-        int n = 0, n_streams = s->kv->n_layers * s->kv->n_kv_heads;
-        mem_stream **list = malloc((size_t)n_streams * sizeof *list);
-        if (!list) return; /* compaction is an optimisation: skip it */
-        for (int i = 0; i < n_streams; i++) {
-            mem_stream *st = &s->kv->streams[i];
-            if (force || st->n_slots - st->n_live >= P) list[n++] = st;
-        }
-        int64_t moves = n ? kvs_cuda_compact_streams(e->cuda, e->pool, list, n) : 0;
-        if (moves > 0) s->compaction_moves += moves;
-        free(list);
-        return;
-    }
-    for (int i = 0; i < s->kv->n_layers * s->kv->n_kv_heads; i++) {
+    const int P = e->pool->page_slots, n_streams = s->kv->n_layers * s->kv->n_kv_heads;
+    mem_stream *stack[256], **list = n_streams <= 256 ? stack : malloc((size_t)n_streams * sizeof *list);
+    if (!list) return kvs_error(KVS_ENOMEM, "out of memory compacting a sequence");
+    int n = 0;
+    for (int i = 0; i < n_streams; i++) {
         mem_stream *st = &s->kv->streams[i];
-        if (force || st->n_slots - st->n_live >= P)
-            s->compaction_moves += mem_stream_compact(e->pool, st);
+        if (force || st->n_slots - st->n_live >= P) list[n++] = st;
     }
+    int64_t moves = n ? e->be->i->compact(e->be, e->pool, list, n) : 0;
+    if (list != stack) free(list);
+    if (moves < 0) return (int)moves;
+    s->compaction_moves += moves;
+    return 0;
 }
 
 static int run_policy(kvs_engine *e, engine_seq *s, pol_event ev)
@@ -162,23 +201,21 @@ static int run_policy(kvs_engine *e, engine_seq *s, pol_event ev)
     int64_t n = pol_enforce_seq(s->policy, e->pool, s->kv, s->n_computed - 1, ev);
     if (n < 0) return (int)n;
     s->evicted += n;
-    if (n > 0) compact_seq(e, s, ev != POL_AT_STEP);
-    return 0;
+    return n > 0 ? compact_seq(e, s, ev != POL_AT_STEP) : 0;
 }
 
 int64_t engine_seq_compact(kvs_engine *e, engine_seq *s)
 {
     int64_t before = s->compaction_moves;
-    compact_seq(e, s, 1);
-    return s->compaction_moves - before;
+    int rc = compact_seq(e, s, 1);
+    return rc ? rc : s->compaction_moves - before;
 }
 
 int64_t engine_seq_compress(kvs_engine *e, engine_seq *s)
 {
     int64_t before = e->pool->n_free;
     int rc = run_policy(e, s, POL_AT_PRESSURE);
-    if (rc) return rc;
-    compact_seq(e, s, 1);
+    if (rc || (rc = compact_seq(e, s, 1))) return rc;
     return e->pool->n_free - before;
 }
 
@@ -243,9 +280,27 @@ int engine_step_limits(kvs_engine *e, engine_seq **seqs, int n, const int32_t *l
             .pos0 = s->n_computed,
             .logits = s->logits_all ? FWD_LOGITS_ALL
                       : s->n_computed + todo == s->n_tokens ? FWD_LOGITS_LAST : FWD_LOGITS_NONE};
+        fs[i].queries = s->queries;
+        fs[i].queries_ctx = s->queries_ctx;
+        fs[i].observe = s->observe;
+        fs[i].observe_ctx = s->observe_ctx;
+        fs[i].observe_from = s->observe_from;
         if (s->policy) {
             fs[i].score_keys = pol_score_keys;
             fs[i].score_ctx = s->policy;
+            switch (s->policy->dev.kind) { /* the policy's words for it -> the forward's */
+            case POL_SCORE_ZERO: fs[i].score_kind = FWD_SCORE_ZERO; break;
+            case POL_SCORE_DOT: fs[i].score_kind = FWD_SCORE_DOT; break;
+            case POL_SCORE_NEG_NORM: fs[i].score_kind = FWD_SCORE_NEG_NORM; break;
+            case POL_SCORE_POS: fs[i].score_kind = FWD_SCORE_POS; break;
+            default: fs[i].score_kind = FWD_SCORE_HOST; break;
+            }
+            fs[i].score_u = s->policy->dev.u;
+            if ((s->policy->vt->flags & POL_NEEDS_ATTENTION) && s->observe) {
+                rc = kvs_error(KVS_EINVAL, "sequence %d has an attention policy and its own "
+                               "attention observer", i);
+                goto out;
+            }
             if (s->policy->vt->flags & POL_NEEDS_ATTENTION) {
                 fs[i].observe = observe_hook;
                 fs[i].observe_ctx = s->policy;
@@ -268,9 +323,9 @@ int engine_step_limits(kvs_engine *e, engine_seq **seqs, int n, const int32_t *l
     for (int i = 0; i < n; i++)
         if ((rc = mem_seq_reserve(e->pool, seqs[i]->kv, fs[i].n_tokens))) goto out;
     int rows;
-    rc = e->cuda ? fwd_cuda(e->cuda, e->m, e->pool, fs, n, logits, &rows) /* CUDA backend */
-                 : fwd_cpu(e->fwd, e->m, e->pool, fs, n, logits, &rows);
-    if (rc) goto out;
+    if ((rc = kvs_plan_build(&e->plan, &e->m->cfg, e->pool, fs, n)) ||
+        (rc = e->be->i->run(e->be, e->m, e->pool, &e->plan, fs, logits, &rows)))
+        goto out;
     for (int i = 0, r = 0; i < n; i++) {
         engine_seq *s = seqs[i];
         int32_t before = s->n_computed;
@@ -293,29 +348,24 @@ int engine_seq_clone(kvs_engine *e, const engine_seq *src, engine_seq **out)
 {
     *out = NULL;
     mem_pool *pool = e->pool;
-    const int P = pool->page_slots, d = pool->head_dim;
+    const int P = pool->page_slots;
     const int n_streams = src->kv->n_layers * src->kv->n_kv_heads;
-    int64_t need = 0;
-    for (int i = 0; i < n_streams; i++)
+    int64_t need = 0, live = 0;
+    for (int i = 0; i < n_streams; i++) {
         need += (src->kv->streams[i].n_live + P - 1) / P;
+        live += src->kv->streams[i].n_live;
+    }
     if (need > pool->n_free)
         return kvs_error(KVS_ENOMEM, "cloning a sequence needs %lld KV pages but only %d are "
                          "free (raise --kv-memory)", (long long)need, pool->n_free);
+    /* the live slots' global ids, copied by the backend at the end */
+    int32_t *csrc = malloc((size_t)(live + 1) * sizeof *csrc);
+    int32_t *cdst = malloc((size_t)(live + 1) * sizeof *cdst);
     engine_seq *s = NULL;
-    /* CUDA backend: the live slots' global ids, copied on the device at the end */
-    int32_t *csrc = NULL, *cdst = NULL, nc = 0;
-    if (e->cuda) {
-        int64_t live = 0;
-        for (int i = 0; i < n_streams; i++) live += src->kv->streams[i].n_live;
-        csrc = malloc((size_t)(live + 1) * sizeof *csrc);
-        cdst = malloc((size_t)(live + 1) * sizeof *cdst);
-        if (!csrc || !cdst) {
-            free(csrc); free(cdst);
-            return kvs_error(KVS_ENOMEM, "out of memory cloning a sequence");
-        }
-    }
-    int rc = engine_seq_create(e, &s);
-    if (rc) { free(csrc); free(cdst); return rc; }
+    int rc = !csrc || !cdst ? kvs_error(KVS_ENOMEM, "out of memory cloning a sequence")
+                            : engine_seq_create(e, &s);
+    if (rc) goto fail;
+    int32_t nc = 0;
     if (src->n_tokens > 0 && (rc = engine_seq_push(e, s, src->tokens, src->n_tokens))) goto fail;
     s->n_computed = src->n_computed;
     s->n_prompt = src->n_prompt;
@@ -328,22 +378,15 @@ int engine_seq_clone(kvs_engine *e, const engine_seq *src, engine_seq **out)
         mem_stream *b = &s->kv->streams[i];
         if ((rc = mem_stream_reserve(pool, b, a->n_live))) goto fail;
         for (int32_t slot = 0; slot < a->n_slots; slot++) {
-            int32_t page = mem_slot_page(pool, a, slot), off = slot & (P - 1);
-            int32_t pos = mem_page_pos(pool, page)[off];
-            if (pos < 0) continue;
-            int32_t r;
-            if (e->cuda) { /* CUDA backend: bookkeeping here, K/V below */
-                r = kvs_stream_take_slot(pool, b, pos, mem_page_score(pool, page)[off]);
-                if (r >= 0) { csrc[nc] = page * P + off; cdst[nc++] = kvs_gslot(pool, b, r); }
-            } else {
-                r = mem_stream_append(pool, b, pos, mem_page_k(pool, page) + (size_t)off * d,
-                                      mem_page_v(pool, page) + (size_t)off * d,
-                                      mem_page_score(pool, page)[off]);
-            }
+            int32_t g = mem_gslot(pool, a, slot);
+            if (pool->pos[g] < 0) continue;
+            int32_t r = mem_stream_append(pool, b, pool->pos[g], pool->score[g]);
             if (r < 0) { rc = r; goto fail; }
+            csrc[nc] = g;
+            cdst[nc++] = mem_gslot(pool, b, r);
         }
     }
-    if (e->cuda && (rc = kvs_cuda_copy_slots(e->cuda, csrc, cdst, nc))) goto fail;
+    if ((rc = e->be->i->copy_slots(e->be, pool, csrc, cdst, nc))) goto fail;
     free(csrc);
     free(cdst);
     *out = s;
@@ -359,55 +402,36 @@ int engine_seq_rescore(kvs_engine *e, engine_seq *s)
 {
     if (!s->policy) return 0;
     mem_pool *pool = e->pool;
-    const int P = pool->page_slots, d = pool->head_dim;
+    const int P = pool->page_slots, d = e->m->cfg.head_dim;
     float *keys = malloc((size_t)P * d * sizeof *keys), *sc = malloc((size_t)P * sizeof *sc);
-    int32_t *pos = malloc((size_t)P * sizeof *pos), *slots = malloc((size_t)P * sizeof *slots);
-    if (!keys || !sc || !pos || !slots) {
-        free(keys); free(sc); free(pos); free(slots);
-        return kvs_error(KVS_ENOMEM, "out of memory rescoring a sequence");
+    int32_t *pos = malloc((size_t)P * sizeof *pos), *gs = malloc((size_t)P * sizeof *gs);
+    int rc = 0;
+    if (!keys || !sc || !pos || !gs) {
+        rc = kvs_error(KVS_ENOMEM, "out of memory rescoring a sequence");
+        goto out;
     }
-    for (int l = 0; l < s->kv->n_layers; l++)
-        for (int h = 0; h < s->kv->n_kv_heads; h++) {
+    for (int l = 0; l < s->kv->n_layers && !rc; l++)
+        for (int h = 0; h < s->kv->n_kv_heads && !rc; h++) {
             mem_stream *st = mem_seq_stream(s->kv, l, h);
-            /* Page by page: gather the live keys of a page, score them, write back. */
-            for (int32_t p0 = 0; p0 < st->n_slots; p0 += P) {
-                int32_t page = st->pages[p0 >> pool->page_shift];
-                const int32_t *pp = mem_page_pos(pool, page);
-                const float *K = e->cuda ? NULL : mem_page_k(pool, page); /* CUDA: device */
+            /* Page by page: read the live keys of a page, score them, write back. */
+            for (int32_t p0 = 0; p0 < st->n_slots && !rc; p0 += P) {
                 int n = 0;
-                for (int32_t off = 0; off < P && p0 + off < st->n_slots; off++) {
-                    if (pp[off] < 0) continue;
-                    if (!e->cuda)
-                        memcpy(keys + (size_t)n * d, K + (size_t)off * d, (size_t)d * sizeof *keys);
-                    pos[n] = pp[off];
-                    slots[n++] = off;
+                for (int32_t slot = p0; slot < p0 + P && slot < st->n_slots; slot++) {
+                    int32_t g = mem_gslot(pool, st, slot);
+                    if (pool->pos[g] < 0) continue;
+                    pos[n] = pool->pos[g];
+                    gs[n++] = g;
                 }
                 if (!n) continue;
-                int rc = 0;
-                if (e->cuda) { /* CUDA backend: the keys come from the device */
-                    for (int i = 0; i < n; i++) slots[i] += page * P; /* global slots */
-                    rc = kvs_cuda_read_keys(e->cuda, slots, n, keys);
-                    for (int i = 0; i < n; i++) slots[i] -= page * P;
-                }
-                if (rc) {
-                    free(keys); free(sc); free(pos); free(slots);
-                    return rc;
-                }
+                if ((rc = e->be->i->read_kv(e->be, gs, n, keys, NULL))) break;
                 pol_score_keys(s->policy, l, h, keys, pos, n, sc);
-                float *score = mem_page_score(pool, page);
-                for (int i = 0; i < n; i++) score[slots[i]] = sc[i];
-                if (e->cuda) { /* keep the device's score mirror in step */
-                    for (int i = 0; i < n; i++) slots[i] += page * P;
-                    rc = kvs_cuda_write_scores(e->cuda, slots, sc, n);
-                    if (rc) {
-                        free(keys); free(sc); free(pos); free(slots);
-                        return rc;
-                    }
-                }
+                for (int i = 0; i < n; i++) pool->score[gs[i]] = sc[i];
+                rc = e->be->i->scores_changed(e->be, pool, gs, n);
             }
         }
-    free(keys); free(sc); free(pos); free(slots);
-    return 0;
+out:
+    free(keys); free(sc); free(pos); free(gs);
+    return rc;
 }
 
 int64_t engine_seq_run_event(kvs_engine *e, engine_seq *s, pol_event ev)

@@ -7,7 +7,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "device.h"
+#include "backend.h"
 #include "forward.h"
 #include "memory/policy.h"
 #include "memory/pool.h"
@@ -16,19 +16,23 @@
 
 typedef struct engine_opts {
     const char *model_path;
-    size_t kv_bytes;   /* KV pool size in bytes; 0 = 1 GiB (CPU), a share of free GPU memory
-                        * (CUDA) */
+    size_t kv_bytes;   /* KV memory in bytes (K/V rows plus each slot's pos and score); 0 =
+                        * 1 GiB (CPU), a share of free GPU memory (CUDA) */
     int page_slots;    /* P; 0 = 16 */
-    kvs_device_kind device; /* KVS_DEVICE_CPU (0, the default), _CUDA or _AUTO (device.h) */
+    kvs_device_kind device; /* KVS_DEVICE_CPU (0, the default), _CUDA or _AUTO (backend.h) */
+    const char *kv_dtype;   /* KV format name (memory/kv_format.h); NULL = the backend's
+                             * default (CPU f32, CUDA its 16-bit type) */
 } engine_opts;
 
 typedef struct kvs_engine {
     model *m;
     tok_ctx *tok;
-    mem_pool *pool;    /* with the CUDA backend: the host metadata pool (K/V on the device) */
-    fwd_state *fwd;
+    mem_pool *pool;    /* the block manager's bookkeeping; the K/V rows are the backend's */
+    kvs_backend *be;   /* runs the steps and owns the K/V */
+    kvs_plan plan;     /* the step plan, rebuilt every step */
     int32_t next_stream_id;
-    fwd_cuda_state *cuda; /* the CUDA backend, or NULL for the CPU backend */
+    int n_seqs;        /* sequences alive */
+    engine_opts opts;  /* as created (model_path not kept) */
 } kvs_engine;
 
 /* A sequence: its token ids (prompt + generated) and its KV streams; the first n_computed
@@ -44,10 +48,23 @@ typedef struct engine_seq {
     int64_t compaction_moves;  /* slots moved by compaction so far */
     int logits_all;            /* 1: engine_step returns a logits row for every token it
                                 * computes (teacher-forced evaluation), 0: only the last */
+    /* Optional: called with each layer's post-RoPE queries of the tokens this sequence
+     * computes in a step (calibration, diagnostics); forward.h's fwd_query_fn. */
+    fwd_query_fn queries;
+    void *queries_ctx;
+    /* Optional, for a sequence without an attention policy: attention probabilities of every
+     * query at positions >= observe_from over each stream (forward.h's fwd_observe_fn). */
+    fwd_observe_fn observe;
+    void *observe_ctx;
+    int32_t observe_from;
 } engine_seq;
 
 int engine_create(const engine_opts *o, kvs_engine **out);
 void engine_destroy(kvs_engine *e);
+/* Give the engine a KV memory of kv_bytes (a new backend and pool of that size, same model,
+ * format and device). Only while no sequence exists: KVS_EINVAL otherwise. On error the
+ * engine keeps its old memory. */
+int engine_set_kv_bytes(kvs_engine *e, size_t kv_bytes);
 
 int engine_seq_create(kvs_engine *e, engine_seq **out);
 /* Frees the sequence and returns its pages to the pool. */
@@ -67,11 +84,19 @@ int64_t engine_seq_compress(kvs_engine *e, engine_seq *s);
 int64_t engine_seq_pages(const engine_seq *s);
 /* Compact every stream of the sequence (tail-to-hole moves, trailing empty pages back to the
  * pool) on the engine's backend; adds the moves to s->compaction_moves and returns them (or a
- * negative status). Use this, not mem_stream_compact: with the CUDA backend the K/V to move
- * are on the device. */
+ * negative status). Use this, not mem_stream_compact: the backend moves the K/V. */
 int64_t engine_seq_compact(kvs_engine *e, engine_seq *s);
 /* The model as policies see it. */
 pol_model_info engine_model_info(const kvs_engine *e);
+/* The KV format and what one token costs: K/V bytes per token of a sequence (all layers and
+ * KV heads, pos and score included) with this engine's format. */
+const kv_format *engine_kv_format(const kvs_engine *e);
+size_t engine_kv_bytes_per_token(const kvs_engine *e);
+/* Read the keys and/or values (either may be NULL) of n global slots (mem_gslot) as fp32,
+ * out[n][head_dim], from whichever backend holds them (evaluation, diagnostics). */
+int engine_read_kv(kvs_engine *e, const int32_t *gslots, int n, float *k, float *v);
+/* Seconds of the last step by phase. */
+const fwd_timing *engine_last_timing(const kvs_engine *e);
 
 /* One step: every sequence computes up to max_chunk of its uncomputed tokens (>= 1 each).
  * Policies run inside the step: keys are scored as they are written, attention policies see

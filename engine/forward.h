@@ -16,6 +16,15 @@
 
 enum { FWD_LOGITS_NONE = 0, FWD_LOGITS_LAST = 1, FWD_LOGITS_ALL = 2 };
 
+/* fwd_seq.score_kind: what score_keys computes, so a device can fuse it into the key write. */
+enum {
+    FWD_SCORE_HOST = 0,     /* unknown: call score_keys on the host (the default) */
+    FWD_SCORE_ZERO = 1,     /* 0 */
+    FWD_SCORE_DOT = 2,      /* <k, score_u[layer][kv_head]> */
+    FWD_SCORE_NEG_NORM = 3, /* -||k||2 */
+    FWD_SCORE_POS = 4       /* (float)pos */
+};
+
 /* Called when keys are written: score n post-RoPE keys ([n][head_dim]) of one head of one
  * layer; the score is stored beside the key in its slot (the eviction policy's hook). */
 typedef void (*fwd_score_fn)(void *ctx, int layer, int kv_head, const float *keys,
@@ -40,6 +49,11 @@ typedef struct fwd_seq {
     int logits;               /* FWD_LOGITS_* */
     fwd_score_fn score_keys;  /* NULL: scores are 0 */
     void *score_ctx;
+    /* How a device may compute score_keys' result itself (FWD_SCORE_*, from the policy's
+     * device_score hook; the default 0 = FWD_SCORE_HOST always works), and for FWD_SCORE_DOT
+     * the filters u[n_layers][n_kv_heads][head_dim]. The CPU backend always calls score_keys. */
+    int score_kind;
+    const float *score_u;
     fwd_observe_fn observe;   /* NULL: no attention statistics */
     void *observe_ctx;
     int32_t observe_from;     /* observe the queries at positions >= observe_from */
@@ -47,20 +61,7 @@ typedef struct fwd_seq {
     void *queries_ctx;
 } fwd_seq;
 
-typedef struct fwd_state fwd_state;
-
-int fwd_create(const model *m, fwd_state **out);
-void fwd_destroy(fwd_state *st);
-
-/* Run one step. On success *logits points to rows of n_vocab floats (valid until the next
- * call): for each sequence in order, 1 row (LAST) or n_tokens rows (ALL) or none; *n_rows is
- * the total. Errors: KVS_EINVAL (bad token id / empty sequence), KVS_ENOMEM (a stream had no
- * room: reserve first), with a message. */
-int fwd_cpu(fwd_state *st, const model *m, mem_pool *pool, const fwd_seq *seqs, int n_seqs,
-            float **logits, int *n_rows);
-
 /* Seconds spent in the last call, split by phase (for bench / profiling). */
 typedef struct fwd_timing { double gemm, attention, kv_write, other, logits; } fwd_timing;
-const fwd_timing *fwd_last_timing(const fwd_state *st);
 
 #endif

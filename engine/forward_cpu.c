@@ -1,4 +1,5 @@
-/* forward_cpu.c — fp32 llama forward on the CPU: BLAS GEMMs, OpenMP for everything else.
+/* forward_cpu.c — the CPU forward of a step plan: fp32 activations, BLAS GEMMs, OpenMP for
+ * everything else; K/V rows read through their format's tile reader (forward_cpu.h).
  *
  * Shapes (T = tokens in the step, D = d_model, hd = head_dim, Hq/Hkv = query/KV heads,
  * G = Hq/Hkv, F = d_ff, V = vocab):
@@ -6,7 +7,7 @@
  *   RoPE(q, k) -> append k, v into the streams -> attention -> att [T][Hq hd]
  *   x += att @ Wo^T ; h = rmsnorm(x) ; gu = h @ Wgu^T [T][2F] ; x += (silu(g) * u) @ Wdown^T
  *   logits = rmsnorm(x[rows]) @ Wout^T */
-#include "forward.h"
+#include "forward_cpu.h"
 
 #include <cblas.h>
 #include <math.h>
@@ -142,7 +143,7 @@ static void rope_apply(float *v, const float *cs, const float *sn, int half)
 /* Keys per attention tile: one vector register of scores on AVX-512. */
 #define ATT_TILE 16
 /* Largest head dim the attention tiles hold on the stack. */
-#define ATT_MAX_HD 512
+#define ATT_MAX_HD FWD_CPU_MAX_HEAD_DIM
 
 /* One tile of ATT_TILE floats as a GCC/Clang vector (a zmm register on AVX-512, split by the
  * compiler elsewhere). */
@@ -199,9 +200,10 @@ static void att_accumulate(float *a, float corr, const float *p, const float *V,
  * tile: ATT_TILE slots of a page, their keys transposed so that the scores of a query row
  * are one vector of FMAs (four rows at a time, sharing the key loads). q: n_q tokens x G
  * heads, rows at q0 + (t * q_stride) + g * hd; out likewise. */
-static void attend_stream(const mem_pool *pool, const mem_stream *s, const float *q0,
-                          size_t q_stride, float *out0, size_t out_stride,
-                          const int32_t *qpos, int n_q, int G, int hd, float scale)
+static void attend_stream(const mem_pool *pool, const kv_store *kv, const int32_t *pages,
+                          int32_t n_slots, const float *q0, size_t q_stride, float *out0,
+                          size_t out_stride, const int32_t *qpos, int n_q, int G, int hd,
+                          float scale)
 {
     enum { MAXR = ATT_QBLOCK * 16 };
     const int P = pool->page_slots;
@@ -210,6 +212,7 @@ static void attend_stream(const mem_pool *pool, const mem_stream *s, const float
     att_vec kt[ATT_MAX_HD]; /* kt[i][j] = key j's component i */
     att_vec scv[MAXR];      /* scores of every row for the current tile */
     float pr[ATT_TILE];
+    float kbuf[ATT_TILE * ATT_MAX_HD], vbuf[ATT_TILE * ATT_MAX_HD]; /* tiles read as fp32 */
     const float *qrow[MAXR];
     int32_t qmax = INT32_MIN;
     for (int t = 0; t < n_q; t++)
@@ -221,20 +224,21 @@ static void attend_stream(const mem_pool *pool, const mem_stream *s, const float
         memset(out0 + (size_t)(r / G) * out_stride + (size_t)(r % G) * hd, 0,
                (size_t)hd * sizeof(float));
     }
-    for (int base = 0; base < s->n_slots; base += ATT_TILE) {
-        int32_t page = s->pages[base / P];
+    for (int base = 0; base < n_slots; base += ATT_TILE) {
+        int32_t page = pages[base / P];
         int off = base % P;
-        int ns = s->n_slots - base;
+        int ns = n_slots - base;
         if (ns > ATT_TILE) ns = ATT_TILE;
         if (ns > P - off) ns = P - off;
         if (ns < ATT_TILE) base -= ATT_TILE - ns; /* next tile starts at the next page */
-        const float *K = mem_page_k(pool, page) + (size_t)off * hd;
-        const float *V = mem_page_v(pool, page) + (size_t)off * hd;
+        const int64_t g0 = (int64_t)page * P + off;
         const int32_t *pos = mem_page_pos(pool, page) + off;
         int32_t pmin = INT32_MAX;
         for (int j = 0; j < ns; j++)
             if (pos[j] >= 0 && pos[j] < pmin) pmin = pos[j];
         if (pmin > qmax) continue; /* holes only, or the causal future of every row */
+        const float *K = kv->fk->read_rows(kv_store_krow(kv, g0), ns, hd, kbuf);
+        const float *V = kv->fv->read_rows(kv_store_vrow(kv, g0), ns, hd, vbuf);
         for (int i = 0; i < hd; i++)
             for (int j = 0; j < ATT_TILE; j++) kt[i][j] = j < ns ? K[(size_t)j * hd + i] : 0.0f;
         for (int r0 = 0; r0 < R; r0 += 4) {
@@ -293,31 +297,34 @@ static void attend_stream(const mem_pool *pool, const mem_stream *s, const float
  * keys, paid only by attention-based policies; the tiles of attend_stream, ATT_PROB_ROWS query
  * rows at a time (each tile's keys transposed once per block of rows). */
 #define ATT_PROB_ROWS 16
-static void attention_probs(const mem_pool *pool, const mem_stream *s, const float *q0,
-                            size_t q_stride, const int32_t *qpos, int n_q, int G, int hd,
-                            float scale, float *probs)
+static void attention_probs(const mem_pool *pool, const kv_store *kv, const int32_t *pages,
+                            int32_t n_slots, const float *q0, size_t q_stride,
+                            const int32_t *qpos, int n_q, int G, int hd, float scale,
+                            float *probs)
 {
-    const int P = pool->page_slots, n = s->n_slots, R = n_q * G;
+    const int P = pool->page_slots, n = n_slots, R = n_q * G;
     const int max_tiles = (n + ATT_TILE - 1) / ATT_TILE + (n + P - 1) / P + 1;
     att_vec *sc = malloc((size_t)ATT_PROB_ROWS * max_tiles * sizeof(att_vec));
     int *tile_slot = malloc((size_t)(max_tiles + 1) * sizeof(int));
     att_vec *kt = malloc((size_t)(hd > 0 ? hd : 1) * sizeof(att_vec));
+    float *kbuf = malloc((size_t)ATT_TILE * (hd > 0 ? hd : 1) * sizeof(float));
     memset(probs, 0, (size_t)n_q * n * sizeof(float));
     const att_vec neg_inf = (att_vec){0} - INFINITY;
     att_ivec jv;
     for (int j = 0; j < ATT_TILE; j++) jv[j] = j;
-    if (!sc || !tile_slot || !kt) goto done;
+    if (!sc || !tile_slot || !kt || !kbuf) goto done;
     for (int r0 = 0; r0 < R; r0 += ATT_PROB_ROWS) {
         const int nr = R - r0 < ATT_PROB_ROWS ? R - r0 : ATT_PROB_ROWS;
         float mx[ATT_PROB_ROWS];
         for (int k = 0; k < nr; k++) mx[k] = -INFINITY;
         int nt = 0;
         for (int base = 0; base < n; nt++) {
-            int32_t page = s->pages[base / P];
+            int32_t page = pages[base / P];
             int off = base % P, ns = n - base;
             if (ns > ATT_TILE) ns = ATT_TILE;
             if (ns > P - off) ns = P - off;
-            const float *K = mem_page_k(pool, page) + (size_t)off * hd;
+            const float *K = kv->fk->read_rows(kv_store_krow(kv, (int64_t)page * P + off), ns,
+                                               hd, kbuf);
             const int32_t *pos = mem_page_pos(pool, page) + off;
             att_ivec posv;
             for (int j = 0; j < ATT_TILE; j++) posv[j] = j < ns ? pos[j] : -1;
@@ -357,37 +364,38 @@ done:
     free(sc);
     free(tile_slot);
     free(kt);
+    free(kbuf);
 }
 
 /* Feed attention-based policies: for every sequence with an observer, the probabilities of its
  * observed queries over each KV head's stream of layer l. */
-static int observe_layer(fwd_state *st, const model_config *c, mem_pool *pool,
-                         const fwd_seq *seqs, int n_seqs, int l)
+static int observe_layer(fwd_state *st, const model_config *c, mem_pool *pool, const kv_store *kv,
+                         const kvs_plan *p, const fwd_seq *seqs, int l)
 {
     const int hd = c->head_dim, Hq = c->n_heads, Hkv = c->n_kv_heads, G = Hq / Hkv;
-    const int QKV = (Hq + 2 * Hkv) * hd;
+    const int QKV = (Hq + 2 * Hkv) * hd, L = c->n_layers;
     const float scale = 1.0f / sqrtf((float)hd);
-    for (int s = 0, tb = 0; s < n_seqs; tb += seqs[s].n_tokens, s++) {
+    for (int s = 0; s < p->S; s++) {
         const fwd_seq *q = &seqs[s];
-        if (!q->observe) continue;
-        int i0 = 0;
-        while (i0 < q->n_tokens && st->tok_pos[tb + i0] < q->observe_from) i0++;
-        int n_q = q->n_tokens - i0;
-        if (n_q <= 0) continue;
+        const kvs_seq_info *si = &p->seq[s];
+        if (!q->observe || si->n_obs <= 0) continue;
+        const int t0 = si->tok0 + si->obs0, n_q = si->n_obs;
         float *probs[64];
         int rc = 0;
         if (Hkv > 64) return kvs_error(KVS_EUNSUPPORTED, "more than 64 KV heads");
         for (int h = 0; h < Hkv; h++) {
-            const mem_stream *str = &q->kv->streams[l * Hkv + h];
-            probs[h] = malloc((size_t)n_q * (str->n_slots > 0 ? str->n_slots : 1) * sizeof(float));
+            const kvs_stream_info *info = &p->stream[((size_t)s * L + l) * Hkv + h];
+            probs[h] = malloc((size_t)n_q * (info->n_slots > 0 ? info->n_slots : 1) * sizeof(float));
             if (!probs[h]) rc = KVS_ENOMEM;
         }
         if (!rc) {
 #pragma omp parallel for schedule(dynamic, 1)
-            for (int h = 0; h < Hkv; h++)
-                attention_probs(pool, &q->kv->streams[l * Hkv + h],
-                                st->qkv + (size_t)(tb + i0) * QKV + (size_t)h * G * hd,
-                                (size_t)QKV, st->tok_pos + tb + i0, n_q, G, hd, scale, probs[h]);
+            for (int h = 0; h < Hkv; h++) {
+                const kvs_stream_info *info = &p->stream[((size_t)s * L + l) * Hkv + h];
+                attention_probs(pool, kv, p->pt + info->pt_off, info->n_slots,
+                                st->qkv + (size_t)t0 * QKV + (size_t)h * G * hd, (size_t)QKV,
+                                p->pos + t0, n_q, G, hd, scale, probs[h]);
+            }
             for (int h = 0; h < Hkv && !rc; h++)
                 rc = q->observe(q->observe_ctx, pool, &q->kv->streams[l * Hkv + h], l, h,
                                 probs[h], n_q);
@@ -400,56 +408,33 @@ static int observe_layer(fwd_state *st, const model_config *c, mem_pool *pool,
     return 0;
 }
 
-int fwd_cpu(fwd_state *st, const model *m, mem_pool *pool, const fwd_seq *seqs, int n_seqs,
-            float **logits, int *n_rows)
+int fwd_cpu(fwd_state *st, const model *m, mem_pool *pool, kv_store *kv, const kvs_plan *p,
+            const fwd_seq *seqs, float **logits, int *n_rows)
 {
     const model_config *c = &m->cfg;
     const int D = c->d_model, hd = c->head_dim, half = hd / 2, Hq = c->n_heads;
-    const int Hkv = c->n_kv_heads, G = Hq / Hkv, F = c->d_ff;
+    const int Hkv = c->n_kv_heads, G = Hq / Hkv, F = c->d_ff, L = c->n_layers;
     const int QKV = (Hq + 2 * Hkv) * hd;
     const float scale = 1.0f / sqrtf((float)hd);
     memset(&st->timing, 0, sizeof st->timing);
     double t0 = kvs_now(), t1;
 
-    if (n_seqs <= 0) return kvs_error(KVS_EINVAL, "empty batch");
-    if (pool->head_dim != hd) return kvs_error(KVS_EINVAL, "KV pool head dim %d != model %d",
-                                               pool->head_dim, hd);
     if (hd > ATT_MAX_HD)
         return kvs_error(KVS_EUNSUPPORTED, "head dim %d is larger than %d", hd, ATT_MAX_HD);
-    if (G * ATT_QBLOCK > 256)
+    if (G * ATT_QBLOCK > 256) /* KVS_PLAN_MAX_GROUP keeps this true */
         return kvs_error(KVS_EUNSUPPORTED, "GQA group of %d query heads is too large", G);
-    /* Validate the batch and count tokens / logit rows. */
-    int T = 0, R = 0;
-    for (int s = 0; s < n_seqs; s++) {
-        const fwd_seq *q = &seqs[s];
-        if (q->n_tokens < 1) return kvs_error(KVS_EINVAL, "sequence %d has no tokens", s);
-        if (q->pos0 < 0 || q->pos0 > INT32_MAX - q->n_tokens)
-            return kvs_error(KVS_EINVAL, "sequence %d: bad position %d", s, q->pos0);
-        if (!q->kv || q->kv->n_layers != c->n_layers || q->kv->n_kv_heads != Hkv)
-            return kvs_error(KVS_EINVAL, "sequence %d: KV streams do not match the model", s);
-        for (int i = 0; i < q->n_tokens; i++)
-            if (q->tokens[i] < 0 || q->tokens[i] >= c->n_vocab)
-                return kvs_error(KVS_ERANGE, "token id %d is outside the vocabulary [0, %d)",
-                                 q->tokens[i], c->n_vocab);
-        for (int l = 0; l < c->n_layers; l++)
-            for (int h = 0; h < Hkv; h++)
-                if (mem_stream_pages_needed(pool, &q->kv->streams[l * Hkv + h], q->n_tokens))
-                    return kvs_error(KVS_ENOMEM, "sequence %d: KV stream has no room for %d "
-                                     "tokens (reserve pages first)", s, q->n_tokens);
-        if (T > INT32_MAX - q->n_tokens) return kvs_error(KVS_EINVAL, "batch too large");
-        T += q->n_tokens;
-        R += q->logits == FWD_LOGITS_ALL ? q->n_tokens : q->logits == FWD_LOGITS_LAST ? 1 : 0;
-    }
+    if (kv->head_dim != hd)
+        return kvs_error(KVS_EINVAL, "KV store head dim %d != model %d", kv->head_dim, hd);
+    const int T = p->T, R = p->R, S = p->S;
     int rc;
     if ((rc = ensure_tokens(st, c, T)) || (rc = ensure_rows(st, c, R))) return rc;
 
     /* Embeddings, positions, RoPE tables. */
-    for (int s = 0, t = 0; s < n_seqs; s++)
-        for (int i = 0; i < seqs[s].n_tokens; i++, t++) {
-            memcpy(st->x + (size_t)t * D, m->tok_embd + (size_t)seqs[s].tokens[i] * D,
-                   (size_t)D * sizeof(float));
-            st->tok_pos[t] = seqs[s].pos0 + i;
-        }
+    for (int t = 0; t < T; t++) {
+        memcpy(st->x + (size_t)t * D, m->tok_embd + (size_t)p->tok[t] * D,
+               (size_t)D * sizeof(float));
+        st->tok_pos[t] = p->pos[t];
+    }
 #pragma omp parallel for schedule(static) if (T > 8)
     for (int t = 0; t < T; t++)
         for (int i = 0; i < half; i++) {
@@ -459,7 +444,7 @@ int fwd_cpu(fwd_state *st, const model *m, mem_pool *pool, const fwd_seq *seqs, 
         }
     t1 = kvs_now(); st->timing.other += t1 - t0; t0 = t1;
 
-    for (int l = 0; l < c->n_layers; l++) {
+    for (int l = 0; l < L; l++) {
         const model_layer *ly = &m->layers[l];
         rmsnorm_rows(st->h, st->x, ly->attn_norm, T, D, c->rms_eps);
         t1 = kvs_now(); st->timing.other += t1 - t0; t0 = t1;
@@ -475,37 +460,35 @@ int fwd_cpu(fwd_state *st, const model *m, mem_pool *pool, const fwd_seq *seqs, 
         }
         t1 = kvs_now(); st->timing.other += t1 - t0; t0 = t1;
 
-        /* Append K/V (with the policy's score) into each sequence's streams of this layer. */
-        for (int s = 0, tb = 0; s < n_seqs; tb += seqs[s].n_tokens, s++) {
+        /* Write K/V (with the policy's score) into the slots the plan assigned. */
+        const int32_t *slot_map = p->slot_map + (size_t)l * T * Hkv;
+        for (int s = 0; s < S; s++) {
             const fwd_seq *q = &seqs[s];
+            const int tb = p->seq[s].tok0, n = p->seq[s].n_tok;
             if (q->queries)
                 for (int h = 0; h < Hq; h++) {
-                    for (int i = 0; i < q->n_tokens; i++)
+                    for (int i = 0; i < n; i++)
                         memcpy(st->key_buf + (size_t)i * hd,
                                st->qkv + (size_t)(tb + i) * QKV + (size_t)h * hd,
                                (size_t)hd * sizeof(float));
-                    q->queries(q->queries_ctx, l, h, st->key_buf, q->n_tokens);
+                    q->queries(q->queries_ctx, l, h, st->key_buf, n);
                 }
             for (int h = 0; h < Hkv; h++) {
-                mem_stream *str = &q->kv->streams[l * Hkv + h];
                 if (q->score_keys) {
-                    for (int i = 0; i < q->n_tokens; i++) {
+                    for (int i = 0; i < n; i++) {
                         memcpy(st->key_buf + (size_t)i * hd,
                                st->qkv + (size_t)(tb + i) * QKV + (size_t)(Hq + h) * hd,
                                (size_t)hd * sizeof(float));
                         st->pos_buf[i] = st->tok_pos[tb + i];
                     }
-                    q->score_keys(q->score_ctx, l, h, st->key_buf, st->pos_buf, q->n_tokens,
-                                  st->score_buf);
+                    q->score_keys(q->score_ctx, l, h, st->key_buf, st->pos_buf, n, st->score_buf);
                 }
-                for (int i = 0; i < q->n_tokens; i++) {
+                for (int i = 0; i < n; i++) {
                     const float *row = st->qkv + (size_t)(tb + i) * QKV;
-                    int32_t slot = mem_stream_append(pool, str, st->tok_pos[tb + i],
-                                                     row + (size_t)(Hq + h) * hd,
-                                                     row + (size_t)(Hq + Hkv + h) * hd,
-                                                     q->score_keys ? st->score_buf[i] : 0.0f);
-                    if (slot < 0) return kvs_error(KVS_ENOMEM, "KV stream full while writing "
-                                                   "layer %d (reserve pages first)", l);
+                    int32_t g = slot_map[(size_t)(tb + i) * Hkv + h];
+                    kv_store_write(kv, g, row + (size_t)(Hq + h) * hd,
+                                   row + (size_t)(Hq + Hkv + h) * hd);
+                    pool->score[g] = q->score_keys ? st->score_buf[i] : 0.0f;
                 }
             }
         }
@@ -513,28 +496,28 @@ int fwd_cpu(fwd_state *st, const model *m, mem_pool *pool, const fwd_seq *seqs, 
 
         /* Attention: one task per (sequence, kv head, block of query tokens). */
         int n_tasks = 0;
-        for (int s = 0; s < n_seqs; s++)
-            n_tasks += Hkv * ((seqs[s].n_tokens + ATT_QBLOCK - 1) / ATT_QBLOCK);
+        for (int s = 0; s < S; s++)
+            n_tasks += Hkv * ((p->seq[s].n_tok + ATT_QBLOCK - 1) / ATT_QBLOCK);
 #pragma omp parallel for schedule(dynamic, 1)
         for (int task = 0; task < n_tasks; task++) {
-            int s = 0, rem = task, tb = 0;
+            int s = 0, rem = task;
             for (;;) {
-                int nb = (seqs[s].n_tokens + ATT_QBLOCK - 1) / ATT_QBLOCK;
+                int nb = (p->seq[s].n_tok + ATT_QBLOCK - 1) / ATT_QBLOCK;
                 if (rem < nb * Hkv) break;
                 rem -= nb * Hkv;
-                tb += seqs[s].n_tokens;
                 s++;
             }
             int h = rem % Hkv, blk = rem / Hkv;
-            int ts = tb + blk * ATT_QBLOCK;
-            int nq = seqs[s].n_tokens - blk * ATT_QBLOCK;
+            int ts = p->seq[s].tok0 + blk * ATT_QBLOCK;
+            int nq = p->seq[s].n_tok - blk * ATT_QBLOCK;
             if (nq > ATT_QBLOCK) nq = ATT_QBLOCK;
-            attend_stream(pool, &seqs[s].kv->streams[l * Hkv + h],
+            const kvs_stream_info *info = &p->stream[((size_t)s * L + l) * Hkv + h];
+            attend_stream(pool, kv, p->pt + info->pt_off, info->n_slots,
                           st->qkv + (size_t)ts * QKV + (size_t)h * G * hd, (size_t)QKV,
                           st->att + (size_t)ts * Hq * hd + (size_t)h * G * hd, (size_t)Hq * hd,
                           st->tok_pos + ts, nq, G, hd, scale);
         }
-        if ((rc = observe_layer(st, c, pool, seqs, n_seqs, l))) return rc;
+        if ((rc = observe_layer(st, c, pool, kv, p, seqs, l))) return rc;
         t1 = kvs_now(); st->timing.attention += t1 - t0; t0 = t1;
 
         gemm_xwt(st->x, st->att, ly->wo, T, D, Hq * hd, 1.0f); /* x += att @ Wo^T */
@@ -554,19 +537,9 @@ int fwd_cpu(fwd_state *st, const model *m, mem_pool *pool, const fwd_seq *seqs, 
         t1 = kvs_now(); st->timing.gemm += t1 - t0; t0 = t1;
     }
 
-    /* Logits for the requested rows. */
-    int r = 0;
-    for (int s = 0, tb = 0; s < n_seqs; tb += seqs[s].n_tokens, s++) {
-        if (seqs[s].logits == FWD_LOGITS_ALL) {
-            memcpy(st->xrows + (size_t)r * D, st->x + (size_t)tb * D,
-                   (size_t)seqs[s].n_tokens * D * sizeof(float));
-            r += seqs[s].n_tokens;
-        } else if (seqs[s].logits == FWD_LOGITS_LAST) {
-            memcpy(st->xrows + (size_t)r * D, st->x + (size_t)(tb + seqs[s].n_tokens - 1) * D,
-                   (size_t)D * sizeof(float));
-            r++;
-        }
-    }
+    /* Logits for the plan's rows. */
+    for (int r = 0; r < R; r++)
+        memcpy(st->xrows + (size_t)r * D, st->x + (size_t)p->rows[r] * D, (size_t)D * sizeof(float));
     if (R > 0) {
         rmsnorm_rows(st->xrows, st->xrows, m->output_norm, R, D, c->rms_eps);
         gemm_xwt(st->logits, st->xrows, m->output, R, c->n_vocab, D, 0.0f);

@@ -2,6 +2,8 @@
  * single-threaded, written to be obviously the definition of each kernel's result. */
 #include "kernels_ref.h"
 
+#include "memory/kv_store.h"
+
 #include <cblas.h>
 #include <math.h>
 #include <stdlib.h>
@@ -71,19 +73,6 @@ void kref_rmsnorm(const float *x, const int32_t *rows, int R, int D, const float
     }
 }
 
-void kref_rope_table(int n_pos, int hd, float base, float *cos_t, float *sin_t)
-{
-    int half = hd / 2;
-    for (int i = 0; i < half; i++) {
-        double inv_freq = pow((double)base, -2.0 * i / hd);
-        for (int p = 0; p < n_pos; p++) {
-            double a = (double)p * inv_freq;
-            cos_t[(size_t)p * half + i] = (float)cos(a);
-            sin_t[(size_t)p * half + i] = (float)sin(a);
-        }
-    }
-}
-
 float kref_score_key(int kind, const float *k, int hd, const float *u, int32_t pos)
 {
     switch (kind) {
@@ -103,7 +92,7 @@ float kref_score_key(int kind, const float *k, int hd, const float *u, int32_t p
 }
 
 void kref_rope_kv_write(float *qkv, int T, int Hq, int Hkv, int hd, const int32_t *pos,
-                        const float *cos_t, const float *sin_t, mem_pool *pool,
+                        const float *cos_t, const float *sin_t, mem_pool *pool, kv_store *kv,
                         const int32_t *slot_map, const int32_t *tok_seq, const int32_t *seq_kind,
                         const float *const *seq_u, float *scores)
 {
@@ -123,8 +112,8 @@ void kref_rope_kv_write(float *qkv, int T, int Hq, int Hkv, int hd, const int32_
         for (int h = 0; h < Hkv; h++) {
             int32_t g = slot_map[(size_t)t * Hkv + h];
             const float *k = row + (size_t)(Hq + h) * hd, *v = row + (size_t)(Hq + Hkv + h) * hd;
-            memcpy(pool->k + (size_t)g * hd, k, (size_t)hd * sizeof(float));
-            memcpy(pool->v + (size_t)g * hd, v, (size_t)hd * sizeof(float));
+            memcpy(kv_store_krow(kv, g), k, (size_t)hd * sizeof(float));
+            memcpy(kv_store_vrow(kv, g), v, (size_t)hd * sizeof(float));
             float sc = kref_score_key(kind, k, hd,
                                       kind == KVS_SCORE_DOT ? seq_u[s] + (size_t)h * hd : NULL,
                                       pos[t]);
@@ -144,13 +133,13 @@ void kref_swiglu(const float *gu, int T, int F, float *act)
     }
 }
 
-/* Address of stream slot `slot`'s row in K or V, and its pos. */
-static inline const float *slot_row(const mem_pool *pool, const float *base,
+/* Address of stream slot `slot`'s row in K or V (an fp32 store), and its pos. */
+static inline const float *slot_row(const mem_pool *pool, const uint8_t *base, size_t row,
                                     const int32_t *pages, int32_t slot)
 {
     int32_t g = pages[slot >> pool->page_shift] * pool->page_slots +
                 (slot & (pool->page_slots - 1));
-    return base + (size_t)g * pool->head_dim;
+    return (const float *)(base + (size_t)g * row);
 }
 static inline int32_t slot_pos(const mem_pool *pool, const int32_t *pages, int32_t slot)
 {
@@ -165,7 +154,7 @@ static float dot(const float *a, const float *b, int n)
     return s;
 }
 
-void kref_attention(const mem_pool *pool, const int32_t *pages, int32_t n_slots, const float *q,
+void kref_attention(const mem_pool *pool, const kv_store *kv, const int32_t *pages, int32_t n_slots, const float *q,
                     size_t q_stride, const int32_t *qpos, int n_q, int G, int hd, float scale,
                     float *out, size_t out_stride)
 {
@@ -179,7 +168,7 @@ void kref_attention(const mem_pool *pool, const int32_t *pages, int32_t n_slots,
             for (int32_t s = 0; s < n_slots; s++) {
                 int32_t p = slot_pos(pool, pages, s);
                 if (p < 0 || p > qpos[t]) { sc[s] = -INFINITY; continue; }
-                sc[s] = dot(qr, slot_row(pool, pool->k, pages, s), hd) * scale;
+                sc[s] = dot(qr, slot_row(pool, kv->k, kv->k_row, pages, s), hd) * scale;
                 if (sc[s] > mx) mx = sc[s];
             }
             memset(o, 0, (size_t)hd * sizeof *o);
@@ -189,7 +178,7 @@ void kref_attention(const mem_pool *pool, const int32_t *pages, int32_t n_slots,
                 if (sc[s] == -INFINITY) continue;
                 float p = expf(sc[s] - mx);
                 l += p;
-                const float *v = slot_row(pool, pool->v, pages, s);
+                const float *v = slot_row(pool, kv->v, kv->v_row, pages, s);
                 for (int i = 0; i < hd; i++) o[i] += p * v[i];
             }
             float inv = (float)(1.0 / l);
@@ -198,7 +187,7 @@ void kref_attention(const mem_pool *pool, const int32_t *pages, int32_t n_slots,
     free(sc);
 }
 
-void kref_attention_partial(const mem_pool *pool, const int32_t *pages, int32_t s0, int32_t s1,
+void kref_attention_partial(const mem_pool *pool, const kv_store *kv, const int32_t *pages, int32_t s0, int32_t s1,
                             const float *q, int32_t qpos, int G, int hd, float scale, float *m,
                             float *l, float *acc)
 {
@@ -210,7 +199,7 @@ void kref_attention_partial(const mem_pool *pool, const int32_t *pages, int32_t 
         for (int32_t s = s0; s < s1; s++) {
             int32_t p = slot_pos(pool, pages, s);
             if (p < 0 || p > qpos) continue;
-            float v = dot(qr, slot_row(pool, pool->k, pages, s), hd) * qs;
+            float v = dot(qr, slot_row(pool, kv->k, kv->k_row, pages, s), hd) * qs;
             if (v > mx) mx = v;
         }
         memset(a, 0, (size_t)hd * sizeof *a);
@@ -221,9 +210,9 @@ void kref_attention_partial(const mem_pool *pool, const int32_t *pages, int32_t 
         for (int32_t s = s0; s < s1; s++) {
             int32_t p = slot_pos(pool, pages, s);
             if (p < 0 || p > qpos) continue;
-            float w = exp2f(dot(qr, slot_row(pool, pool->k, pages, s), hd) * qs - mx);
+            float w = exp2f(dot(qr, slot_row(pool, kv->k, kv->k_row, pages, s), hd) * qs - mx);
             sum += w;
-            const float *v = slot_row(pool, pool->v, pages, s);
+            const float *v = slot_row(pool, kv->v, kv->v_row, pages, s);
             for (int i = 0; i < hd; i++) a[i] += w * v[i];
         }
         l[g] = (float)sum;
@@ -249,7 +238,7 @@ void kref_attention_combine(int n_split, const float *m, const float *l, const f
     for (int i = 0; i < hd; i++) out[i] *= inv;
 }
 
-void kref_attn_probs(const mem_pool *pool, const int32_t *pages, int32_t n_slots, const float *q,
+void kref_attn_probs(const mem_pool *pool, const kv_store *kv, const int32_t *pages, int32_t n_slots, const float *q,
                      size_t q_stride, const int32_t *qpos, int n_q, int G, int hd, float scale,
                      float *probs)
 {
@@ -264,7 +253,7 @@ void kref_attn_probs(const mem_pool *pool, const int32_t *pages, int32_t n_slots
             for (int32_t s = 0; s < n_slots; s++) {
                 int32_t p = slot_pos(pool, pages, s);
                 if (p < 0 || p > qpos[t]) { row[s] = -INFINITY; continue; }
-                row[s] = dot(qr, slot_row(pool, pool->k, pages, s), hd) * scale;
+                row[s] = dot(qr, slot_row(pool, kv->k, kv->k_row, pages, s), hd) * scale;
                 if (row[s] > mx) mx = row[s];
             }
             if (mx == -INFINITY) continue;
@@ -453,13 +442,13 @@ int32_t kref_compact_plan(const mem_pool *pool, const int32_t *pages, int32_t n_
     return KVS_MIN(n_dst, n_src); /* equal whenever n_live counts the live slots */
 }
 
-void kref_slot_copy(mem_pool *pool, const int32_t *src, const int32_t *dst, int n, int flags)
+void kref_slot_copy(mem_pool *pool, kv_store *kv, const int32_t *src, const int32_t *dst, int n,
+                    int flags)
 {
-    const size_t d = (size_t)pool->head_dim;
     for (int i = 0; i < n; i++) {
         if (flags & KREF_COPY_KV) {
-            memcpy(pool->k + (size_t)dst[i] * d, pool->k + (size_t)src[i] * d, d * sizeof(float));
-            memcpy(pool->v + (size_t)dst[i] * d, pool->v + (size_t)src[i] * d, d * sizeof(float));
+            memcpy(kv_store_krow(kv, dst[i]), kv_store_krow(kv, src[i]), kv->k_row);
+            memcpy(kv_store_vrow(kv, dst[i]), kv_store_vrow(kv, src[i]), kv->v_row);
         }
         if (flags & KREF_COPY_META) {
             pool->pos[dst[i]] = pool->pos[src[i]];
@@ -490,132 +479,3 @@ void kref_attn_reduce(mem_pool *pool, const int32_t *pages, int32_t n_slots, con
     }
 }
 
-/* ---- the whole forward ---------------------------------------------------------------------- */
-
-/* Y[T][N] (+)= X[T][K] @ W[N][K]^T */
-static void gemm_xwt(float *Y, const float *X, const float *W, int T, int N, int K, float beta)
-{
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, N, K, 1.0f, X, K, W, K, beta, Y, N);
-}
-
-int kref_forward(const model *m, mem_pool *pool, const fwd_seq *seqs, int n_seqs,
-                 float **logits_out, int *n_rows)
-{
-    const model_config *c = &m->cfg;
-    const int D = c->d_model, hd = c->head_dim, half = hd / 2, Hq = c->n_heads;
-    const int Hkv = c->n_kv_heads, G = Hq / Hkv, F = c->d_ff, L = c->n_layers, V = c->n_vocab;
-    const int QKV = (Hq + 2 * Hkv) * hd;
-    const float scale = 1.0f / sqrtf((float)hd);
-    *logits_out = NULL;
-    *n_rows = 0;
-    kvs_filter_cache fc;
-    kvs_filter_cache_init(&fc, c);
-    kvs_plan p;
-    memset(&p, 0, sizeof p);
-    int rc = kvs_plan_build(&p, c, pool, seqs, n_seqs, &fc);
-    if (rc) { kvs_filter_cache_deinit(&fc); return rc; }
-    const int T = p.T, R = p.R, S = p.S;
-    float *x = malloc((size_t)T * D * sizeof *x), *h = malloc((size_t)T * D * sizeof *h);
-    float *qkv = malloc((size_t)T * QKV * sizeof *qkv);
-    float *att = calloc((size_t)T * Hq * hd, sizeof *att);
-    float *gu = malloc((size_t)T * 2 * F * sizeof *gu), *act = malloc((size_t)T * F * sizeof *act);
-    float *cos_t = malloc((size_t)(p.max_pos + 1) * half * sizeof *cos_t);
-    float *sin_t = malloc((size_t)(p.max_pos + 1) * half * sizeof *sin_t);
-    float *scores = malloc((size_t)L * T * Hkv * sizeof *scores);
-    float *kst = malloc((size_t)L * (p.n_key_stash ? p.n_key_stash : 1) * Hkv * hd * sizeof *kst);
-    float *qst = malloc((size_t)L * (p.n_query_stash ? p.n_query_stash : 1) * Hq * hd * sizeof *qst);
-    float *probs = calloc((size_t)(p.n_probs ? p.n_probs : 1), sizeof *probs);
-    float *xr = malloc((size_t)(R ? R : 1) * D * sizeof *xr);
-    float *lg = malloc((size_t)(R ? R : 1) * V * sizeof *lg);
-    int32_t *seq_kind = malloc((size_t)S * sizeof *seq_kind);
-    const float **seq_u = malloc((size_t)S * sizeof *seq_u);
-    if (!x || !h || !qkv || !att || !gu || !act || !cos_t || !sin_t || !scores || !kst || !qst ||
-        !probs || !xr || !lg || !seq_kind || !seq_u) {
-        rc = kvs_error(KVS_ENOMEM, "kref_forward: out of memory for %d tokens", T);
-        goto out;
-    }
-    kref_rope_table(p.max_pos + 1, hd, c->rope_base, cos_t, sin_t);
-    for (int s = 0; s < S; s++) seq_kind[s] = p.seq[s].score_kind;
-    kref_mark(pool, p.marks, p.n_marks);
-    kref_embed(m->tok_embd, D, p.tok, T, x);
-    for (int l = 0; l < L; l++) {
-        const model_layer *ly = &m->layers[l];
-        for (int s = 0; s < S; s++)
-            seq_u[s] = p.seq[s].filter_set >= 0
-                           ? fc.u[p.seq[s].filter_set] + (size_t)l * Hkv * hd : NULL;
-        kref_rmsnorm(x, NULL, T, D, ly->attn_norm, c->rms_eps, h);
-        gemm_xwt(qkv, h, ly->wqkv, T, QKV, D, 0.0f);
-        kref_rope_kv_write(qkv, T, Hq, Hkv, hd, p.pos, cos_t, sin_t, pool,
-                           p.slot_map + (size_t)l * T * Hkv, p.tok_seq, seq_kind, seq_u,
-                           scores + (size_t)l * T * Hkv);
-        /* stashes for the host-side hooks */
-        for (int s = 0; s < S; s++) {
-            const kvs_seq_info *si = &p.seq[s];
-            for (int i = 0; i < si->n_tok; i++) {
-                const float *row = qkv + (size_t)(si->tok0 + i) * QKV;
-                if (si->key_stash >= 0)
-                    memcpy(kst + ((size_t)l * p.n_key_stash + si->key_stash + i) * Hkv * hd,
-                           row + (size_t)Hq * hd, (size_t)Hkv * hd * sizeof(float));
-                if (si->query_stash >= 0)
-                    memcpy(qst + ((size_t)l * p.n_query_stash + si->query_stash + i) * Hq * hd,
-                           row, (size_t)Hq * hd * sizeof(float));
-            }
-        }
-        /* attention: decode tokens one by one, prefill tiles */
-        for (int i = 0; i < p.n_dec; i++) {
-            int t = p.dec[i], s = p.tok_seq[t];
-            for (int hk = 0; hk < Hkv; hk++) {
-                const kvs_stream_info *st = &p.stream[((size_t)s * L + l) * Hkv + hk];
-                kref_attention(pool, p.pt + st->pt_off, st->n_slots,
-                               qkv + (size_t)t * QKV + (size_t)hk * G * hd, (size_t)QKV,
-                               p.pos + t, 1, G, hd, scale,
-                               att + (size_t)t * Hq * hd + (size_t)hk * G * hd, (size_t)Hq * hd);
-            }
-        }
-        for (int i = 0; i < p.n_tiles; i++) {
-            const kvs_tile *tl = &p.tiles[i];
-            for (int hk = 0; hk < Hkv; hk++) {
-                const kvs_stream_info *st = &p.stream[((size_t)tl->seq * L + l) * Hkv + hk];
-                kref_attention(pool, p.pt + st->pt_off, st->n_slots,
-                               qkv + (size_t)tl->tok0 * QKV + (size_t)hk * G * hd, (size_t)QKV,
-                               p.pos + tl->tok0, tl->n_tok, G, hd, scale,
-                               att + (size_t)tl->tok0 * Hq * hd + (size_t)hk * G * hd,
-                               (size_t)Hq * hd);
-            }
-        }
-        /* attention statistics for the observers */
-        for (int s = 0; s < S; s++) {
-            const kvs_seq_info *si = &p.seq[s];
-            if (si->n_obs <= 0) continue;
-            int t0 = si->tok0 + si->obs0;
-            for (int hk = 0; hk < Hkv; hk++) {
-                const kvs_stream_info *st = &p.stream[((size_t)s * L + l) * Hkv + hk];
-                kref_attn_probs(pool, p.pt + st->pt_off, st->n_slots,
-                                qkv + (size_t)t0 * QKV + (size_t)hk * G * hd, (size_t)QKV,
-                                p.pos + t0, si->n_obs, G, hd, scale, probs + st->probs_off);
-            }
-        }
-        gemm_xwt(x, att, ly->wo, T, D, Hq * hd, 1.0f);
-        kref_rmsnorm(x, NULL, T, D, ly->ffn_norm, c->rms_eps, h);
-        gemm_xwt(gu, h, ly->w_gate_up, T, 2 * F, D, 0.0f);
-        kref_swiglu(gu, T, F, act);
-        gemm_xwt(x, act, ly->w_down, T, D, F, 1.0f);
-    }
-    if (R > 0) {
-        kref_rmsnorm(x, p.rows, R, D, m->output_norm, c->rms_eps, xr);
-        gemm_xwt(lg, xr, m->output, R, V, D, 0.0f);
-    }
-    rc = kvs_plan_finish(&p, pool, seqs, scores, kst, qst, probs);
-    if (!rc) {
-        *logits_out = lg;
-        *n_rows = R;
-        lg = NULL;
-    }
-out:
-    free(x); free(h); free(qkv); free(att); free(gu); free(act); free(cos_t); free(sin_t);
-    free(scores); free(kst); free(qst); free(probs); free(xr); free(lg); free(seq_kind);
-    free(seq_u);
-    kvs_plan_free(&p);
-    kvs_filter_cache_deinit(&fc);
-    return rc;
-}

@@ -1,27 +1,27 @@
 /* kernels_ref.h — CPU twins of the CUDA kernels (engine/cuda, memory/cuda; docs/CUDA.md).
  *
  * Every CUDA kernel has a twin here: plain C11, fp32, the same data layout as the device
- * (pages K[P][d], V[P][d], pos, score; global slot = page * P + offset) and the same
+ * (K/V rows of global slot g = page * P + offset in an fp32 kv_store, pos and score in the
+ * pool) and the same
  * definition of the result, written for clarity rather than speed. The equivalence tests
  * (tests/cuda/test_cuda_*.c) check each twin against the existing CPU code (forward_cpu.c,
  * memory/, policies/, sampler.c) everywhere, and each kernel against its twin where a GPU
  * exists. Where the device stores 16-bit values (K/V pages, GEMM inputs) the twin keeps fp32;
  * tests feed both sides values already representable in the device type (kref_round_half)
  * so the only differences left are accumulation order and the final rounding.
- *
- * kref_forward composes the twins into a whole forward step with the same host-side plan
- * (engine/device.h) as the CUDA forward: so the plan building, slot assignment and hook
- * finishing of the CUDA backend are exercised by CI without a GPU. */
+ * Only tests call the twins; the engine's CPU backend has its own (fast) forward, which
+ * executes the same step plan (plan.h) as the CUDA forward. */
 #ifndef KVS_KERNELS_REF_H
 #define KVS_KERNELS_REF_H
 
 #include <stddef.h>
 #include <stdint.h>
 
-#include "device.h" /* KVS_SCORE_* */
 #include "forward.h"
+#include "memory/kv_store.h"
 #include "memory/pool.h"
 #include "model.h"
+#include "plan.h" /* KVS_SCORE_* */
 
 /* The device's 16-bit storage type: fp16 (IEEE binary16), or bf16 when the build defines
  * KVS_CUDA_BF16. Round to nearest even, like __float2half_rn / __float2bfloat16_rn. */
@@ -37,17 +37,13 @@ void kref_embed(const float *table, int D, const int32_t *tok, int T, float *x);
 void kref_rmsnorm(const float *x, const int32_t *rows, int R, int D, const float *w, float eps,
                   float *out);
 
-/* RoPE tables for positions [0, n_pos): cos_t/sin_t[pos][hd/2], angle pos * base^(-2i/hd) in
- * double (GGML "normal" RoPE, as forward_cpu.c). Built once on the host, uploaded. */
-void kref_rope_table(int n_pos, int hd, float base, float *cos_t, float *sin_t);
-
 /* k_rope_kv_write (one layer): rotate the q and k heads of qkv[T][(Hq + 2 Hkv) hd] in place;
  * write k and v of token t, KV head h into global slot slot_map[t * Hkv + h] of the pool with
  * pos[t]; score it by the kind of its sequence (tok_seq[t] -> seq_kind[], seq_u[] = that
  * sequence's filters of this layer, [Hkv][hd], for KVS_SCORE_DOT) into the slot and into
  * scores[t * Hkv + h] (0 for ZERO and HOST). */
 void kref_rope_kv_write(float *qkv, int T, int Hq, int Hkv, int hd, const int32_t *pos,
-                        const float *cos_t, const float *sin_t, mem_pool *pool,
+                        const float *cos_t, const float *sin_t, mem_pool *pool, kv_store *kv,
                         const int32_t *slot_map, const int32_t *tok_seq, const int32_t *seq_kind,
                         const float *const *seq_u, float *scores);
 
@@ -61,7 +57,7 @@ void kref_swiglu(const float *gu, int T, int F, float *act);
  * the slots with 0 <= pos <= qpos[t]; q row (t, g) at q + t * q_stride + g * hd, output row
  * likewise at out. Rows with no visible slot get 0. Twin of k_attn_decode (with any number
  * of splits) and k_attn_prefill. */
-void kref_attention(const mem_pool *pool, const int32_t *pages, int32_t n_slots, const float *q,
+void kref_attention(const mem_pool *pool, const kv_store *kv, const int32_t *pages, int32_t n_slots, const float *q,
                     size_t q_stride, const int32_t *qpos, int n_q, int G, int hd, float scale,
                     float *out, size_t out_stride);
 
@@ -69,7 +65,7 @@ void kref_attention(const mem_pool *pool, const int32_t *pages, int32_t n_slots,
  * (G heads, rows q + g * hd) over slots [s0, s1) of the stream: m[g] = max of
  * dot(q, k) * scale * log2(e) over visible slots (-INFINITY if none), l[g] = sum 2^(s - m),
  * acc[g][hd] = sum 2^(s - m) v (unnormalised). */
-void kref_attention_partial(const mem_pool *pool, const int32_t *pages, int32_t s0, int32_t s1,
+void kref_attention_partial(const mem_pool *pool, const kv_store *kv, const int32_t *pages, int32_t s0, int32_t s1,
                             const float *q, int32_t qpos, int G, int hd, float scale, float *m,
                             float *l, float *acc);
 /* k_attn_combine: merge n_split partials of one row (m[n], l[n], acc[n][hd]) into out[hd]. */
@@ -79,7 +75,7 @@ void kref_attention_combine(int n_split, const float *m, const float *l, const f
 /* k_attn_probs: attention probabilities of n_q query tokens over the stream's slots, averaged
  * over the G heads of the group: probs[n_q][n_slots], 0 for holes and masked slots (what
  * forward.h's fwd_observe_fn receives). */
-void kref_attn_probs(const mem_pool *pool, const int32_t *pages, int32_t n_slots, const float *q,
+void kref_attn_probs(const mem_pool *pool, const kv_store *kv, const int32_t *pages, int32_t n_slots, const float *q,
                      size_t q_stride, const int32_t *qpos, int n_q, int G, int hd, float scale,
                      float *probs);
 
@@ -121,7 +117,8 @@ int32_t kref_compact_plan(const mem_pool *pool, const int32_t *pages, int32_t n_
  * disjoint): K and V rows with KREF_COPY_KV, pos and score with KREF_COPY_META; then, with
  * KREF_CLEAR_SRC, pos of the source = -1. */
 enum { KREF_COPY_KV = 1, KREF_COPY_META = 2, KREF_CLEAR_SRC = 4 };
-void kref_slot_copy(mem_pool *pool, const int32_t *src, const int32_t *dst, int n, int flags);
+void kref_slot_copy(mem_pool *pool, kv_store *kv, const int32_t *src, const int32_t *dst, int n,
+                    int flags);
 
 /* k_attn_reduce: per-slot statistics of probs[n_q][n_slots] for attention policies, over the
  * stream's live slots (holes untouched / 0):
@@ -132,15 +129,5 @@ void kref_slot_copy(mem_pool *pool, const int32_t *src, const int32_t *dst, int 
 enum { KREF_STATS_H2O = 0, KREF_STATS_TOVA = 1, KREF_STATS_MEAN = 2 };
 void kref_attn_reduce(mem_pool *pool, const int32_t *pages, int32_t n_slots, const float *probs,
                       int n_q, int mode, float *out);
-
-/* ---- the whole forward --------------------------------------------------------------------- */
-
-/* One forward step with fwd_cpu's interface and semantics, built from the twins above and the
- * CUDA forward's host-side plan (engine/device.h): slot assignment, per-layer kernels in the
- * device's order, logits, then the hooks (scores, queries, observe) as the CUDA forward
- * finishes them. fp32 + BLAS GEMMs, single-threaded kernels: a reference, not fast.
- * logits: [n_rows][n_vocab], malloc'd (free it). */
-int kref_forward(const model *m, mem_pool *pool, const fwd_seq *seqs, int n_seqs,
-                 float **logits, int *n_rows);
 
 #endif

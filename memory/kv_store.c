@@ -75,3 +75,31 @@ void kv_store_copy(kv_store *s, const int32_t *src, const int32_t *dst, int n)
         memcpy(kv_store_vrow(s, dst[i]), kv_store_vrow(s, src[i]), s->v_row);
     }
 }
+
+int32_t kv_stream_append(mem_pool *pool, kv_store *kv, mem_stream *s, int32_t pos,
+                         const float *k, const float *v, float score)
+{
+    if (!k || !v) return kvs_error(KVS_EINVAL, "cannot append a token without K/V");
+    int32_t slot = mem_stream_append(pool, s, pos, score);
+    if (slot >= 0) kv_store_write(kv, mem_gslot(pool, s, slot), k, v);
+    return slot;
+}
+
+int32_t kv_stream_compact(mem_pool *pool, kv_store *kv, mem_stream *s)
+{
+    int32_t stack_src[64], stack_dst[64];
+    int32_t *src = stack_src, *dst = stack_dst;
+    if (s->n_holes > 64) {
+        src = malloc((size_t)s->n_holes * sizeof *src);
+        dst = malloc((size_t)s->n_holes * sizeof *dst);
+        if (!src || !dst) {
+            free(src == stack_src ? NULL : src);
+            free(dst == stack_dst ? NULL : dst);
+            return kvs_error(KVS_ENOMEM, "out of memory compacting a stream");
+        }
+    }
+    int32_t n = mem_stream_compact(pool, s, src, dst);
+    kv_store_copy(kv, src, dst, n);
+    if (src != stack_src) { free(src); free(dst); }
+    return n;
+}

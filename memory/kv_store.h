@@ -11,6 +11,7 @@
 #include <stdint.h>
 
 #include "memory/kv_format.h"
+#include "memory/pool.h"
 
 typedef struct kv_store {
     const kv_format *fk, *fv; /* key and value formats */
@@ -38,5 +39,11 @@ void kv_store_write(kv_store *s, int64_t g, const float *k, const float *v);
 void kv_store_read(const kv_store *s, int64_t g, float *k, float *v);
 /* Copy n slots src[i] -> dst[i] (rows as stored, no re-rounding). */
 void kv_store_copy(kv_store *s, const int32_t *src, const int32_t *dst, int n);
+
+/* A stream's slot operations with the K/V rows in a host store (the CPU backend, tests):
+ * mem_stream_append + kv_store_write; mem_stream_compact + kv_store_copy. */
+int32_t kv_stream_append(mem_pool *pool, kv_store *kv, mem_stream *s, int32_t pos,
+                         const float *k, const float *v, float score);
+int32_t kv_stream_compact(mem_pool *pool, kv_store *kv, mem_stream *s);
 
 #endif

@@ -460,6 +460,16 @@ int pol_instance_create(const char *name, const char *args, const pol_model_info
     inst->vt = vt;
     inst->state = state;
     inst->opts = o;
+    /* device_score exists from version 2 on: never read it from an older (shorter) vtable */
+    inst->dev.kind = vt->score_keys ? POL_SCORE_HOST : POL_SCORE_ZERO;
+    inst->dev.u = NULL;
+    if (vt->version >= 2 && vt->device_score && vt->score_keys) {
+        pol_device_score d = {POL_SCORE_HOST, NULL};
+        vt->device_score(state, &d);
+        if (d.kind >= POL_SCORE_HOST && d.kind <= POL_SCORE_POS &&
+            (d.kind != POL_SCORE_DOT || d.u))
+            inst->dev = d;
+    }
     *out = inst;
     return KVS_OK;
 }

@@ -30,8 +30,10 @@
 #include "memory/pool.h"
 
 /* Version of this interface. A policy sets vtable.version to the version it was written for;
- * kvsieve accepts versions POL_API_VERSION_MIN .. POL_API_VERSION. */
-#define POL_API_VERSION 1
+ * kvsieve accepts versions POL_API_VERSION_MIN .. POL_API_VERSION and never reads a member
+ * added after the vtable's version (so a version-1 vtable may be the shorter version-1
+ * struct). History: 1 = the first interface; 2 = device_score appended. */
+#define POL_API_VERSION 2
 #define POL_API_VERSION_MIN 1
 
 /* The symbol a plugin exports (see pol_plugin_register_fn). */
@@ -96,6 +98,23 @@ enum {
     POL_NO_EVICTION = 1u << 2
 };
 
+/* How a policy's score_keys result can be computed on a device without calling it (the
+ * version-2 device_score hook). */
+typedef enum {
+    POL_SCORE_HOST = 0,     /* none of the others: the keys go back to the host, score_keys runs */
+    POL_SCORE_ZERO = 1,     /* every score is 0 (attention policies start there) */
+    POL_SCORE_DOT = 2,      /* <k, u[layer][kv_head]>: u is handed over */
+    POL_SCORE_NEG_NORM = 3, /* -||k||2 */
+    POL_SCORE_POS = 4       /* (float)pos */
+} pol_score_kind;
+
+typedef struct pol_device_score {
+    pol_score_kind kind;
+    /* POL_SCORE_DOT: u[n_layers][n_kv_heads][head_dim] (fp32), owned by the policy state and
+     * unchanged while it lives; NULL otherwise. */
+    const float *u;
+} pol_device_score;
+
 typedef struct pol_vtable {
     int version;              /* POL_API_VERSION this policy was written against */
     const char *name;         /* [a-z0-9_-]+, at most 31 characters */
@@ -136,6 +155,12 @@ typedef struct pol_vtable {
      * arrays to victims[n_evict]. Returns 0 or a negative status (message in err). */
     int (*select)(void *state, const pol_candidates *c, int32_t n_evict, int32_t *victims,
                   char *err, size_t err_size);
+
+    /* ---- version 2 ---- */
+    /* Optional: say how a device computes score_keys' result (called once, after create).
+     * Must describe exactly what score_keys returns (up to float rounding). NULL, or a
+     * version-1 vtable: POL_SCORE_ZERO without score_keys, else POL_SCORE_HOST. */
+    void (*device_score)(void *state, pol_device_score *out);
 } pol_vtable;
 
 /* The one function a plugin exports, named POL_PLUGIN_SYMBOL:
@@ -205,6 +230,7 @@ typedef struct pol_instance {
     const pol_vtable *vt;
     void *state;
     pol_opts opts;
+    pol_device_score dev;   /* the device_score hook's answer (or its default) */
     void *scratch;          /* the driver's, grown on demand */
     size_t scratch_size;
 } pol_instance;
@@ -254,41 +280,5 @@ int64_t pol_enforce_seq(pol_instance *inst, mem_pool *pool, mem_seq *seq, int32_
 /* pol_wants + pol_enforce_seq: what the engine calls at each event. */
 int64_t pol_on_event(pol_instance *inst, mem_pool *pool, mem_seq *seq, int32_t cur_pos,
                      pol_event ev);
-
-/* ---- Q-Filters: filters files and calibration (policies/qfilters.c) ---------------------- */
-
-/* Filters for one model: u[layer][kv_head][head_dim], float32 (METHODS.md, Q-Filters). */
-typedef struct qf_filters {
-    char model_name[256];
-    int n_layers, n_kv_heads, head_dim, n_heads;
-    int64_t n_tokens;   /* calibration tokens (per query head) */
-    float *u;           /* [n_layers][n_kv_heads][head_dim] */
-} qf_filters;
-
-/* Write a filters file (format in docs/POLICIES.md). */
-int qf_filters_save(const char *path, const qf_filters *f);
-/* Read and validate a filters file. mi (may be NULL) is checked against it: geometry always,
- * the model name when mi->model_name is not NULL. */
-int qf_filters_load(const char *path, const pol_model_info *mi, qf_filters **out);
-void qf_filters_free(qf_filters *f);
-
-/* Calibration: per (layer, query head) accumulate C = sum q q^T (double), s = sum q and a
- * reservoir sample of the queries; finish with power iteration for the top eigenvector u of
- * C, the sign with more positive than negative projections <q,u> over the sample (ties: the
- * sign with <s,u> > 0), and the mean of each KV head's G query-head vectors. */
-typedef struct qf_calib qf_calib;
-#define QF_RESERVOIR_DEFAULT 512
-/* reservoir: queries kept per query head for the sign rule and diagnostics (0 = default). */
-int qf_calib_create(int n_layers, int n_heads, int n_kv_heads, int head_dim, int reservoir,
-                    qf_calib **out);
-void qf_calib_destroy(qf_calib *c);
-/* Add n post-RoPE queries q[n][head_dim] of query head `head` of `layer`. */
-int qf_calib_add_queries(qf_calib *c, int layer, int head, const float *q, int n);
-/* Queries added so far to (layer 0, head 0), i.e. calibration tokens. */
-int64_t qf_calib_n_tokens(const qf_calib *c);
-/* filters[n_layers][n_kv_heads][head_dim]; frac_positive[n_layers][n_heads] (may be NULL):
- * fraction of sampled queries with <q,u> > 0 for each query head's own u. KVS_EINVAL if a
- * head got no queries. */
-int qf_calib_finish(qf_calib *c, float *filters, float *frac_positive);
 
 #endif

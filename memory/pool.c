@@ -1,7 +1,7 @@
 /* pool.c — the KV page pool: one allocation split into pages, a stack of free pages, stats
  * and the invariant checker (ARCHITECTURE.md §3).
  *
- * Layout of page p (P slots, head dim d):  k[p][P][d], v[p][P][d], pos[p][P], score[p][P].
+ * Layout of page p (P slots): pos[p][P], score[p][P]; its K/V rows are the backend's.
  * A free page has owner -1 and pos -1 in every slot, so a page taken from the stack is already
  * a run of empty slots. Pages are handed out lowest id first (the stack is filled top-down). */
 #include "memory/pool.h"
@@ -12,39 +12,35 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define MEM_MAX_PAGE_SLOTS 1024
-
 static int is_pow2(int x) { return x > 0 && (x & (x - 1)) == 0; }
 
-size_t mem_pool_page_bytes(int page_slots, int head_dim)
+size_t mem_pool_page_bytes(int page_slots, size_t slot_bytes)
 {
-    if (!is_pow2(page_slots) || page_slots > MEM_MAX_PAGE_SLOTS || head_dim < 1) return 0;
-    size_t P = (size_t)page_slots, d = (size_t)head_dim;
-    /* Per slot: K and V rows (2 d floats), then pos and score. */
+    if (!is_pow2(page_slots) || page_slots > MEM_MAX_PAGE_SLOTS || slot_bytes < 1) return 0;
+    size_t P = (size_t)page_slots;
+    /* Per slot: the K and V rows (the backend's format), then pos and score. */
     const size_t meta = sizeof(int32_t) + sizeof(float);
-    if (d > (SIZE_MAX / P - meta) / (2 * sizeof(float))) return 0;
-    return P * (2 * d * sizeof(float) + meta);
+    if (slot_bytes > SIZE_MAX / P - meta) return 0;
+    return P * (slot_bytes + meta);
 }
 
-int32_t mem_pool_pages_for_bytes(int page_slots, int head_dim, size_t bytes)
+int32_t mem_pool_pages_for_bytes(int page_slots, size_t slot_bytes, size_t bytes)
 {
-    size_t page = mem_pool_page_bytes(page_slots, head_dim);
+    size_t page = mem_pool_page_bytes(page_slots, slot_bytes);
     if (page == 0)
         return kvs_error(KVS_EINVAL, "bad KV page geometry: %d slots per page (power of two "
-                         "up to %d), head dim %d (>= 1)", page_slots, MEM_MAX_PAGE_SLOTS,
-                         head_dim);
+                         "up to %d) of %zu bytes (>= 1)", page_slots, MEM_MAX_PAGE_SLOTS,
+                         slot_bytes);
     size_t n = bytes / page;
     return n > INT32_MAX ? INT32_MAX : (int32_t)n;
 }
 
-int mem_pool_create(int page_slots, int head_dim, int32_t n_pages, mem_pool **out)
+int mem_pool_create(int page_slots, int32_t n_pages, mem_pool **out)
 {
     *out = NULL;
     if (!is_pow2(page_slots) || page_slots > MEM_MAX_PAGE_SLOTS)
         return kvs_error(KVS_EINVAL, "KV page size %d is not a power of two in 1..%d; "
                          "use e.g. 16", page_slots, MEM_MAX_PAGE_SLOTS);
-    if (head_dim < 1)
-        return kvs_error(KVS_EINVAL, "KV head dim %d must be >= 1", head_dim);
     if (n_pages < 1)
         return kvs_error(KVS_EINVAL, "KV pool needs at least 1 page (got %d); give more "
                          "KV memory", (int)n_pages);
@@ -53,28 +49,20 @@ int mem_pool_create(int page_slots, int head_dim, int32_t n_pages, mem_pool **ou
         return kvs_error(KVS_EINVAL, "KV pool of %d pages x %d slots exceeds %d slots; use "
                          "fewer pages", (int)n_pages, page_slots, (int)INT32_MAX);
     size_t slots = (size_t)n_pages * (size_t)page_slots;
-    size_t page_bytes = mem_pool_page_bytes(page_slots, head_dim);
-    if (page_bytes == 0 || (size_t)n_pages > SIZE_MAX / page_bytes)
-        return kvs_error(KVS_EINVAL, "KV pool of %d pages x %d slots x head dim %d overflows "
-                         "the address space", (int)n_pages, page_slots, head_dim);
-    size_t kv_floats = slots * (size_t)head_dim;
 
     mem_pool *p = calloc(1, sizeof *p);
     if (!p) return kvs_error(KVS_ENOMEM, "cannot allocate the KV pool header");
     p->page_slots = page_slots;
     while ((1 << p->page_shift) < page_slots) p->page_shift++;
-    p->head_dim = head_dim;
     p->n_pages = n_pages;
-    p->k = kvs_calloc(kv_floats, sizeof(float));
-    p->v = kvs_calloc(kv_floats, sizeof(float));
     p->pos = kvs_alloc(slots * sizeof(int32_t));
     p->score = kvs_calloc(slots, sizeof(float));
     p->free_stack = kvs_alloc((size_t)n_pages * sizeof(int32_t));
     p->owner = kvs_alloc((size_t)n_pages * sizeof(int32_t));
-    if (!p->k || !p->v || !p->pos || !p->score || !p->free_stack || !p->owner) {
+    if (!p->pos || !p->score || !p->free_stack || !p->owner) {
         mem_pool_destroy(p);
-        return kvs_error(KVS_ENOMEM, "cannot allocate a KV pool of %d pages (%zu bytes each)",
-                         (int)n_pages, page_bytes);
+        return kvs_error(KVS_ENOMEM, "cannot allocate the bookkeeping of a KV pool of %d "
+                         "pages", (int)n_pages);
     }
     for (size_t i = 0; i < slots; i++) p->pos[i] = -1;
     for (int32_t i = 0; i < n_pages; i++) {
@@ -89,8 +77,6 @@ int mem_pool_create(int page_slots, int head_dim, int32_t n_pages, mem_pool **ou
 void mem_pool_destroy(mem_pool *pool)
 {
     if (!pool) return;
-    kvs_free(pool->k);
-    kvs_free(pool->v);
     kvs_free(pool->pos);
     kvs_free(pool->score);
     kvs_free(pool->free_stack);

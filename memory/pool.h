@@ -1,10 +1,13 @@
 /* pool.h — the KV page pool and per-head streams (ARCHITECTURE.md §3).
  *
- * A page holds P slots of ONE stream (one (sequence, layer, kv_head)): K[P][d], V[P][d] in
- * fp32, plus per-slot metadata pos (int32 absolute position, -1 = empty/evicted hole) and
- * score (float, written by the eviction policy when the key is written).
- * The pool is one big jemalloc allocation split into pages; free pages sit on a stack.
- * Every page is in exactly one place: the free stack, or one stream's page list.
+ * A page holds P slots of ONE stream (one (sequence, layer, kv_head)). The pool is the block
+ * manager's bookkeeping only: per-slot metadata pos (int32 absolute position, -1 =
+ * empty/evicted hole) and score (float, written by the eviction policy when the key is
+ * written), the owner of each page and a stack of free pages. Every page is in exactly one
+ * place: the free stack, or one stream's page list. The K/V rows themselves belong to the
+ * backend that runs the forward (memory/kv_store.h on the host, device memory on a GPU),
+ * addressed by the same global slot (mem_gslot); the functions here that move or assign slots
+ * report which global slots their caller must write or copy.
  *
  * A stream owns a list of pages. Slots [0, n_slots) are allocated (high-water mark); among
  * them n_live have pos >= 0, the others are holes. New tokens fill holes first (lowest slot
@@ -18,12 +21,9 @@
 typedef struct mem_pool {
     int page_slots;      /* P, power of two */
     int page_shift;      /* log2(P) */
-    int head_dim;        /* d */
     int32_t n_pages;     /* total pages */
     int32_t n_free;      /* pages on the free stack */
     int32_t *free_stack; /* [n_pages], top at n_free-1 */
-    float *k;            /* [n_pages][P][d] */
-    float *v;            /* [n_pages][P][d] */
     int32_t *pos;        /* [n_pages][P] */
     float *score;        /* [n_pages][P] */
     int32_t *owner;      /* [n_pages]: owning stream id or -1 when free (debug/invariants) */
@@ -55,20 +55,23 @@ typedef struct mem_stats {
     double fragmentation;    /* 1 - live slots / (used pages * P); 0 when nothing is used */
 } mem_stats;
 
-/* Pool of n_pages pages of P slots, head dim d. */
-int mem_pool_create(int page_slots, int head_dim, int32_t n_pages, mem_pool **out);
+/* Bookkeeping for n_pages pages of P slots (P a power of two up to MEM_MAX_PAGE_SLOTS). */
+#define MEM_MAX_PAGE_SLOTS 1024
+int mem_pool_create(int page_slots, int32_t n_pages, mem_pool **out);
 void mem_pool_destroy(mem_pool *pool);
-/* Pages needed to hold `bytes` of KV for this geometry (helper for --kv-memory). */
-int32_t mem_pool_pages_for_bytes(int page_slots, int head_dim, size_t bytes);
-size_t mem_pool_page_bytes(int page_slots, int head_dim);
+/* Bytes of one page: P slots of slot_bytes K/V bytes (the backend's format) plus pos and
+ * score; 0 for a bad geometry. */
+size_t mem_pool_page_bytes(int page_slots, size_t slot_bytes);
+/* Pages that fit in `bytes` (--kv-memory) for this geometry; KVS_EINVAL for a bad one. */
+int32_t mem_pool_pages_for_bytes(int page_slots, size_t slot_bytes, size_t bytes);
 
 /* Slot addresses. `slot` is a stream-relative slot index < s->n_slots. */
 static inline int32_t mem_slot_page(const mem_pool *p, const mem_stream *s, int32_t slot)
 { return s->pages[slot >> p->page_shift]; }
-static inline float *mem_page_k(const mem_pool *p, int32_t page)
-{ return p->k + (size_t)page * p->page_slots * p->head_dim; }
-static inline float *mem_page_v(const mem_pool *p, int32_t page)
-{ return p->v + (size_t)page * p->page_slots * p->head_dim; }
+/* Global slot (page * P + offset: the index of its K/V rows in the backend's store) of a
+ * stream-relative slot. */
+static inline int32_t mem_gslot(const mem_pool *p, const mem_stream *s, int32_t slot)
+{ return s->pages[slot >> p->page_shift] * p->page_slots + (slot & (p->page_slots - 1)); }
 static inline int32_t *mem_page_pos(const mem_pool *p, int32_t page)
 { return p->pos + (size_t)page * p->page_slots; }
 static inline float *mem_page_score(const mem_pool *p, int32_t page)
@@ -89,16 +92,20 @@ int64_t mem_seq_pages_needed(const mem_pool *pool, const mem_seq *q, int32_t n_n
  * KVS_ENOMEM (and no change) if the pool has too few free pages. */
 int mem_seq_reserve(mem_pool *pool, mem_seq *q, int32_t n_new);
 
-/* Write one token into the stream (first hole, else the tail; takes a page from the pool if
- * the tail page is full). Returns the slot index (>= 0) or KVS_ENOMEM. k, v: d floats. */
-int32_t mem_stream_append(mem_pool *pool, mem_stream *s, int32_t pos, const float *k,
-                          const float *v, float score);
+/* Give one token a slot in the stream (first hole, else the tail; takes a page from the pool
+ * if the tail page is full), with its position and score. Returns the stream-relative slot
+ * (>= 0; its K/V go to global slot mem_gslot(pool, s, slot)) or KVS_ENOMEM / KVS_EINVAL. */
+int32_t mem_stream_append(mem_pool *pool, mem_stream *s, int32_t pos, float score);
 
 /* Evict one slot: pos = -1, slot becomes a hole. KVS_EINVAL if the slot is not live. */
 int mem_stream_evict(mem_pool *pool, mem_stream *s, int32_t slot);
-/* Compaction: move live tail slots into the earliest holes until dense, then return trailing
- * empty pages to the pool. Returns the number of slot moves (>= 0). */
-int32_t mem_stream_compact(mem_pool *pool, mem_stream *s);
+/* Compaction: move live tail slots into the earliest holes until dense (tail-to-hole, as in
+ * KV-Compress: the i-th hole below n_live, ascending, receives the i-th live slot at or above
+ * n_live counted down from the tail), then return trailing empty pages to the pool. pos and
+ * score move here; the K/V of move i must be copied by the caller from global slot src[i] to
+ * dst[i] (arrays of capacity >= s->n_holes; NULL when there is no K/V to copy), before the
+ * freed pages are reused. Returns the number of moves (>= 0). */
+int32_t mem_stream_compact(mem_pool *pool, mem_stream *s, int32_t *src, int32_t *dst);
 /* Return all pages of the stream to the pool; the stream is empty afterwards. */
 void mem_stream_clear(mem_pool *pool, mem_stream *s);
 

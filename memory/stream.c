@@ -71,23 +71,9 @@ static void holes_remove_at(mem_stream *s, int32_t i)
     s->n_holes--;
 }
 
-static void slot_write(mem_pool *pool, const mem_stream *s, int32_t slot, int32_t pos,
-                       const float *k, const float *v, float score)
+int32_t mem_stream_append(mem_pool *pool, mem_stream *s, int32_t pos, float score)
 {
-    const int P = pool->page_slots, d = pool->head_dim;
-    int32_t page = mem_slot_page(pool, s, slot), off = slot & (P - 1);
-    memcpy(mem_page_k(pool, page) + (size_t)off * d, k, (size_t)d * sizeof(float));
-    memcpy(mem_page_v(pool, page) + (size_t)off * d, v, (size_t)d * sizeof(float));
-    mem_page_pos(pool, page)[off] = pos;
-    mem_page_score(pool, page)[off] = score;
-}
-
-int32_t mem_stream_append(mem_pool *pool, mem_stream *s, int32_t pos, const float *k,
-                          const float *v, float score)
-{
-    if (pos < 0 || !k || !v)
-        return kvs_error(KVS_EINVAL, "cannot append a token with pos %d%s", (int)pos,
-                         (!k || !v) ? " and no K/V" : "");
+    if (pos < 0) return kvs_error(KVS_EINVAL, "cannot append a token with pos %d", (int)pos);
     int32_t slot;
     if (s->n_holes > 0) {
         slot = s->holes[0];
@@ -105,7 +91,9 @@ int32_t mem_stream_append(mem_pool *pool, mem_stream *s, int32_t pos, const floa
         }
         s->n_slots++;
     }
-    slot_write(pool, s, slot, pos, k, v, score);
+    int32_t g = mem_gslot(pool, s, slot);
+    pool->pos[g] = pos;
+    pool->score[g] = score;
     s->n_live++;
     return slot;
 }
@@ -154,24 +142,20 @@ static void stream_trim_pages(mem_pool *pool, mem_stream *s, int32_t keep)
     while (s->n_pages > keep) mem_pool_return_page(pool, s->pages[--s->n_pages]);
 }
 
-int32_t mem_stream_compact(mem_pool *pool, mem_stream *s)
+int32_t mem_stream_compact(mem_pool *pool, mem_stream *s, int32_t *src, int32_t *dst)
 {
-    const int P = pool->page_slots, d = pool->head_dim;
+    const int P = pool->page_slots;
     int32_t moves = 0, tail = s->n_slots - 1;
     /* Holes below n_live are exactly as many as live slots at or above n_live: fill the
      * earliest hole with the last live slot until none is left below n_live. */
     for (int32_t i = 0; i < s->n_holes && s->holes[i] < s->n_live; i++) {
         while (*slot_pos(pool, s, tail) < 0) tail--;
-        int32_t dst = s->holes[i];
-        int32_t sp = mem_slot_page(pool, s, tail), so = tail & (P - 1);
-        int32_t dp = mem_slot_page(pool, s, dst), dof = dst & (P - 1);
-        memcpy(mem_page_k(pool, dp) + (size_t)dof * d, mem_page_k(pool, sp) + (size_t)so * d,
-               (size_t)d * sizeof(float));
-        memcpy(mem_page_v(pool, dp) + (size_t)dof * d, mem_page_v(pool, sp) + (size_t)so * d,
-               (size_t)d * sizeof(float));
-        mem_page_pos(pool, dp)[dof] = mem_page_pos(pool, sp)[so];
-        mem_page_score(pool, dp)[dof] = mem_page_score(pool, sp)[so];
-        mem_page_pos(pool, sp)[so] = -1;
+        int32_t gs = mem_gslot(pool, s, tail), gd = mem_gslot(pool, s, s->holes[i]);
+        pool->pos[gd] = pool->pos[gs];
+        pool->score[gd] = pool->score[gs];
+        pool->pos[gs] = -1;
+        if (src) src[moves] = gs;
+        if (dst) dst[moves] = gd;
         tail--;
         moves++;
     }

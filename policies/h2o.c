@@ -41,6 +41,13 @@ static int h2o_observe(void *state, int layer, int kv_head, const float *probs, 
     return 0;
 }
 
+/* Keys start at 0; attention adds to them on the host (device_score, API v2). */
+static void h2o_device_score(void *state, pol_device_score *out)
+{
+    (void)state;
+    out->kind = POL_SCORE_ZERO;
+}
+
 const pol_vtable pol_h2o_vtable = {
     .version = POL_API_VERSION,
     .name = "h2o",
@@ -48,5 +55,6 @@ const pol_vtable pol_h2o_vtable = {
     .flags = POL_NEEDS_ATTENTION,
     .create = h2o_create,
     .score_keys = h2o_score,
+    .device_score = h2o_device_score,
     .observe_attention = h2o_observe,
 };

@@ -42,6 +42,13 @@ static void knorm_score(void *state, int layer, int kv_head, const float *keys,
     }
 }
 
+/* -||k||2 (device_score, API v2). */
+static void knorm_device_score(void *state, pol_device_score *out)
+{
+    (void)state;
+    out->kind = POL_SCORE_NEG_NORM;
+}
+
 const pol_vtable pol_knorm_vtable = {
     .version = POL_API_VERSION,
     .name = "knorm",
@@ -49,4 +56,5 @@ const pol_vtable pol_knorm_vtable = {
     .create = knorm_create,
     .destroy = knorm_destroy,
     .score_keys = knorm_score,
+    .device_score = knorm_device_score,
 };

@@ -13,6 +13,7 @@
  *   GQA: filter[l][kv] = mean of u over the G consecutive query heads of the group, not
  *   renormalised. */
 #include "memory/policy.h"
+#include "policies/qfilters.h"
 
 #include "core/common.h"
 
@@ -101,6 +102,15 @@ static void qfilters_score(void *state, int layer, int kv_head, const float *key
     }
 }
 
+/* <k, u>, with the filters handed over (device_score, API v2); with recent_layers the score
+ * depends on the layer's kind, which no device kernel knows: the host scores. */
+static void qfilters_device_score(void *state, pol_device_score *out)
+{
+    const qfilters_state *st = state;
+    out->kind = st->recent_layers > 0 ? POL_SCORE_HOST : POL_SCORE_DOT;
+    out->u = st->recent_layers > 0 ? NULL : st->f->u;
+}
+
 const pol_vtable pol_qfilters_vtable = {
     .version = POL_API_VERSION,
     .name = "qfilters",
@@ -110,6 +120,7 @@ const pol_vtable pol_qfilters_vtable = {
     .create = qfilters_create,
     .destroy = qfilters_destroy,
     .score_keys = qfilters_score,
+    .device_score = qfilters_device_score,
 };
 
 /* ---- filters files ----------------------------------------------------------------------- */

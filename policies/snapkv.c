@@ -116,6 +116,13 @@ static int snapkv_observe(void *state, int layer, int kv_head, const float *prob
     return 0;
 }
 
+/* Keys start at 0; attention adds to them on the host (device_score, API v2). */
+static void snapkv_device_score(void *state, pol_device_score *out)
+{
+    (void)state;
+    out->kind = POL_SCORE_ZERO;
+}
+
 const pol_vtable pol_snapkv_vtable = {
     .version = POL_API_VERSION,
     .name = "snapkv",
@@ -126,5 +133,6 @@ const pol_vtable pol_snapkv_vtable = {
     .create = snapkv_create,
     .destroy = snapkv_destroy,
     .score_keys = snapkv_score,
+    .device_score = snapkv_device_score,
     .observe_attention = snapkv_observe,
 };

@@ -11,10 +11,18 @@ static void streaming_score(void *state, int layer, int kv_head, const float *ke
     for (int i = 0; i < n; i++) out[i] = (float)pos[i];
 }
 
+/* The score is the position (device_score, API v2). */
+static void streaming_device_score(void *state, pol_device_score *out)
+{
+    (void)state;
+    out->kind = POL_SCORE_POS;
+}
+
 const pol_vtable pol_streaming_vtable = {
     .version = POL_API_VERSION,
     .name = "streaming",
     .description = "StreamingLLM: keep the first `sink` tokens (default 4) and the most recent",
     .default_args = "sink=4",
     .score_keys = streaming_score,
+    .device_score = streaming_device_score,
 };

@@ -40,6 +40,13 @@ static int tova_observe(void *state, int layer, int kv_head, const float *probs,
     return 0;
 }
 
+/* Keys start at 0; attention adds to them on the host (device_score, API v2). */
+static void tova_device_score(void *state, pol_device_score *out)
+{
+    (void)state;
+    out->kind = POL_SCORE_ZERO;
+}
+
 const pol_vtable pol_tova_vtable = {
     .version = POL_API_VERSION,
     .name = "tova",
@@ -47,5 +54,6 @@ const pol_vtable pol_tova_vtable = {
     .flags = POL_NEEDS_ATTENTION,
     .create = tova_create,
     .score_keys = tova_score,
+    .device_score = tova_device_score,
     .observe_attention = tova_observe,
 };

@@ -24,6 +24,7 @@ static void usage(FILE *f)
         "  --prompt-len N     prompt tokens per sequence (default 128)\n"
         "  --gen-len N        decode steps per batch (default 32)\n"
         "  --kv-memory SIZE   KV page pool (default 1G)\n"
+        "  --kv-dtype T       KV cache element format: f32 (default), f16, bf16\n"
         "  --device DEV       cpu (default), cuda or auto (cuda: `kvsieve bench --device cuda\n"
         "                     --help` lists the GPU benchmarks)\n"
         "  --json FILE        also write the results as JSON\n");
@@ -80,12 +81,13 @@ int cmd_bench(int argc, char **argv)
     int n_batches = 3;
     long long prompt_len = 128, gen_len = 32;
     size_t kv_bytes = 0;
-    enum { O_MODEL = 256, O_BATCHES, O_PL, O_GL, O_KV, O_JSON, O_DEVICE };
+    enum { O_MODEL = 256, O_BATCHES, O_PL, O_GL, O_KV, O_JSON, O_DEVICE, O_KVD };
+    const char *kv_dtype = NULL;
     static const struct option opts[] = {
         {"model", required_argument, 0, O_MODEL}, {"batches", required_argument, 0, O_BATCHES},
         {"prompt-len", required_argument, 0, O_PL}, {"gen-len", required_argument, 0, O_GL},
         {"kv-memory", required_argument, 0, O_KV}, {"json", required_argument, 0, O_JSON},
-        {"device", required_argument, 0, O_DEVICE},
+        {"device", required_argument, 0, O_DEVICE}, {"kv-dtype", required_argument, 0, O_KVD},
         {"help", no_argument, 0, 'h'}, {0, 0, 0, 0}};
     int c;
     opterr = 0;
@@ -100,6 +102,15 @@ int cmd_bench(int argc, char **argv)
         case O_KV: if (cli_size(cmd, "--kv-memory", optarg, &kv_bytes)) return 2; break;
         case O_JSON: json_path = optarg; break;
         case O_DEVICE: break; /* cpu here; checked above */
+        case O_KVD: {
+            const kv_format *f;
+            if (kv_format_parse(optarg, &f)) {
+                fprintf(stderr, "kvsieve %s: --kv-dtype: %s\n", "bench", kvs_last_error());
+                return 2;
+            }
+            kv_dtype = f->name;
+            break;
+        }
         case 'h': usage(stdout); return 0;
         default:
             fprintf(stderr, "kvsieve bench: unknown or incomplete option '%s'\n", argv[optind - 1]);
@@ -110,7 +121,7 @@ int cmd_bench(int argc, char **argv)
     if (optind < argc) { fprintf(stderr, "kvsieve bench: unexpected argument '%s'\n", argv[optind]); return 2; }
     if (!model_path) model_path = cli_default_model();
     kvs_engine *e = NULL;
-    engine_opts eo = {.model_path = model_path, .kv_bytes = kv_bytes};
+    engine_opts eo = {.model_path = model_path, .kv_bytes = kv_bytes, .kv_dtype = kv_dtype};
     if (engine_create(&eo, &e)) { fprintf(stderr, "kvsieve bench: %s\n", kvs_last_error()); return 1; }
     const model_config *cfg = &e->m->cfg;
     if (prompt_len + gen_len > cfg->n_ctx) {
@@ -149,7 +160,7 @@ int cmd_bench(int argc, char **argv)
         double t0 = kvs_now(), tg = 0;
         if (!rc && engine_step(e, seqs, B, (int32_t)prompt_len, &logits, row_of)) rc = 1;
         double t_pre = kvs_now() - t0;
-        tg = fwd_last_timing(e->fwd)->gemm + fwd_last_timing(e->fwd)->logits;
+        tg = engine_last_timing(e)->gemm + engine_last_timing(e)->logits;
         double f_pre = B * model_flops(cfg, 0, prompt_len, 1);
         if (!rc) {
             printf("%-6d %-8s %12.1f %10.1f %7.1f%% %7.0f%%\n", B, "prefill", B * prompt_len / t_pre,
@@ -169,7 +180,7 @@ int cmd_bench(int argc, char **argv)
             t0 = kvs_now();
             if (engine_step(e, seqs, B, 1, &logits, row_of)) rc = 1;
             t_dec += kvs_now() - t0;
-            t_gemm += fwd_last_timing(e->fwd)->gemm + fwd_last_timing(e->fwd)->logits;
+            t_gemm += engine_last_timing(e)->gemm + engine_last_timing(e)->logits;
         }
         if (rc) fprintf(stderr, "kvsieve bench: batch %d: %s\n", B, kvs_last_error());
         else {

@@ -19,6 +19,7 @@
 #include "core/common.h"
 #include "engine.h"
 #include "memory/policy.h"
+#include "policies/qfilters.h"
 #include "sampler.h"
 
 #ifdef KVS_HAVE_CUDA
@@ -137,7 +138,7 @@ static void capacity_run(kvs_engine *e, const char *policy, const char *args, in
             break;
         }
         t_dec += kvs_now() - t1;
-        kvw += fwd_cuda_last_timing(e->cuda)->kv_write;
+        kvw += engine_last_timing(e)->kv_write;
         steps++;
         for (int i = 0; i < n; i++)
             next[i] = smp_argmax(lg + (size_t)row[i] * c->n_vocab, c->n_vocab);
@@ -295,7 +296,7 @@ int cmd_bench_cuda(int argc, char **argv)
             printf("\n(no filters file: random Q-Filters filters in %s — speed, not quality)\n", fpath);
         }
     }
-    fwd_cuda_set_timing(e->cuda, 1);
+    fwd_cuda_set_timing((fwd_cuda_state *)e->be->state, 1); /* the CUDA backend's state (checked: --device cuda) */
     printf("\n[capacity] KV budget %.2f GiB, prompts of %lld tokens, %lld decode steps\n",
            (double)kv_bytes / (1 << 30), prompt_len, gen_len);
     printf("%-14s %6s %10s %12s %10s %12s\n", "policy", "seqs", "pages", "prefill_s", "step_ms", "out_tok/s");

@@ -18,6 +18,7 @@
 #include "cli.h"
 #include "core/common.h"
 #include "engine.h"
+#include "policies/qfilters.h"
 #include "eval.h"
 
 static void usage(FILE *f)
@@ -82,19 +83,16 @@ static int run_sequence(kvs_engine *e, const int32_t *ids, int n, int chunk, que
     engine_seq *s;
     int rc = engine_seq_create(e, &s);
     if (rc) return rc;
-    for (int at = 0; at < n;) {
-        int k = KVS_MIN(chunk, n - at);
-        if ((rc = mem_seq_reserve(e->pool, s->kv, k))) break;
-        fwd_seq fs = {.kv = s->kv, .tokens = ids + at, .n_tokens = k, .pos0 = at,
-                      .logits = FWD_LOGITS_NONE};
-        if (qs) { fs.queries = on_queries; fs.queries_ctx = qs; }
-        if (as) { fs.observe = on_attention; fs.observe_ctx = as; }
+    if (qs) { s->queries = on_queries; s->queries_ctx = qs; }
+    if (as) { s->observe = on_attention; s->observe_ctx = as; }
+    rc = engine_seq_push(e, s, ids, n);
+    while (!rc && s->n_computed < n) {
         float *lg;
-        int rows;
-        if ((rc = fwd_cpu(e->fwd, e->m, e->pool, &fs, 1, &lg, &rows))) break;
+        int row;
+        int32_t before = s->n_computed;
+        if ((rc = engine_step(e, &s, 1, chunk, &lg, &row))) break;
         if (qs && qs->rc) { rc = qs->rc; break; }
-        at += k;
-        *done += k;
+        *done += s->n_computed - before;
         eval_progress_show(pg, *done, total, "tok", NULL, 0);
     }
     if (rc || !keep) engine_seq_destroy(e, s);
@@ -304,7 +302,9 @@ int cmd_calibrate(int argc, char **argv)
                     int32_t page = mem_slot_page(e->pool, s, slot), off = slot & (P - 1);
                     int32_t pos = mem_page_pos(e->pool, page)[off];
                     if (pos < 0 || pos >= n_keys) continue;
-                    const float *k = mem_page_k(e->pool, page) + (size_t)off * d;
+                    float k[1024];
+                    int32_t g = page * P + off;
+                    if (engine_read_kv(e, &g, 1, k, NULL)) goto done;
                     double dot = 0, nn = 0;
                     for (int i = 0; i < d; i++) { dot += (double)k[i] * u[i]; nn += (double)k[i] * k[i]; }
                     x1[m] = dot;

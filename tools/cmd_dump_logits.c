@@ -7,9 +7,7 @@
 
 #include "cli.h"
 #include "core/common.h"
-#include "forward.h"
-#include "memory/pool.h"
-#include "model.h"
+#include "engine.h"
 
 #define MAX_LISTS 64
 #define MAX_TOKENS 8192
@@ -18,13 +16,15 @@ static void usage(FILE *f)
 {
     fprintf(f,
         "usage: kvsieve dump-logits --tokens 1,2,3 [--tokens ...] --out FILE [options]\n\n"
-        "Run the CPU forward on token ids and write float32 little-endian logits\n"
+        "Run the engine's forward on token ids and write float32 little-endian logits\n"
         "[n_tokens][n_vocab] for every position, list after list, to FILE.\n\n"
         "  --model PATH   GGUF model (default: $KVSIEVE_MODEL, else " KVS_DEFAULT_MODEL_REL ")\n"
         "  --tokens IDS   comma-separated token ids (repeatable: one sequence each)\n"
         "  --batch        run all sequences together in one ragged batch (default: one by one)\n"
         "  --chunk N      feed each sequence in chunks of N tokens (tests chunked prefill)\n"
         "  --page-slots P KV page size in slots (default 16)\n"
+        "  --kv-dtype T   KV cache element format: " "f32 (default), f16, bf16 (CUDA: its 16-bit type)\n"
+        "  --device D     cpu (default), cuda or auto\n"
         "  --out FILE     output file\n");
 }
 
@@ -34,17 +34,17 @@ int cmd_dump_logits(int argc, char **argv)
     int32_t *lists[MAX_LISTS] = {0};
     int lens[MAX_LISTS], n_lists = 0, batch = 0, rc = 1;
     long long chunk = 1 << 30, page_slots = 16;
-    enum { O_MODEL = 256, O_TOKENS, O_BATCH, O_CHUNK, O_OUT, O_PS };
+    const char *kv_dtype = NULL, *device = "cpu";
+    enum { O_MODEL = 256, O_TOKENS, O_BATCH, O_CHUNK, O_OUT, O_PS, O_KVD, O_DEV };
     static const struct option opts[] = {
         {"model", required_argument, 0, O_MODEL}, {"tokens", required_argument, 0, O_TOKENS},
         {"batch", no_argument, 0, O_BATCH}, {"chunk", required_argument, 0, O_CHUNK},
         {"out", required_argument, 0, O_OUT}, {"page-slots", required_argument, 0, O_PS},
+        {"kv-dtype", required_argument, 0, O_KVD}, {"device", required_argument, 0, O_DEV},
         {"help", no_argument, 0, 'h'}, {0, 0, 0, 0}};
     const char *cmd = "dump-logits";
-    model *m = NULL;
-    mem_pool *pool = NULL;
-    fwd_state *fwd = NULL;
-    mem_seq *kv[MAX_LISTS] = {0};
+    kvs_engine *e = NULL;
+    engine_seq *kv[MAX_LISTS] = {0};
     FILE *out = NULL;
     int c;
     opterr = 0;
@@ -63,6 +63,8 @@ int cmd_dump_logits(int argc, char **argv)
         case O_CHUNK: if (cli_int(cmd, "--chunk", optarg, 1, 1 << 30, &chunk)) goto done; break;
         case O_PS: if (cli_int(cmd, "--page-slots", optarg, 1, 1024, &page_slots)) goto done; break;
         case O_OUT: out_path = optarg; break;
+        case O_KVD: kv_dtype = optarg; break;
+        case O_DEV: device = optarg; break;
         case 'h': usage(stdout); rc = 0; goto done;
         default:
             fprintf(stderr, "kvsieve %s: unknown or incomplete option '%s'\n", cmd, argv[optind - 1]);
@@ -72,21 +74,31 @@ int cmd_dump_logits(int argc, char **argv)
     }
     if (!n_lists || !out_path) { usage(stderr); goto done; }
     if (!model_path) model_path = cli_default_model();
-    if (model_load(model_path, &m)) { fprintf(stderr, "kvsieve %s: %s\n", cmd, kvs_last_error()); goto done; }
     int total = 0;
     for (int i = 0; i < n_lists; i++) total += lens[i];
-    int64_t pages = (int64_t)m->cfg.n_layers * m->cfg.n_kv_heads * (total / page_slots + 2 * n_lists);
-    if (mem_pool_create((int)page_slots, m->cfg.head_dim, (int32_t)pages, &pool) ||
-        fwd_create(m, &fwd)) {
-        fprintf(stderr, "kvsieve %s: %s\n", cmd, kvs_last_error());
-        goto done;
+    engine_opts eo = {.model_path = model_path, .page_slots = (int)page_slots,
+                      .kv_dtype = kv_dtype, .kv_bytes = (size_t)64 << 20};
+    if (kvs_device_parse(device, &eo.device)) { fprintf(stderr, "kvsieve %s: %s\n", cmd, kvs_last_error()); goto done; }
+    /* enough KV for every token of every list in every stream, plus a partial page each */
+    for (int pass = 0; pass < 2; pass++) {
+        if (engine_create(&eo, &e)) { fprintf(stderr, "kvsieve %s: %s\n", cmd, kvs_last_error()); goto done; }
+        const model_config *mc = &e->m->cfg;
+        int64_t pages = (int64_t)mc->n_layers * mc->n_kv_heads * (total / page_slots + 2 * n_lists);
+        if (pass == 1 || e->pool->n_pages >= pages) break;
+        eo.kv_bytes = (size_t)((double)eo.kv_bytes * ((double)pages / e->pool->n_pages) * 1.05) + 1;
+        engine_destroy(e);
+        e = NULL;
     }
-    for (int i = 0; i < n_lists; i++)
-        if (mem_seq_create(m->cfg.n_layers, m->cfg.n_kv_heads, i * m->cfg.n_layers * m->cfg.n_kv_heads, &kv[i])) goto done;
+    const size_t V = (size_t)e->m->cfg.n_vocab;
+    for (int i = 0; i < n_lists; i++) {
+        if (engine_seq_create(e, &kv[i]) || engine_seq_push(e, kv[i], lists[i], lens[i])) {
+            fprintf(stderr, "kvsieve %s: %s\n", cmd, kvs_last_error());
+            goto done;
+        }
+        kv[i]->logits_all = 1;
+    }
     if (!(out = fopen(out_path, "wb"))) { fprintf(stderr, "kvsieve %s: cannot write %s\n", cmd, out_path); goto done; }
-    const size_t V = (size_t)m->cfg.n_vocab;
     /* Sequences run either all in one batch per chunk round, or one after the other. */
-    int done_tok[MAX_LISTS] = {0};
     float *all = malloc((size_t)total * V * sizeof(float));
     if (!all) goto done;
     size_t off[MAX_LISTS];
@@ -94,30 +106,28 @@ int cmd_dump_logits(int argc, char **argv)
     for (int first = 0; first < n_lists;) {
         int last = batch ? n_lists : first + 1;
         for (;;) {
-            fwd_seq fs[MAX_LISTS];
-            int idx[MAX_LISTS], n = 0;
+            engine_seq *step[MAX_LISTS];
+            int32_t lim[MAX_LISTS], before[MAX_LISTS];
+            int idx[MAX_LISTS], row_of[MAX_LISTS], n = 0;
             for (int i = first; i < last; i++) {
-                int todo = lens[i] - done_tok[i];
-                if (todo <= 0) continue;
-                if (todo > chunk) todo = (int)chunk;
-                if (mem_seq_reserve(pool, kv[i], todo)) { fprintf(stderr, "kvsieve %s: %s\n", cmd, kvs_last_error()); free(all); goto done; }
-                fs[n] = (fwd_seq){.kv = kv[i], .tokens = lists[i] + done_tok[i], .n_tokens = todo,
-                                  .pos0 = done_tok[i], .logits = FWD_LOGITS_ALL};
+                if (kv[i]->n_computed >= lens[i]) continue;
+                step[n] = kv[i];
+                lim[n] = (int32_t)chunk;
+                before[n] = kv[i]->n_computed;
                 idx[n++] = i;
             }
             if (!n) break;
             float *lg;
-            int rows;
-            if (fwd_cpu(fwd, m, pool, fs, n, &lg, &rows)) {
+            if (engine_step_limits(e, step, n, lim, &lg, row_of)) {
                 fprintf(stderr, "kvsieve %s: %s\n", cmd, kvs_last_error());
                 free(all);
                 goto done;
             }
             for (int k = 0; k < n; k++) {
                 int i = idx[k];
-                memcpy(all + off[i] + (size_t)done_tok[i] * V, lg, (size_t)fs[k].n_tokens * V * sizeof(float));
-                lg += (size_t)fs[k].n_tokens * V;
-                done_tok[i] += fs[k].n_tokens;
+                int32_t done_k = kv[i]->n_computed - before[k];
+                memcpy(all + off[i] + (size_t)before[k] * V, lg + (size_t)row_of[k] * V,
+                       (size_t)done_k * V * sizeof(float));
             }
         }
         first = last;
@@ -131,9 +141,7 @@ int cmd_dump_logits(int argc, char **argv)
     rc = 0;
 done:
     if (out && fclose(out) && !rc) { fprintf(stderr, "kvsieve %s: write to %s failed\n", cmd, out_path); rc = 1; }
-    for (int i = 0; i < MAX_LISTS; i++) { if (kv[i]) mem_seq_destroy(pool, kv[i]); free(lists[i]); }
-    fwd_destroy(fwd);
-    mem_pool_destroy(pool);
-    model_free(m);
+    for (int i = 0; i < MAX_LISTS; i++) { if (kv[i]) engine_seq_destroy(e, kv[i]); free(lists[i]); }
+    engine_destroy(e);
     return rc;
 }

@@ -41,6 +41,8 @@ static void usage(FILE *f)
         "                        for one (repeatable); qfilters defaults to filters=<model>.kvsqf\n"
         "  --out-dir DIR         write MODE.csv and MODE.json there\n"
         "  --kv-memory SIZE      KV page pool (default: sized for the run)\n"
+        "  --kv-dtype T          KV cache element format: f32 (default), f16, bf16\n"
+        "  --device DEV          cpu (default), cuda or auto\n"
         "ppl:\n"
         "  --text FILE           the text (required; never the calibration text)\n"
         "  --tokens N            use the first N tokens (default all, at most the context)\n"
@@ -139,11 +141,12 @@ int cmd_eval(int argc, char **argv)
     long long v;
     enum { O_MODEL = 256, O_POL, O_PARGS, O_OUT, O_KV, O_TEXT, O_TOKENS, O_BUDGETS, O_WINDOWS,
            O_CHUNK, O_CONTEXTS, O_DEPTHS, O_RATIOS, O_HAY, O_MAXNEW, O_SEED, O_NOCHAT, O_PL,
-           O_GL, O_BUDGET, O_WINDOW };
+           O_GL, O_BUDGET, O_WINDOW, O_KVD, O_DEVICE };
     static const struct option opts[] = {
         {"model", required_argument, 0, O_MODEL}, {"policies", required_argument, 0, O_POL},
         {"policy-args", required_argument, 0, O_PARGS}, {"out-dir", required_argument, 0, O_OUT},
         {"kv-memory", required_argument, 0, O_KV}, {"text", required_argument, 0, O_TEXT},
+        {"kv-dtype", required_argument, 0, O_KVD}, {"device", required_argument, 0, O_DEVICE},
         {"tokens", required_argument, 0, O_TOKENS}, {"budgets", required_argument, 0, O_BUDGETS},
         {"windows", required_argument, 0, O_WINDOWS}, {"chunk", required_argument, 0, O_CHUNK},
         {"contexts", required_argument, 0, O_CONTEXTS}, {"depths", required_argument, 0, O_DEPTHS},
@@ -182,6 +185,21 @@ int cmd_eval(int argc, char **argv)
             break;
         case O_OUT: c.out_dir = optarg; break;
         case O_KV: if (cli_size(cmd, "--kv-memory", optarg, &c.kv_bytes)) return 2; break;
+        case O_KVD: {
+            const kv_format *f;
+            if (kv_format_parse(optarg, &f)) {
+                fprintf(stderr, "kvsieve %s: --kv-dtype: %s\n", cmd, kvs_last_error());
+                return 2;
+            }
+            c.kv_dtype = f->name;
+            break;
+        }
+        case O_DEVICE:
+            if (kvs_device_parse(optarg, &c.device)) {
+                fprintf(stderr, "kvsieve %s: %s\n", cmd, kvs_last_error());
+                return 2;
+            }
+            break;
         case O_TEXT: text = optarg; break;
         case O_TOKENS:
             if (cli_int(cmd, "--tokens", optarg, 4, 1 << 24, &v)) return 2;

@@ -28,6 +28,7 @@ static void usage(FILE *f)
         "  --kv-memory SIZE    KV page pool size, e.g. 256M, 2G (default 1G)\n"
         "  --chunk N           prefill chunk size in tokens (default 512)\n"
         "  --device DEV        cpu | cuda | auto (default cpu)\n"
+        "  --kv-dtype T        KV cache element format: f32 (default), f16, bf16\n"
         "  --echo              print the prompt before the generated text\n"
         "%s"
         "  -h, --help          this help\n", cli_policy_help);
@@ -40,9 +41,10 @@ int cmd_generate(int argc, char **argv)
     long long n_gen = 64, top_k = 0, seed = 0, chunk = 512;
     double temperature = 0.0, top_p = 1.0;
     size_t kv_bytes = 0;
+    const char *kv_dtype = NULL;
     kvs_device_kind device = KVS_DEVICE_CPU;
     enum { O_MODEL = 256, O_PROMPT, O_CHAT, O_SYSTEM, O_TEMP, O_TOPK, O_TOPP, O_SEED, O_KV,
-           O_CHUNK, O_ECHO, O_DEVICE };
+           O_CHUNK, O_ECHO, O_DEVICE, O_KVD };
     cli_policy pol = {0};
     static const struct option opts[] = {
         {"policy", required_argument, 0, 0}, {"ratio", required_argument, 0, 0},
@@ -56,6 +58,7 @@ int cmd_generate(int argc, char **argv)
         {"seed", required_argument, 0, O_SEED}, {"kv-memory", required_argument, 0, O_KV},
         {"chunk", required_argument, 0, O_CHUNK}, {"echo", no_argument, 0, O_ECHO},
         {"device", required_argument, 0, O_DEVICE},
+        {"kv-dtype", required_argument, 0, O_KVD},
         {"help", no_argument, 0, 'h'}, {0, 0, 0, 0}};
     const char *cmd = "generate";
     int c, li;
@@ -77,6 +80,15 @@ int cmd_generate(int argc, char **argv)
         case O_KV: if (cli_size(cmd, "--kv-memory", optarg, &kv_bytes)) return 2; break;
         case O_CHUNK: if (cli_int(cmd, "--chunk", optarg, 1, 1 << 16, &chunk)) return 2; break;
         case O_ECHO: echo = 1; break;
+        case O_KVD: {
+            const kv_format *f;
+            if (kv_format_parse(optarg, &f)) {
+                fprintf(stderr, "kvsieve generate: --kv-dtype: %s\n", kvs_last_error());
+                return 2;
+            }
+            kv_dtype = f->name;
+            break;
+        }
         case O_DEVICE:
             if (kvs_device_parse(optarg, &device)) {
                 fprintf(stderr, "kvsieve generate: %s\n", kvs_last_error());
@@ -113,7 +125,8 @@ int cmd_generate(int argc, char **argv)
     int32_t *ids = NULL;
     char *text = NULL, *piece = NULL;
     int rc = 1;
-    engine_opts eo = {.model_path = model_path, .kv_bytes = kv_bytes, .device = device};
+    engine_opts eo = {.model_path = model_path, .kv_bytes = kv_bytes, .device = device,
+                      .kv_dtype = kv_dtype};
     if (engine_create(&eo, &e)) {
         fprintf(stderr, "kvsieve generate: %s\n", kvs_last_error());
         if (!strstr(kvs_last_error(), "format") && access(model_path, R_OK) != 0)
@@ -215,6 +228,10 @@ int cmd_generate(int argc, char **argv)
                 (long long)seq->evicted, (long long)seq->n_computed * heads,
                 seq->n_computed ? 100.0 * seq->evicted / ((double)seq->n_computed * heads) : 0.0,
                 (long long)seq->compaction_moves, (long long)pages);
+        fprintf(stderr, "[KV dtype %s: %zu bytes per token (all layers and KV heads), %.1f MiB "
+                "held]\n", engine_kv_format(e)->name, engine_kv_bytes_per_token(e),
+                pages * (double)mem_pool_page_bytes(e->pool->page_slots, e->be->kv_slot_bytes) /
+                    1048576.0);
     }
     rc = 0;
 done:

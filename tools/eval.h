@@ -126,6 +126,8 @@ typedef struct eval_common {
     const char *model_path;
     const char *out_dir;      /* NULL = no files */
     size_t kv_bytes;          /* 0 = sized by the mode */
+    const char *kv_dtype;     /* --kv-dtype (NULL = f32) */
+    kvs_device_kind device;   /* --device */
     eval_policy pol[EVAL_MAX_POLICIES];
     int n_pol;
 } eval_common;

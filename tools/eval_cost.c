@@ -163,7 +163,7 @@ int eval_cost(const eval_common *c, const eval_cost_opts *o)
                 goto done;
             }
             double wall = kvs_now() - ts;
-            const fwd_timing *ft = fwd_last_timing(e->fwd);
+            const fwd_timing *ft = engine_last_timing(e);
             double fwd = ft->gemm + ft->attention + ft->kv_write + ft->other + ft->logits;
             r->step_ms += wall * 1e3;
             r->kvw_ms += ft->kv_write * 1e3;

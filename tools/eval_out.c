@@ -137,7 +137,8 @@ void eval_progress_show(eval_progress *p, double done, double total, const char 
 
 int eval_engine_open(const eval_common *c, kvs_engine **out)
 {
-    engine_opts eo = {.model_path = c->model_path, .kv_bytes = c->kv_bytes ? c->kv_bytes : (64u << 20)};
+    engine_opts eo = {.model_path = c->model_path, .kv_bytes = c->kv_bytes ? c->kv_bytes : (64u << 20),
+                      .kv_dtype = c->kv_dtype, .device = c->device};
     if (engine_create(&eo, out)) {
         fprintf(stderr, "kvsieve %s: %s\n", c->cmd, kvs_last_error());
         if (access(c->model_path, R_OK) != 0)
@@ -150,22 +151,19 @@ int eval_engine_open(const eval_common *c, kvs_engine **out)
 int eval_engine_pages(const eval_common *c, kvs_engine *e, int64_t pages)
 {
     if (c->kv_bytes || e->pool->n_pages >= pages) return 0;
-    const int P = e->pool->page_slots, d = e->pool->head_dim;
-    size_t bytes = (size_t)pages * mem_pool_page_bytes(P, d);
-    if (pages > INT32_MAX) {
+    const int P = e->pool->page_slots;
+    if (pages > INT32_MAX / P) {
         fprintf(stderr, "kvsieve %s: the run needs %lld KV pages, too many\n", c->cmd, (long long)pages);
         return -1;
     }
-    /* No sequence exists yet: swap the engine's pool for one of the size this run needs. */
-    mem_pool *pool;
-    if (mem_pool_create(P, d, (int32_t)pages, &pool)) {
-        fprintf(stderr, "kvsieve %s: KV pool of %.2f GiB: %s (pass a smaller workload or "
+    /* No sequence exists yet: give the engine the KV memory this run needs. */
+    size_t bytes = (size_t)pages * mem_pool_page_bytes(P, e->be->kv_slot_bytes);
+    if (engine_set_kv_bytes(e, bytes)) {
+        fprintf(stderr, "kvsieve %s: KV memory of %.2f GiB: %s (pass a smaller workload or "
                 "--kv-memory)\n", c->cmd, bytes / 1073741824.0, kvs_last_error());
         return -1;
     }
-    mem_pool_destroy(e->pool);
-    e->pool = pool;
-    fprintf(stderr, "%s: KV pool %.2f GiB (%lld pages of %d tokens)\n", c->cmd,
-            bytes / 1073741824.0, (long long)pages, P);
+    fprintf(stderr, "%s: KV memory %.2f GiB (%lld pages of %d tokens, %s)\n", c->cmd,
+            bytes / 1073741824.0, (long long)e->pool->n_pages, P, e->be->kv_format->name);
     return 0;
 }

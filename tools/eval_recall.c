@@ -33,6 +33,7 @@
 
 #include "core/common.h"
 #include "memory/policy.h"
+#include "policies/qfilters.h"
 
 enum { R_ORACLE, R_STREAM, R_KNORM, R_QF, R_QFSELF, R_QFPRE, R_N };
 static const char *const r_name[R_N] = {"oracle", "streaming", "knorm", "qfilters",
@@ -299,30 +300,30 @@ int eval_recall(const eval_common *c, const eval_recall_opts *o)
             rs.half, N - 1, rs.half - 1);
     eval_progress pg;
     eval_progress_init(&pg, c->cmd);
-    for (int at = 0; at < N;) {
+    if (engine_seq_push(e, s, ids, N)) {
+        fprintf(stderr, "kvsieve %s: %s\n", c->cmd, kvs_last_error());
+        goto done;
+    }
+    s->queries = on_queries;
+    s->queries_ctx = &rs;
+    while (s->n_computed < N) {
         /* chunks end at N/2, so that the self-calibration sees exactly the first half */
+        const int at = s->n_computed;
         int k = KVS_MIN(o->chunk, (at < rs.half ? rs.half : N) - at);
-        if (mem_seq_reserve(e->pool, s->kv, k)) {
-            fprintf(stderr, "kvsieve %s: %s\n", c->cmd, kvs_last_error());
-            goto done;
-        }
         rs.cal_on = at + k <= rs.half;
         rs.pos0 = at;
-        fwd_seq fs = {.kv = s->kv, .tokens = ids + at, .n_tokens = k, .pos0 = at,
-                      .logits = FWD_LOGITS_NONE, .queries = on_queries, .queries_ctx = &rs};
         if (at + k > rs.half) {
-            fs.observe = on_attention;
-            fs.observe_ctx = &rs;
-            fs.observe_from = rs.half;
+            s->observe = on_attention;
+            s->observe_ctx = &rs;
+            s->observe_from = rs.half;
         }
         float *lg;
-        int rows;
-        if (fwd_cpu(e->fwd, e->m, e->pool, &fs, 1, &lg, &rows) || rs.rc) {
+        int row;
+        if (engine_step(e, &s, 1, k, &lg, &row) || rs.rc) {
             fprintf(stderr, "\nkvsieve %s: %s\n", c->cmd, kvs_last_error());
             goto done;
         }
-        at += k;
-        eval_progress_show(&pg, at, N, "tok", NULL, at == N);
+        eval_progress_show(&pg, s->n_computed, N, "tok", NULL, s->n_computed == N);
     }
     self_u = malloc((size_t)L * Hkv * hd * sizeof *self_u);
     pre_u = malloc((size_t)L * Hkv * hd * sizeof *pre_u);
@@ -357,9 +358,12 @@ int eval_recall(const eval_common *c, const eval_recall_opts *o)
             int32_t page = mem_slot_page(e->pool, str, slot);
             int32_t p = mem_page_pos(e->pool, page)[slot & (P - 1)];
             if (p < 0 || p >= N) continue;
-            const float *k = mem_page_k(e->pool, page) + (size_t)(slot & (P - 1)) * hd;
-            memcpy(vbuf + (size_t)p * hd, mem_page_v(e->pool, page) + (size_t)(slot & (P - 1)) * hd,
-                   (size_t)hd * sizeof *vbuf);
+            float k[ATT_MAX_UNROT];
+            int32_t g = page * P + (slot & (P - 1));
+            if (engine_read_kv(e, &g, 1, k, vbuf + (size_t)p * hd)) {
+                fprintf(stderr, "kvsieve %s: %s\n", c->cmd, kvs_last_error());
+                goto done;
+            }
             double n2 = 0, df = 0, ds = 0, dp = 0;
             unrotate(kpre, k, p, rs.inv_freq, hd);
             for (int i = 0; i < hd; i++) {

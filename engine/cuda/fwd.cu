@@ -17,6 +17,7 @@
 
 extern "C" {
 #include "kernels_ref.h"
+#include "rope.h"
 #include "memory/policy.h"
 }
 
@@ -70,7 +71,6 @@ struct fwd_cuda_state {
     // results (pinned host)
     float *logits_h, *scores_h, *probs_h, *kst_h, *qst_h;
     size_t cap_logits_h, cap_scores_h, cap_probs_h, cap_kst_h, cap_qst_h;
-    kvs_plan plan;
     // timing (events at phase boundaries, only when enabled)
     fwd_timing timing;
     int timing_on;
@@ -125,8 +125,8 @@ static int hgrow(void **p, size_t *cap_bytes, size_t need)
     return 0;
 }
 
-// The plan's block allocator: pinned host memory.
-static void *plan_grow(void *ctx, void *old, size_t bytes)
+// The plan's block allocator: pinned host memory (the engine's plan uses it, backend.h).
+extern "C" void *fwd_cuda_plan_grow(void *ctx, void *old, size_t bytes)
 {
     (void)ctx;
     if (old) cudaFreeHost(old);
@@ -248,7 +248,7 @@ static int ensure_rope(fwd_cuda_state *st, int rows)
     const size_t half = st->cfg.head_dim / 2, bytes = (size_t)n * half * sizeof(float);
     float *c = (float *)malloc(bytes), *s = (float *)malloc(bytes);
     if (!c || !s) { free(c); free(s); return kvs_error(KVS_ENOMEM, "out of memory (RoPE)"); }
-    kref_rope_table(n, st->cfg.head_dim, st->cfg.rope_base, c, s);
+    kvs_rope_table(n, st->cfg.head_dim, st->cfg.rope_base, c, s);
     cudaFree(st->cos_t);
     cudaFree(st->sin_t);
     st->cos_t = st->sin_t = NULL;
@@ -287,7 +287,6 @@ extern "C" void fwd_cuda_destroy(fwd_cuda_state *st)
     void *host[] = {st->logits_h, st->scores_h, st->probs_h, st->kst_h, st->qst_h};
     for (size_t i = 0; i < sizeof host / sizeof host[0]; i++)
         if (host[i]) cudaFreeHost(host[i]);
-    kvs_plan_free(&st->plan);
     mem_cuda_pool_destroy(st->pool);
     kvs_filter_cache_deinit(&st->fc);
     if (st->blas) cublasDestroy(st->blas);
@@ -317,7 +316,6 @@ extern "C" int fwd_cuda_create(const model *m, int page_slots, size_t kv_bytes,
     if (!st) return kvs_error(KVS_ENOMEM, "out of memory");
     st->cfg = *c;
     kvs_filter_cache_init(&st->fc, c);
-    st->plan.grow = plan_grow;
     const char *g = getenv("KVS_CUDA_GRAPHS");
     st->graphs_on = g && g[0] == '1';
     const char *tm = getenv("KVS_CUDA_TIMING");
@@ -385,6 +383,11 @@ fail:
 }
 
 extern "C" int32_t fwd_cuda_n_pages(const fwd_cuda_state *st) { return st->pool->n_pages; }
+
+extern "C" size_t fwd_cuda_slot_bytes(const fwd_cuda_state *st)
+{
+    return 2 * (size_t)st->cfg.head_dim * sizeof(kvs_half);
+}
 
 extern "C" const fwd_timing *fwd_cuda_last_timing(const fwd_cuda_state *st)
 {
@@ -596,8 +599,8 @@ static cudaGraphExec_t graph_for(fwd_cuda_state *st, const kvs_plan *p, const kv
     return exec;
 }
 
-extern "C" int fwd_cuda(fwd_cuda_state *st, const model *m, mem_pool *pool, const fwd_seq *seqs,
-                        int n_seqs, float **logits, int *n_rows)
+extern "C" int fwd_cuda(fwd_cuda_state *st, const model *m, mem_pool *pool, kvs_plan *p,
+                        const fwd_seq *seqs, float **logits, int *n_rows)
 {
     *logits = NULL;
     *n_rows = 0;
@@ -612,11 +615,8 @@ extern "C" int fwd_cuda(fwd_cuda_state *st, const model *m, mem_pool *pool, cons
         return kvs_error(KVS_EINVAL, "fwd_cuda: the KV pool (%d pages of %d) is not the "
                          "device pool's (%d of %d)", (int)pool->n_pages, pool->page_slots,
                          (int)st->pool->n_pages, st->pool->page_slots);
-    if (pool->k)
-        return kvs_error(KVS_EINVAL, "fwd_cuda: give it the metadata pool "
-                         "(kvs_meta_pool_create), whose K/V live on the device");
-    kvs_plan *p = &st->plan;
-    int rc = kvs_plan_build(p, c, pool, seqs, n_seqs, &st->fc);
+    // filter sets for the Q-Filters sequences (the rest of the plan is the engine's)
+    int rc = kvs_filter_cache_assign(&st->fc, p);
     if (rc) return rc;
     const int G = c->n_heads / c->n_kv_heads, L = c->n_layers, Hkv = c->n_kv_heads;
     const int hd = c->head_dim, Hq = c->n_heads;
@@ -695,7 +695,7 @@ extern "C" int64_t kvs_cuda_compact_streams(fwd_cuda_state *st, mem_pool *pool,
     int32_t *src = pairs, *dst = pairs + cap + 1;
     int64_t moves = 0;
     for (int i = 0; i < n; i++)
-        moves += kvs_meta_compact(pool, streams[i], src + moves, dst + moves);
+        moves += mem_stream_compact(pool, streams[i], src + moves, dst + moves);
     int rc = 0;
     if (moves > 0) {
         if (moves > INT32_MAX / 2) rc = kvs_error(KVS_EINVAL, "too many compaction moves");
@@ -755,7 +755,9 @@ __global__ void k_scatter_scores(float *score, const int32_t *gslots, const floa
         score[gslots[i]] = v[i];
 }
 
-extern "C" int kvs_cuda_read_keys(fwd_cuda_state *st, const int32_t *gslots, int n, float *out)
+// Gather n rows of a device K or V array into fp32 on the host.
+static int read_rows(fwd_cuda_state *st, const kvs_half *base, const int32_t *gslots, int n,
+                     float *out)
 {
     if (n <= 0) return 0;
     const int hd = st->cfg.head_dim;
@@ -766,12 +768,22 @@ extern "C" int kvs_cuda_read_keys(fwd_cuda_state *st, const int32_t *gslots, int
                                  st->stream));
     long total = (long)n * hd, blocks = (total + 255) / 256;
     KVS_LAUNCH((k_gather_keys), blocks < 4096 ? (int)blocks : 4096, 256, st->stream, 
-        (const kvs_half *)st->pool->k, st->idx_d, n, hd, st->fscratch_d);
+        base, st->idx_d, n, hd, st->fscratch_d);
     KVS_CUDA_LAUNCHED("k_gather_keys");
     KVS_CUDA_TRY(cudaMemcpyAsync(out, st->fscratch_d, (size_t)n * hd * 4, cudaMemcpyDeviceToHost,
                                  st->stream));
     KVS_CUDA_TRY(cudaStreamSynchronize(st->stream));
     return 0;
+}
+
+extern "C" int kvs_cuda_read_keys(fwd_cuda_state *st, const int32_t *gslots, int n, float *out)
+{
+    return read_rows(st, (const kvs_half *)st->pool->k, gslots, n, out);
+}
+
+extern "C" int kvs_cuda_read_values(fwd_cuda_state *st, const int32_t *gslots, int n, float *out)
+{
+    return read_rows(st, (const kvs_half *)st->pool->v, gslots, n, out);
 }
 
 extern "C" int kvs_cuda_write_scores(fwd_cuda_state *st, const int32_t *gslots,

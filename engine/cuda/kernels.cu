@@ -977,28 +977,32 @@ extern "C" int kvs_cuda_download_half(float *h, const void *d, size_t n)
     return rc;
 }
 
-extern "C" int kvs_cuda_pool_upload(mem_cuda_pool *d, const mem_pool *h)
+extern "C" int kvs_cuda_pool_upload(mem_cuda_pool *d, const mem_pool *h, const kv_store *kv)
 {
-    if (d->page_slots != h->page_slots || d->head_dim != h->head_dim || d->n_pages != h->n_pages)
-        return kvs_error(KVS_EINVAL, "device pool geometry differs from the host pool's");
-    if (!h->k || !h->v) return kvs_error(KVS_EINVAL, "host pool has no K/V (metadata pool)");
-    size_t slots = (size_t)h->n_pages * h->page_slots, n = slots * h->head_dim;
+    if (d->page_slots != h->page_slots || d->head_dim != kv->head_dim || d->n_pages != h->n_pages ||
+        kv->n_slots != (int64_t)h->n_pages * h->page_slots || kv->fk != &kv_fmt_f32 ||
+        kv->fv != &kv_fmt_f32)
+        return kvs_error(KVS_EINVAL, "device pool geometry differs from the host pool's "
+                         "(or the host store is not f32)");
+    size_t slots = (size_t)h->n_pages * h->page_slots, n = slots * kv->head_dim;
     int rc;
-    if ((rc = kvs_cuda_upload_half(d->k, h->k, n))) return rc;
-    if ((rc = kvs_cuda_upload_half(d->v, h->v, n))) return rc;
+    if ((rc = kvs_cuda_upload_half(d->k, (const float *)kv->k, n))) return rc;
+    if ((rc = kvs_cuda_upload_half(d->v, (const float *)kv->v, n))) return rc;
     if ((rc = kvs_cuda_upload(d->pos, h->pos, slots * sizeof(int32_t)))) return rc;
     return kvs_cuda_upload(d->score, h->score, slots * sizeof(float));
 }
 
-extern "C" int kvs_cuda_pool_download(const mem_cuda_pool *d, mem_pool *h)
+extern "C" int kvs_cuda_pool_download(const mem_cuda_pool *d, mem_pool *h, kv_store *kv)
 {
-    if (d->page_slots != h->page_slots || d->head_dim != h->head_dim || d->n_pages != h->n_pages)
-        return kvs_error(KVS_EINVAL, "device pool geometry differs from the host pool's");
-    if (!h->k || !h->v) return kvs_error(KVS_EINVAL, "host pool has no K/V (metadata pool)");
-    size_t slots = (size_t)h->n_pages * h->page_slots, n = slots * h->head_dim;
+    if (d->page_slots != h->page_slots || d->head_dim != kv->head_dim || d->n_pages != h->n_pages ||
+        kv->n_slots != (int64_t)h->n_pages * h->page_slots || kv->fk != &kv_fmt_f32 ||
+        kv->fv != &kv_fmt_f32)
+        return kvs_error(KVS_EINVAL, "device pool geometry differs from the host pool's "
+                         "(or the host store is not f32)");
+    size_t slots = (size_t)h->n_pages * h->page_slots, n = slots * kv->head_dim;
     int rc;
-    if ((rc = kvs_cuda_download_half(h->k, d->k, n))) return rc;
-    if ((rc = kvs_cuda_download_half(h->v, d->v, n))) return rc;
+    if ((rc = kvs_cuda_download_half((float *)kv->k, d->k, n))) return rc;
+    if ((rc = kvs_cuda_download_half((float *)kv->v, d->v, n))) return rc;
     if ((rc = kvs_cuda_download(h->pos, d->pos, slots * sizeof(int32_t)))) return rc;
     return kvs_cuda_download(h->score, d->score, slots * sizeof(float));
 }

@@ -18,6 +18,7 @@ extern "C" {  /* the project's C headers have no C++ guards of their own */
 #endif
 
 #include "device.h"
+#include "memory/kv_store.h"
 #include "memory/cuda/mem_cuda.h"
 
 /* ---- device memory helpers (synchronous) ----------------------------------------------------- */
@@ -32,8 +33,8 @@ int kvs_cuda_download_half(float *h, const void *d, size_t n);
 int kvs_cuda_sync(void);
 /* Copy a whole host pool (K/V as 16-bit, pos, score) into a device pool of the same
  * geometry, and back (K/V widened to fp32). For tests and clones. */
-int kvs_cuda_pool_upload(mem_cuda_pool *d, const mem_pool *h);
-int kvs_cuda_pool_download(const mem_cuda_pool *d, mem_pool *h);
+int kvs_cuda_pool_upload(mem_cuda_pool *d, const mem_pool *h, const kv_store *kv);
+int kvs_cuda_pool_download(const mem_cuda_pool *d, mem_pool *h, kv_store *kv);
 
 /* ---- the forward state (engine/device.h has the rest) ---------------------------------------- */
 /* Per-phase timing with CUDA events in fwd_cuda_last_timing (default: $KVS_CUDA_TIMING=1;

@@ -13,10 +13,13 @@
 #include <string.h>
 
 #include "core/common.h"
+#include "backend.h"
 #include "device.h"
+#include "rope.h"
 #include "kernels_ref.h"
 #include "memory/pool.h"
 #include "test_util.h"
+#include "test_kv.h"
 
 #ifdef KVS_HAVE_CUDA
 #include "engine/cuda/kvs_cuda.h"
@@ -86,7 +89,7 @@ static inline double t_max_abs_diff(const float *a, const float *b, size_t n)
 static inline int t_fill_stream(mem_pool *pool, mem_stream *s, int32_t pos0, int n, int evict_pct,
                          int n_after)
 {
-    const int d = pool->head_dim;
+    const int d = tkv_head_dim(pool);
     float *k = malloc((size_t)d * sizeof *k), *v = malloc((size_t)d * sizeof *v);
     int rc = 0;
     if (!k || !v) { free(k); free(v); return KVS_ENOMEM; }
@@ -96,7 +99,7 @@ static inline int t_fill_stream(mem_pool *pool, mem_stream *s, int32_t pos0, int
         if ((rc = mem_stream_reserve(pool, s, m))) break;
         for (int i = 0; i < m; i++) {
             for (int j = 0; j < d; j++) { k[j] = t_half_unit(); v[j] = t_half_unit(); }
-            if (mem_stream_append(pool, s, pos++, k, v, t_unit()) < 0) { rc = KVS_ENOMEM; break; }
+            if (tkv_append(pool, s, pos++, k, v, t_unit()) < 0) { rc = KVS_ENOMEM; break; }
         }
         if (phase == 0 && evict_pct > 0)
             for (int32_t slot = s->n_slots - 1; slot >= 0; slot--) {

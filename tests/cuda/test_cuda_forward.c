@@ -14,12 +14,14 @@
  * compaction, clone, CUDA graphs, timing). Without a GPU the device parts print
  * "skipped: no GPU" and pass. */
 #include "cuda_test_util.h"
+#include "twin_forward.h"
 
 #include <unistd.h>
 
 #include "engine.h"
 #include "forward.h"
 #include "memory/policy.h"
+#include "policies/qfilters.h"
 #include "model.h"
 #include "sampler.h"
 #include "tokenizer.h"
@@ -121,7 +123,8 @@ typedef struct {
     backend bk;
     const model *m;
     mem_pool *pool;
-    fwd_state *cpu;
+    kvs_backend *cpu;        /* BK_CPU: the CPU backend (its K/V store) */
+    kvs_plan plan;           /* BK_CPU, BK_GPU: the step plan */
     fwd_cuda_state *gpu;
     mem_seq *kv[N_SEQ];
     pol_instance *pol[N_SEQ];
@@ -180,10 +183,12 @@ static void run_step(runner *r, const int32_t *n_tok, const int *logits_mode, co
         switch (i) {
         case 0: /* qfilters (fused dot) + the queries hook */
             q->score_keys = pol_score_keys; q->score_ctx = r->pol[0];
+            q->score_kind = FWD_SCORE_DOT; q->score_u = r->pol[0]->dev.u;
             q->queries = q_hook; q->queries_ctx = r;
             break;
         case 1: /* h2o: score 0 at write, attention statistics of every query */
             q->score_keys = pol_score_keys; q->score_ctx = r->pol[1];
+            q->score_kind = FWD_SCORE_ZERO;
             q->observe = o_hook; q->observe_ctx = r; q->observe_from = 0;
             break;
         case 2: /* a scorer only the host knows + snapkv-like window observation */
@@ -192,14 +197,16 @@ static void run_step(runner *r, const int32_t *n_tok, const int *logits_mode, co
             break;
         default: /* streaming: fused position score */
             q->score_keys = pol_score_keys; q->score_ctx = r->pol[3];
+            q->score_kind = FWD_SCORE_POS;
             break;
         }
     }
     float *lg = NULL;
     int rows = 0, rc;
-    if (r->bk == BK_CPU) rc = fwd_cpu(r->cpu, r->m, r->pool, fs, n, &lg, &rows);
-    else if (r->bk == BK_TWIN) rc = kref_forward(r->m, r->pool, fs, n, &lg, &rows);
-    else rc = fwd_cuda(r->gpu, r->m, r->pool, fs, n, &lg, &rows);
+    if (r->bk == BK_TWIN) rc = twin_forward(r->m, r->pool, tkv_store(r->pool), fs, n, &lg, &rows);
+    else if ((rc = kvs_plan_build(&r->plan, &r->m->cfg, r->pool, fs, n))) {}
+    else if (r->bk == BK_CPU) rc = r->cpu->i->run(r->cpu, r->m, r->pool, &r->plan, fs, &lg, &rows);
+    else rc = fwd_cuda(r->gpu, r->m, r->pool, &r->plan, fs, &lg, &rows);
     if (rc) {
         printf("\n  backend %d: %s\n", (int)r->bk, kvs_last_error());
         r->failed = 1;
@@ -223,7 +230,7 @@ static void evict_some(runner *r, int seq, int every)
     for (int i = 0; i < kv->n_layers * kv->n_kv_heads; i++) {
         mem_stream *s = &kv->streams[i];
         for (int32_t slot = i % every; slot < s->n_slots - 2; slot += every)
-            if (r->pool->pos[kvs_gslot(r->pool, s, slot)] >= 0) mem_stream_evict(r->pool, s, slot);
+            if (r->pool->pos[mem_gslot(r->pool, s, slot)] >= 0) mem_stream_evict(r->pool, s, slot);
     }
 }
 
@@ -233,7 +240,8 @@ static void compact_all(runner *r, int seq)
     for (int i = 0; i < kv->n_layers * kv->n_kv_heads; i++) {
         mem_stream *s = &kv->streams[i];
         int32_t moves = r->bk == BK_GPU ? kvs_cuda_compact_stream(r->gpu, r->pool, s)
-                                        : mem_stream_compact(r->pool, s);
+                        : r->bk == BK_CPU ? (int32_t)r->cpu->i->compact(r->cpu, r->pool, &s, 1)
+                                          : tkv_compact(r->pool, s);
         if (moves < 0) r->failed = 1;
     }
 }
@@ -275,11 +283,17 @@ static void runner_init(runner *r, backend bk, const model *m, const char *filte
         CU_ASSERT_FATAL(fwd_cuda_create(m, P, (size_t)n_pages * mem_cuda_page_bytes(P, c->head_dim),
                                         0.0, &r->gpu) == 0);
         CU_ASSERT_FATAL(fwd_cuda_n_pages(r->gpu) == n_pages);
-        CU_ASSERT_FATAL(kvs_meta_pool_create(P, c->head_dim, n_pages, &r->pool) == 0);
+        CU_ASSERT_FATAL(mem_pool_create(P, n_pages, &r->pool) == 0);
 #endif
+    } else if (bk == BK_CPU) {
+        const size_t slot = kv_store_slot_bytes(&kv_fmt_f32, &kv_fmt_f32, c->head_dim);
+        kvs_backend_opts o = {.page_slots = P,
+                              .kv_bytes = (size_t)n_pages * mem_pool_page_bytes(P, slot)};
+        CU_ASSERT_FATAL(kvs_backend_cpu_create(m, &o, &r->cpu) == 0);
+        CU_ASSERT_FATAL(r->cpu->n_pages == n_pages);
+        CU_ASSERT_FATAL(mem_pool_create(P, n_pages, &r->pool) == 0);
     } else {
-        CU_ASSERT_FATAL(mem_pool_create(P, c->head_dim, n_pages, &r->pool) == 0);
-        if (bk == BK_CPU) CU_ASSERT_FATAL(fwd_create(m, &r->cpu) == 0);
+        CU_ASSERT_FATAL(tkv_pool_create(P, c->head_dim, n_pages, &r->pool) == 0);
     }
     pol_model_info mi = {c->n_layers, c->n_heads, c->n_kv_heads, c->head_dim, c->name};
     char args[512];
@@ -299,17 +313,29 @@ static void runner_free(runner *r)
         pol_instance_destroy(r->pol[i]);
     }
     CU_ASSERT_EQUAL(r->pool->n_free, r->pool->n_pages);
-    fwd_destroy(r->cpu);
+    kvs_backend_destroy(r->cpu);
+    kvs_plan_free(&r->plan);
     fwd_cuda_destroy(r->gpu);
-    mem_pool_destroy(r->pool);
+    tkv_pool_destroy(r->pool);
     free(r->logits);
 }
 
+/* K/V of global slot g of a runner (CPU backend or twin store) as fp32. */
+static void runner_read(const runner *r, int32_t g, float *k, float *v)
+{
+    if (r->bk == BK_CPU) {
+        CU_ASSERT(r->cpu->i->read_kv(r->cpu, &g, 1, k, v) == 0);
+    } else {
+        kv_store_read(tkv_store(r->pool), g, k, v);
+    }
+}
+
 /* Compare the KV of two runners: bookkeeping exactly, K/V and scores within tolerances.
- * b's K/V come from `bkv` (a full pool: the runner's own, or a download of the device's). */
-static void compare_kv(const runner *a, const runner *b, const mem_pool *bkv, double kv_tol,
+ * b's K/V come from `bkv` (a download of the device's) or, when NULL, from b itself. */
+static void compare_kv(const runner *a, const runner *b, const kv_store *bkv, double kv_tol,
                        double score_tol, const char *what)
 {
+    float ka[512], va[512], kb[512], vb[512];
     const int hd = a->m->cfg.head_dim;
     int book = 1;
     double dk = 0.0, ds = 0.0;
@@ -321,14 +347,17 @@ static void compare_kv(const runner *a, const runner *b, const mem_pool *bkv, do
                     (!x->n_pages || !memcmp(x->pages, y->pages, (size_t)x->n_pages * 4));
             if (!book) continue;
             for (int32_t slot = 0; slot < x->n_slots; slot++) {
-                int32_t g = kvs_gslot(a->pool, x, slot);
+                int32_t g = mem_gslot(a->pool, x, slot);
                 book &= a->pool->pos[g] == b->pool->pos[g];
                 if (a->pool->pos[g] < 0) continue;
                 double d = fabs(a->pool->score[g] - b->pool->score[g]) / (1.0 + fabs(a->pool->score[g]));
                 if (d > ds) ds = d;
+                runner_read(a, g, ka, va);
+                if (bkv) kv_store_read(bkv, g, kb, vb);
+                else runner_read(b, g, kb, vb);
                 for (int e = 0; e < hd; e++) {
-                    double x1 = a->pool->k[(size_t)g * hd + e], y1 = bkv->k[(size_t)g * hd + e];
-                    double x2 = a->pool->v[(size_t)g * hd + e], y2 = bkv->v[(size_t)g * hd + e];
+                    double x1 = ka[e], y1 = kb[e];
+                    double x2 = va[e], y2 = vb[e];
                     double d1 = fabs(x1 - y1) / (1.0 + fabs(x1)), d2 = fabs(x2 - y2) / (1.0 + fabs(x2));
                     if (d1 > dk) dk = d1;
                     if (d2 > dk) dk = d2;
@@ -378,7 +407,7 @@ static void test_tiny_script(void)
     CU_ASSERT_EQUAL(cpu.tr.o_calls, twin.tr.o_calls);
     CU_ASSERT(fabs(cpu.tr.q_sum - twin.tr.q_sum) <= 1e-6 * (1.0 + fabs(cpu.tr.q_sum)));
     CU_ASSERT(fabs(cpu.tr.o_sum - twin.tr.o_sum) <= 1e-6 * (1.0 + fabs(cpu.tr.o_sum)));
-    compare_kv(&cpu, &twin, twin.pool, 1e-5, 1e-5, "twin pool");
+    compare_kv(&cpu, &twin, NULL, 1e-5, 1e-5, "twin pool");
     CU_ASSERT(mem_check_invariants(twin.pool, twin.kv, N_SEQ) == 0);
 #ifdef KVS_HAVE_CUDA
     if (t_gpu()) {
@@ -396,22 +425,22 @@ static void test_tiny_script(void)
         CU_ASSERT(fabs(cpu.tr.q_sum - gpu.tr.q_sum) <= 1e-2 * (1.0 + fabs(cpu.tr.q_sum)));
         CU_ASSERT(fabs(cpu.tr.o_sum - gpu.tr.o_sum) <= 1e-2 * (1.0 + fabs(cpu.tr.o_sum)));
         mem_pool *kv;
-        CU_ASSERT_FATAL(mem_pool_create(16, m->cfg.head_dim, gpu.pool->n_pages, &kv) == 0);
-        CU_ASSERT(kvs_cuda_pool_download(fwd_cuda_pool(gpu.gpu), kv) == 0);
-        compare_kv(&cpu, &gpu, kv, 40 * T_HALF_TOL, 40 * T_HALF_TOL, "gpu pool");
+        CU_ASSERT_FATAL(tkv_pool_create(16, m->cfg.head_dim, gpu.pool->n_pages, &kv) == 0);
+        CU_ASSERT(kvs_cuda_pool_download(fwd_cuda_pool(gpu.gpu), kv, tkv_store(kv)) == 0);
+        compare_kv(&cpu, &gpu, tkv_store(kv), 40 * T_HALF_TOL, 40 * T_HALF_TOL, "gpu pool");
         /* the device pos mirror agrees with the host metadata below n_slots */
         int pos_ok = 1;
         for (int i = 0; i < N_SEQ; i++)
             for (int k = 0; k < gpu.kv[i]->n_layers * gpu.kv[i]->n_kv_heads; k++) {
                 const mem_stream *s = &gpu.kv[i]->streams[k];
                 for (int32_t slot = 0; slot < s->n_slots; slot++) {
-                    int32_t g = kvs_gslot(gpu.pool, s, slot);
+                    int32_t g = mem_gslot(gpu.pool, s, slot);
                     if (gpu.pool->pos[g] >= 0) pos_ok &= kv->pos[g] == gpu.pool->pos[g];
                 }
             }
         CU_ASSERT(pos_ok);
         CU_ASSERT(mem_check_invariants(gpu.pool, gpu.kv, N_SEQ) == 0);
-        mem_pool_destroy(kv);
+        tkv_pool_destroy(kv);
         runner_free(&gpu);
     } else {
         printf(" skipped: no GPU ");
@@ -431,6 +460,9 @@ static void test_tiny_script(void)
 static model *M;
 static tok_ctx *TOK;
 
+/* The CUDA backend's forward state of an engine, or NULL when it runs on the CPU. */
+#define E_CUDA(e) (!strcmp((e)->be->i->name, "cuda") ? (fwd_cuda_state *)(e)->be->state : NULL)
+
 static int encode(const char *text, int32_t *ids, int cap)
 {
     int n = tok_encode(TOK, text, strlen(text), 0, ids, cap);
@@ -442,14 +474,21 @@ static float *forced_logits(backend bk, fwd_cuda_state *gpu, const int32_t *ids,
 {
     const model_config *c = &M->cfg;
     mem_pool *pool = NULL;
-    fwd_state *st = NULL;
+    kvs_backend *cpu = NULL;
+    kvs_plan plan;
+    memset(&plan, 0, sizeof plan);
     mem_seq *kv;
+    const int32_t pages = c->n_layers * c->n_kv_heads * 16;
     if (bk == BK_GPU) {
-        CU_ASSERT_FATAL(kvs_meta_pool_create(16, c->head_dim, fwd_cuda_n_pages(gpu), &pool) == 0);
+        CU_ASSERT_FATAL(mem_pool_create(16, fwd_cuda_n_pages(gpu), &pool) == 0);
+    } else if (bk == BK_CPU) {
+        const size_t slot = kv_store_slot_bytes(&kv_fmt_f32, &kv_fmt_f32, c->head_dim);
+        kvs_backend_opts o = {.page_slots = 16, .kv_bytes = (size_t)pages * mem_pool_page_bytes(16, slot)};
+        CU_ASSERT_FATAL(kvs_backend_cpu_create(M, &o, &cpu) == 0 && cpu->n_pages == pages);
+        CU_ASSERT_FATAL(mem_pool_create(16, pages, &pool) == 0);
     } else {
-        CU_ASSERT_FATAL(mem_pool_create(16, c->head_dim, c->n_layers * c->n_kv_heads * 16, &pool) == 0);
+        CU_ASSERT_FATAL(tkv_pool_create(16, c->head_dim, pages, &pool) == 0);
     }
-    if (bk == BK_CPU) CU_ASSERT_FATAL(fwd_create(M, &st) == 0);
     CU_ASSERT_FATAL(mem_seq_create(c->n_layers, c->n_kv_heads, 0, &kv) == 0);
     float *out = malloc((size_t)n * c->n_vocab * sizeof *out);
     for (int done = 0; done < n;) {
@@ -459,17 +498,20 @@ static float *forced_logits(backend bk, fwd_cuda_state *gpu, const int32_t *ids,
         fwd_seq fs = {.kv = kv, .tokens = ids + done, .n_tokens = k, .pos0 = done,
                       .logits = FWD_LOGITS_ALL};
         float *lg;
-        int rows, rc = bk == BK_CPU ? fwd_cpu(st, M, pool, &fs, 1, &lg, &rows)
-                     : bk == BK_TWIN ? kref_forward(M, pool, &fs, 1, &lg, &rows)
-                     : fwd_cuda(gpu, M, pool, &fs, 1, &lg, &rows);
+        int rows, rc;
+        if (bk == BK_TWIN) rc = twin_forward(M, pool, tkv_store(pool), &fs, 1, &lg, &rows);
+        else if ((rc = kvs_plan_build(&plan, c, pool, &fs, 1))) {}
+        else if (bk == BK_CPU) rc = cpu->i->run(cpu, M, pool, &plan, &fs, &lg, &rows);
+        else rc = fwd_cuda(gpu, M, pool, &plan, &fs, &lg, &rows);
         CU_ASSERT_FATAL(rc == 0 && rows == k);
         memcpy(out + (size_t)done * c->n_vocab, lg, (size_t)k * c->n_vocab * sizeof *lg);
         if (bk == BK_TWIN) free(lg);
         done += k;
     }
     mem_seq_destroy(pool, kv);
-    fwd_destroy(st);
-    mem_pool_destroy(pool);
+    kvs_plan_free(&plan);
+    kvs_backend_destroy(cpu);
+    tkv_pool_destroy(pool);
     return out;
 }
 
@@ -537,7 +579,7 @@ static int engine_generate(kvs_engine *e, const int32_t *prompt, int n_prompt, i
     if (engine_seq_set_policy(e, s, "streaming", "budget=24,sink=4,window=8")) return -1;
     (void)graphs;
 #ifdef KVS_HAVE_CUDA
-    if (e->cuda) fwd_cuda_set_graphs(e->cuda, graphs);
+    if (E_CUDA(e)) fwd_cuda_set_graphs(E_CUDA(e), graphs);
 #endif
     float *lg;
     int row;
@@ -564,7 +606,7 @@ static void test_engine_backends(void)
     kvs_engine *e = NULL;
     engine_opts o = {.model_path = path, .kv_bytes = (size_t)64 << 20, .device = KVS_DEVICE_AUTO};
     CU_ASSERT_FATAL(engine_create(&o, &e) == 0);
-    CU_ASSERT((e->cuda != NULL) == (kvs_device_count() > 0));
+    CU_ASSERT((E_CUDA(e) != NULL) == (kvs_device_count() > 0));
     const model_config *c = &e->m->cfg;
     int32_t prompt[32], toks_cpu[24], toks_gpu[24];
     int n = tok_encode(e->tok, "Once upon a time, in a small village by the sea,", 49, 0, prompt, 32);
@@ -573,7 +615,7 @@ static void test_engine_backends(void)
     engine_destroy(e);
     o.device = KVS_DEVICE_CPU;
     CU_ASSERT_FATAL(engine_create(&o, &e) == 0);
-    CU_ASSERT_PTR_NULL(e->cuda);
+    CU_ASSERT_PTR_NULL(E_CUDA(e));
     CU_ASSERT_FATAL(engine_generate(e, prompt, n, 24, toks_cpu, l_cpu, 0) == 0);
     engine_destroy(e);
     o.device = KVS_DEVICE_CUDA;
@@ -585,7 +627,7 @@ static void test_engine_backends(void)
         free(l_cpu); free(l_gpu);
         return;
     }
-    CU_ASSERT_FATAL(rc == 0 && e->cuda != NULL && e->pool->k == NULL);
+    CU_ASSERT_FATAL(rc == 0 && E_CUDA(e) != NULL);
     CU_ASSERT_FATAL(engine_generate(e, prompt, n, 24, toks_gpu, l_gpu, 0) == 0);
     int same = !memcmp(toks_cpu, toks_gpu, sizeof toks_cpu);
     printf(" [engine greedy tokens cpu == cuda: %s]", same ? "yes" : "NO");
@@ -616,16 +658,16 @@ static void test_engine_backends(void)
     CU_ASSERT(engine_seq_rescore(e, b) == 0);
     /* per-phase timing */
 #ifdef KVS_HAVE_CUDA
-    fwd_cuda_set_timing(e->cuda, 1);
+    fwd_cuda_set_timing(E_CUDA(e), 1);
     next = smp_argmax(lg + (size_t)rows2[0] * c->n_vocab, c->n_vocab);
     CU_ASSERT(engine_seq_push(e, a, &next, 1) == 0);
     CU_ASSERT(engine_step(e, &a, 1, 1, &lg, &row) == 0);
-    const fwd_timing *tm = fwd_cuda_last_timing(e->cuda);
+    const fwd_timing *tm = fwd_cuda_last_timing(E_CUDA(e));
     printf(" [decode step: gemm %.3f ms, attention %.3f ms, kv write %.3f ms, other %.3f ms, "
            "logits %.3f ms]", tm->gemm * 1e3, tm->attention * 1e3, tm->kv_write * 1e3,
            tm->other * 1e3, tm->logits * 1e3);
     CU_ASSERT(tm->gemm > 0 && tm->attention > 0 && tm->kv_write > 0);
-    fwd_cuda_set_timing(e->cuda, 0);
+    fwd_cuda_set_timing(E_CUDA(e), 0);
 #endif
     engine_seq_destroy(e, a);
     engine_seq_destroy(e, b);

@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include "memory/policy.h"
+#include "policies/qfilters.h"
 #include "sampler.h"
 
 /* ---- 16-bit rounding ---------------------------------------------------------------------- */
@@ -180,10 +181,10 @@ static void test_rope_kv_write(void)
     }
     for (int i = 0; i < T * Hkv; i++) slot_map[i] = perm[i];
     memcpy(qkv, qkv0, (size_t)T * QKV * sizeof *qkv);
-    kref_rope_table(NPOS, hd, 10000.0f, cs, sn);
+    kvs_rope_table(NPOS, hd, 10000.0f, cs, sn);
     mem_pool *pool;
-    CU_ASSERT_FATAL(mem_pool_create(P, hd, NPAGES, &pool) == 0);
-    kref_rope_kv_write(qkv, T, Hq, Hkv, hd, pos, cs, sn, pool, slot_map, tok_seq, kinds, seq_u,
+    CU_ASSERT_FATAL(tkv_pool_create(P, hd, NPAGES, &pool) == 0);
+    kref_rope_kv_write(qkv, T, Hq, Hkv, hd, pos, cs, sn, pool, tkv_store(pool), slot_map, tok_seq, kinds, seq_u,
                        scores);
     /* RoPE: every head rotated pairwise by pos * base^(-2i/hd) (double reference) */
     double worst = 0.0;
@@ -203,8 +204,8 @@ static void test_rope_kv_write(void)
     for (int t = 0; t < T; t++)
         for (int h = 0; h < Hkv; h++) {
             int32_t g = slot_map[t * Hkv + h];
-            CU_ASSERT(memcmp(pool->k + (size_t)g * hd, qkv + (size_t)t * QKV + (Hq + h) * hd, hd * 4) == 0);
-            CU_ASSERT(memcmp(pool->v + (size_t)g * hd, qkv0 + (size_t)t * QKV + (Hq + Hkv + h) * hd, hd * 4) == 0);
+            CU_ASSERT(memcmp(((float *)tkv_store(pool)->k) + (size_t)g * hd, qkv + (size_t)t * QKV + (Hq + h) * hd, hd * 4) == 0);
+            CU_ASSERT(memcmp(((float *)tkv_store(pool)->v) + (size_t)g * hd, qkv0 + (size_t)t * QKV + (Hq + Hkv + h) * hd, hd * 4) == 0);
             CU_ASSERT_EQUAL(pool->pos[g], pos[t]);
             CU_ASSERT_EQUAL(pool->score[g], scores[t * Hkv + h]);
         }
@@ -255,7 +256,7 @@ static void test_rope_kv_write(void)
         mem_cuda_pool *dp;
         CU_ASSERT_FATAL(mem_cuda_pool_create(P, hd, NPAGES, &dp) == 0);
         mem_pool *back;
-        CU_ASSERT_FATAL(mem_pool_create(P, hd, NPAGES, &back) == 0);
+        CU_ASSERT_FATAL(tkv_pool_create(P, hd, NPAGES, &back) == 0);
         float *d_qkv = kvs_cuda_malloc((size_t)T * QKV * 4), *d_cs = kvs_cuda_malloc((size_t)NPOS * hd / 2 * 4);
         float *d_sn = kvs_cuda_malloc((size_t)NPOS * hd / 2 * 4), *d_f = kvs_cuda_malloc(2 * Hkv * hd * 4);
         float *d_sc = kvs_cuda_malloc(T * Hkv * 4), *d_ks = kvs_cuda_malloc((size_t)T * Hkv * hd * 4);
@@ -286,7 +287,7 @@ static void test_rope_kv_write(void)
         CU_ASSERT(kvs_cuda_download(sc2, d_sc, sizeof sc2) == 0);
         CU_ASSERT(kvs_cuda_download(ks, d_ks, (size_t)cnt[4] * Hkv * hd * 4) == 0);
         CU_ASSERT(kvs_cuda_download(qs, d_qs, (size_t)cnt[0] * Hq * hd * 4) == 0);
-        CU_ASSERT(kvs_cuda_pool_download(dp, back) == 0);
+        CU_ASSERT(kvs_cuda_pool_download(dp, back, tkv_store(back)) == 0);
         double dq = 0.0;
         for (int t = 0; t < T; t++) /* q and k rotated in place; v untouched */
             for (int i = 0; i < (Hq + Hkv) * hd; i++) {
@@ -301,8 +302,8 @@ static void test_rope_kv_write(void)
             for (int h = 0; h < Hkv; h++) {
                 int32_t g = slot_map[t * Hkv + h];
                 for (int e = 0; e < hd; e++) {
-                    if (back->k[(size_t)g * hd + e] != kref_round_half(pool->k[(size_t)g * hd + e])) kv_exact = 0;
-                    if (back->v[(size_t)g * hd + e] != kref_round_half(pool->v[(size_t)g * hd + e])) kv_exact = 0;
+                    if (((float *)tkv_store(back)->k)[(size_t)g * hd + e] != kref_round_half(((float *)tkv_store(pool)->k)[(size_t)g * hd + e])) kv_exact = 0;
+                    if (((float *)tkv_store(back)->v)[(size_t)g * hd + e] != kref_round_half(((float *)tkv_store(pool)->v)[(size_t)g * hd + e])) kv_exact = 0;
                 }
                 if (back->pos[g] != pos[t]) meta_ok = 0;
                 double d = fabs(sc2[t * Hkv + h] - scores[t * Hkv + h]) / (fabs(scores[t * Hkv + h]) + 1.0);
@@ -325,14 +326,14 @@ static void test_rope_kv_write(void)
         kvs_cuda_free(d_sc); kvs_cuda_free(d_ks); kvs_cuda_free(d_qs); kvs_cuda_free(d_pos);
         kvs_cuda_free(d_ts); kvs_cuda_free(d_sm); kvs_cuda_free(d_si);
         mem_cuda_pool_destroy(dp);
-        mem_pool_destroy(back);
+        tkv_pool_destroy(back);
     } else {
         printf(" skipped: no GPU ");
     }
 #else
     printf(" skipped: no GPU ");
 #endif
-    mem_pool_destroy(pool);
+    tkv_pool_destroy(pool);
     free(qkv); free(qkv0); free(cs); free(sn);
 }
 
@@ -362,7 +363,7 @@ static void scene_build(att_scene *a, int Hkv, int G, int hd, int P, int variant
     a->G = G;
     a->hd = hd;
     a->P = P;
-    CU_ASSERT_FATAL(mem_pool_create(P, hd, 4096, &a->pool) == 0);
+    CU_ASSERT_FATAL(tkv_pool_create(P, hd, 4096, &a->pool) == 0);
     /* (tokens, evict %, tokens after, queries): empty, one token, holes everywhere but the
      * last, page boundary, page boundary + 1, long (splits), a chunk with causal masking */
     static const int shape[7][4] = {{0, 0, 0, 1},   {1, 0, 0, 1},   {40, 95, 1, 1},
@@ -406,7 +407,7 @@ static void scene_build(att_scene *a, int Hkv, int G, int hd, int P, int variant
             if (m->n_pages) memcpy(a->pt + n_pt, m->pages, (size_t)m->n_pages * sizeof(int32_t));
             n_pt += m->n_pages;
             for (int32_t slot = 0; slot < m->n_slots; slot++) {
-                int32_t p = a->pool->pos[kvs_gslot(a->pool, m, slot)];
+                int32_t p = a->pool->pos[mem_gslot(a->pool, m, slot)];
                 if (p > maxpos) maxpos = p;
             }
         }
@@ -426,7 +427,7 @@ static void scene_build(att_scene *a, int Hkv, int G, int hd, int P, int variant
 static void scene_free(att_scene *a)
 {
     for (int s = 0; s < a->S; s++) mem_seq_destroy(a->pool, a->seq[s]);
-    mem_pool_destroy(a->pool);
+    tkv_pool_destroy(a->pool);
     free(a->pos); free(a->tok_seq); free(a->q); free(a->st); free(a->pt);
 }
 
@@ -437,7 +438,7 @@ static void scene_twin(const att_scene *a, float *out)
     for (int s = 0; s < a->S; s++)
         for (int h = 0; h < a->Hkv; h++) {
             const kvs_stream_info *si = &a->st[s * a->Hkv + h];
-            kref_attention(a->pool, a->pt + si->pt_off, si->n_slots,
+            kref_attention(a->pool, tkv_store(a->pool), a->pt + si->pt_off, si->n_slots,
                            a->q + (size_t)a->tok0[s] * Hq * hd + (size_t)h * a->G * hd,
                            (size_t)Hq * hd, a->pos + a->tok0[s], a->n_q[s], a->G, hd,
                            1.0f / sqrtf((float)hd),
@@ -461,10 +462,10 @@ static double scene_check_dense(const att_scene *a, const float *out)
                     const float *q = a->q + (size_t)t * Hq * hd + (size_t)(h * a->G + g) * hd;
                     double mx = -INFINITY, *w = calloc((size_t)m->n_slots + 1, sizeof *w), l = 0.0;
                     for (int32_t slot = 0; slot < m->n_slots; slot++) {
-                        int32_t gs = kvs_gslot(a->pool, m, slot), p = a->pool->pos[gs];
+                        int32_t gs = mem_gslot(a->pool, m, slot), p = a->pool->pos[gs];
                         if (p < 0 || p > a->pos[t]) { w[slot] = -INFINITY; continue; }
                         double d = 0.0;
-                        for (int e = 0; e < hd; e++) d += (double)q[e] * a->pool->k[(size_t)gs * hd + e];
+                        for (int e = 0; e < hd; e++) d += (double)q[e] * ((float *)tkv_store(a->pool)->k)[(size_t)gs * hd + e];
                         w[slot] = d * scale;
                         if (w[slot] > mx) mx = w[slot];
                     }
@@ -474,8 +475,8 @@ static double scene_check_dense(const att_scene *a, const float *out)
                             if (w[slot] == -INFINITY) continue;
                             double p = exp(w[slot] - mx);
                             l += p;
-                            int32_t gs = kvs_gslot(a->pool, m, slot);
-                            for (int e = 0; e < hd; e++) o[e] += p * a->pool->v[(size_t)gs * hd + e];
+                            int32_t gs = mem_gslot(a->pool, m, slot);
+                            for (int e = 0; e < hd; e++) o[e] += p * ((float *)tkv_store(a->pool)->v)[(size_t)gs * hd + e];
                         }
                         for (int e = 0; e < hd; e++) o[e] /= l;
                     }
@@ -513,7 +514,7 @@ static void attention_case(int Hkv, int G, int hd, int P, int variant)
                 for (int k = 0; k < ns; k++) {
                     int s0 = KVS_MIN(k * pps * P, si->n_slots), s1 = KVS_MIN((k + 1) * pps * P, si->n_slots);
                     float mm[16], ll[16];
-                    kref_attention_partial(a.pool, a.pt + si->pt_off, s0, s1,
+                    kref_attention_partial(a.pool, tkv_store(a.pool), a.pt + si->pt_off, s0, s1,
                                            a.q + (size_t)t * Hq * hd + (size_t)h * G * hd,
                                            a.pos[t], G, hd, scale, mm, ll,
                                            acc + (size_t)k * G * hd);
@@ -539,7 +540,7 @@ static void attention_case(int Hkv, int G, int hd, int P, int variant)
     for (int s = 0; s < a.S; s++)
         for (int h = 0; h < Hkv; h++) {
             const kvs_stream_info *si = &a.st[s * Hkv + h];
-            kref_attn_probs(a.pool, a.pt + si->pt_off, si->n_slots,
+            kref_attn_probs(a.pool, tkv_store(a.pool), a.pt + si->pt_off, si->n_slots,
                             a.q + (size_t)a.tok0[s] * Hq * hd + (size_t)h * G * hd, (size_t)Hq * hd,
                             a.pos + a.tok0[s], a.n_q[s], G, hd, scale, probs + si->probs_off);
             for (int i = 0; i < a.n_q[s] && si->n_slots > 0; i++) {
@@ -547,7 +548,7 @@ static void attention_case(int Hkv, int G, int hd, int P, int variant)
                 int any = 0;
                 for (int32_t slot = 0; slot < si->n_slots; slot++) {
                     sum += probs[si->probs_off + (int64_t)i * si->n_slots + slot];
-                    int32_t p = a.pool->pos[kvs_gslot(a.pool, &a.seq[s]->streams[h], slot)];
+                    int32_t p = a.pool->pos[mem_gslot(a.pool, &a.seq[s]->streams[h], slot)];
                     any |= p >= 0 && p <= a.pos[a.tok0[s] + i];
                 }
                 if (any && fabs(sum - 1.0) > worst_sum) worst_sum = fabs(sum - 1.0);
@@ -559,7 +560,7 @@ static void attention_case(int Hkv, int G, int hd, int P, int variant)
     if (t_gpu()) {
         mem_cuda_pool *dp;
         CU_ASSERT_FATAL(mem_cuda_pool_create(P, hd, a.pool->n_pages, &dp) == 0);
-        CU_ASSERT(kvs_cuda_pool_upload(dp, a.pool) == 0);
+        CU_ASSERT(kvs_cuda_pool_upload(dp, a.pool, tkv_store(a.pool)) == 0);
         float *d_q = kvs_cuda_malloc((size_t)T * Hq * hd * 4), *d_part = kvs_cuda_malloc((size_t)64 * T * Hq * (hd + 2) * 4);
         float *d_probs = kvs_cuda_malloc((size_t)(a.n_probs + 1) * 4);
         void *d_out = kvs_cuda_malloc((size_t)T * Hq * hd * 2);

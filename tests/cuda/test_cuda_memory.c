@@ -18,7 +18,7 @@
 static void build(mem_pool **pool, mem_seq **seq, int P, int hd, uint64_t seed)
 {
     t_seed(seed);
-    CU_ASSERT_FATAL(mem_pool_create(P, hd, 1024, pool) == 0);
+    CU_ASSERT_FATAL(tkv_pool_create(P, hd, 1024, pool) == 0);
     CU_ASSERT_FATAL(mem_seq_create(N_STREAMS, 1, 0, seq) == 0);
     static const int shape[N_STREAMS][3] = {
         {0, 0, 0}, {1, 0, 0}, {1, 100, 0}, {40, 97, 0}, {16, 50, 0}, {32, 0, 0},
@@ -72,9 +72,8 @@ static void test_take_slot(void)
     const int P = 8, hd = 4;
     mem_pool *a, *b;
     mem_seq *sa, *sb;
-    CU_ASSERT_FATAL(mem_pool_create(P, hd, 256, &a) == 0);
-    CU_ASSERT_FATAL(kvs_meta_pool_create(P, hd, 256, &b) == 0);
-    CU_ASSERT_PTR_NULL(b->k);
+    CU_ASSERT_FATAL(tkv_pool_create(P, hd, 256, &a) == 0);
+    CU_ASSERT_FATAL(mem_pool_create(P, 256, &b) == 0);
     CU_ASSERT(mem_check_invariants(b, NULL, 0) == 0);
     CU_ASSERT_FATAL(mem_seq_create(1, 3, 0, &sa) == 0);
     CU_ASSERT_FATAL(mem_seq_create(1, 3, 0, &sb) == 0);
@@ -91,20 +90,20 @@ static void test_take_slot(void)
             CU_ASSERT_FATAL(mem_stream_reserve(b, y, n) == 0);
             for (int i = 0; i < n; i++, pos++) {
                 float sc = t_unit();
-                int32_t s1 = mem_stream_append(a, x, pos, k, k, sc);
-                int32_t s2 = kvs_stream_take_slot(b, y, pos, sc);
+                int32_t s1 = tkv_append(a, x, pos, k, k, sc);
+                int32_t s2 = mem_stream_append(b, y, pos, sc);
                 same &= s1 == s2 && s1 >= 0;
             }
         } else if (op < 9 && x->n_live > 0) {
             int32_t slot;
             do slot = (int32_t)(t_rnd() % (uint32_t)x->n_slots);
-            while (a->pos[kvs_gslot(a, x, slot)] < 0);
+            while (a->pos[mem_gslot(a, x, slot)] < 0);
             CU_ASSERT(mem_stream_evict(a, x, slot) == 0);
             CU_ASSERT(mem_stream_evict(b, y, slot) == 0);
         } else {
             int32_t s1[64], d1[64];
-            mem_stream_compact(a, x);
-            CU_ASSERT(kvs_meta_compact(b, y, s1, d1) >= 0);
+            tkv_compact(a, x);
+            CU_ASSERT(mem_stream_compact(b, y, s1, d1) >= 0);
         }
         same &= x->n_slots == y->n_slots && x->n_live == y->n_live && x->n_holes == y->n_holes &&
                 x->n_pages == y->n_pages;
@@ -117,13 +116,13 @@ static void test_take_slot(void)
     /* no room: reserve first */
     mem_stream *y = &sb->streams[0];
     int32_t room = y->n_pages * P - y->n_slots + y->n_holes;
-    for (int32_t i = 0; i < room; i++) CU_ASSERT(kvs_stream_take_slot(b, y, 100000 + i, 0) >= 0);
-    CU_ASSERT_EQUAL(kvs_stream_take_slot(b, y, 200000, 0), KVS_ENOMEM);
+    for (int32_t i = 0; i < room; i++) CU_ASSERT(mem_stream_append(b, y, 100000 + i, 0) >= 0);
+    CU_ASSERT_EQUAL(mem_stream_append(b, y, 200000, 0), KVS_ENOMEM);
     mem_seq_destroy(a, sa);
     mem_seq_destroy(b, sb);
     CU_ASSERT_EQUAL(b->n_free, b->n_pages);
-    mem_pool_destroy(a);
-    mem_pool_destroy(b);
+    tkv_pool_destroy(a);
+    tkv_pool_destroy(b);
 }
 
 /* ---- compaction -------------------------------------------------------------------------------- */
@@ -135,7 +134,7 @@ static void test_compaction(void)
     mem_seq *sa, *sb;
     build(&a, &sa, P, hd, 77);
     build(&b, &sb, P, hd, 77);
-    CU_ASSERT_FATAL(memcmp(a->k, b->k, (size_t)a->n_pages * P * hd * 4) == 0);
+    CU_ASSERT_FATAL(memcmp(((float *)tkv_store(a)->k), ((float *)tkv_store(b)->k), (size_t)a->n_pages * P * hd * 4) == 0);
     /* device copy of the pool before compaction, and the device's plan of it */
 #ifdef KVS_HAVE_CUDA
     mem_cuda_pool *dp = NULL;
@@ -146,7 +145,7 @@ static void test_compaction(void)
     int cap_total = 0;
     if (t_gpu()) {
         CU_ASSERT_FATAL(mem_cuda_pool_create(P, hd, a->n_pages, &dp) == 0);
-        CU_ASSERT(kvs_cuda_pool_upload(dp, a) == 0);
+        CU_ASSERT(kvs_cuda_pool_upload(dp, a, tkv_store(a)) == 0);
         int32_t pt[1024];
         int n_pt = 0;
         for (int i = 0; i < N_STREAMS; i++) {
@@ -182,8 +181,8 @@ static void test_compaction(void)
         int32_t ps[400], pd[400];
         int32_t np = kref_compact_plan(b, y->pages, y->n_slots, y->n_live, ps, pd);
         int32_t gs[400], gd[400];
-        int32_t moves_a = mem_stream_compact(a, x);
-        int32_t moves_b = kvs_meta_compact(b, y, gs, gd);
+        int32_t moves_a = tkv_compact(a, x);
+        int32_t moves_b = mem_stream_compact(b, y, gs, gd);
         plans_ok &= moves_a == moves_b && np == moves_b;
         for (int32_t m = 0; m < moves_b; m++) {
             all_src[n_all] = gs[m];
@@ -202,7 +201,7 @@ static void test_compaction(void)
     }
     CU_ASSERT(plans_ok);
     /* host half moved pos/score; the K/V copy is the caller's (device: k_slot_copy) */
-    kref_slot_copy(b, all_src, all_dst, n_all, KREF_COPY_KV);
+    kref_slot_copy(b, tkv_store(b), all_src, all_dst, n_all, KREF_COPY_KV);
     CU_ASSERT(memcmp(a->pos, b->pos, (size_t)a->n_pages * P * 4) == 0);
     int live_same = 1;
     for (int i = 0; i < N_STREAMS; i++) {
@@ -211,9 +210,9 @@ static void test_compaction(void)
                      y->n_holes == 0 && x->n_pages == y->n_pages &&
                      (!x->n_pages || !memcmp(x->pages, y->pages, (size_t)x->n_pages * 4));
         for (int32_t slot = 0; slot < x->n_slots; slot++) {
-            int32_t g = kvs_gslot(a, x, slot);
-            live_same &= !memcmp(a->k + (size_t)g * hd, b->k + (size_t)g * hd, hd * 4) &&
-                         !memcmp(a->v + (size_t)g * hd, b->v + (size_t)g * hd, hd * 4) &&
+            int32_t g = mem_gslot(a, x, slot);
+            live_same &= !memcmp(((float *)tkv_store(a)->k) + (size_t)g * hd, ((float *)tkv_store(b)->k) + (size_t)g * hd, hd * 4) &&
+                         !memcmp(((float *)tkv_store(a)->v) + (size_t)g * hd, ((float *)tkv_store(b)->v) + (size_t)g * hd, hd * 4) &&
                          a->score[g] == b->score[g];
         }
     }
@@ -230,22 +229,22 @@ static void test_compaction(void)
                                      MEM_CUDA_COPY_KV | MEM_CUDA_COPY_META | MEM_CUDA_CLEAR_SRC,
                                      NULL) == 0);
         mem_pool *c;
-        CU_ASSERT_FATAL(mem_pool_create(P, hd, a->n_pages, &c) == 0);
-        CU_ASSERT(kvs_cuda_pool_download(dp, c) == 0);
+        CU_ASSERT_FATAL(tkv_pool_create(P, hd, a->n_pages, &c) == 0);
+        CU_ASSERT(kvs_cuda_pool_download(dp, c, tkv_store(c)) == 0);
         int dev_same = 1;
         for (int i = 0; i < N_STREAMS; i++) {
             mem_stream *x = &sa->streams[i];
             for (int32_t slot = 0; slot < x->n_slots; slot++) {
-                int32_t g = kvs_gslot(a, x, slot);
-                dev_same &= !memcmp(a->k + (size_t)g * hd, c->k + (size_t)g * hd, hd * 4) &&
-                            !memcmp(a->v + (size_t)g * hd, c->v + (size_t)g * hd, hd * 4) &&
+                int32_t g = mem_gslot(a, x, slot);
+                dev_same &= !memcmp(((float *)tkv_store(a)->k) + (size_t)g * hd, ((float *)tkv_store(c)->k) + (size_t)g * hd, hd * 4) &&
+                            !memcmp(((float *)tkv_store(a)->v) + (size_t)g * hd, ((float *)tkv_store(c)->v) + (size_t)g * hd, hd * 4) &&
                             a->pos[g] == c->pos[g] && a->score[g] == c->score[g];
             }
         }
         for (int m = 0; m < n_all; m++) dev_same &= c->pos[all_src[m]] == -1;
         CU_ASSERT(dev_same);
         printf(", device plan+copy %s", dev_same && dev_plan_ok ? "ok" : "DIFFERS");
-        mem_pool_destroy(c);
+        tkv_pool_destroy(c);
         kvs_cuda_free(d_pt); kvs_cuda_free(d_st); kvs_cuda_free(d_src); kvs_cuda_free(d_dst);
         kvs_cuda_free(d_cnt);
         mem_cuda_pool_destroy(dp);
@@ -259,8 +258,8 @@ static void test_compaction(void)
     printf("]");
     mem_seq_destroy(a, sa);
     mem_seq_destroy(b, sb);
-    mem_pool_destroy(a);
-    mem_pool_destroy(b);
+    tkv_pool_destroy(a);
+    tkv_pool_destroy(b);
 }
 
 /* ---- selection ----------------------------------------------------------------------------- */
@@ -271,7 +270,7 @@ static void odd_scores(mem_pool *pool, mem_seq *seq)
     for (int i = 0; i < N_STREAMS; i++) {
         mem_stream *s = &seq->streams[i];
         for (int32_t slot = 0; slot < s->n_slots; slot++) {
-            int32_t g = kvs_gslot(pool, s, slot);
+            int32_t g = mem_gslot(pool, s, slot);
             uint32_t r = t_rnd() % 20;
             pool->score[g] = r == 0 ? NAN : r == 1 ? -0.0f : r == 2 ? 0.0f
                            : r < 8 ? (float)(t_rnd() % 4) : t_unit();
@@ -302,7 +301,7 @@ static void test_select(void)
             mem_stream *s = &sa->streams[i];
             int32_t maxpos = -1;
             for (int32_t slot = 0; slot < s->n_slots; slot++)
-                maxpos = KVS_MAX(maxpos, a->pos[kvs_gslot(a, s, slot)]);
+                maxpos = KVS_MAX(maxpos, a->pos[mem_gslot(a, s, slot)]);
             curpos[i] = maxpos + sp->cur_off;
             nv[i] = kref_select(a, s->pages, s->n_slots, sp->n_keep, sp->sink, sp->window,
                                 curpos[i], victims[i]);
@@ -314,7 +313,7 @@ static void test_select(void)
         if (t_gpu()) {
             mem_cuda_pool *dp;
             CU_ASSERT_FATAL(mem_cuda_pool_create(P, hd, a->n_pages, &dp) == 0);
-            CU_ASSERT(kvs_cuda_pool_upload(dp, a) == 0);
+            CU_ASSERT(kvs_cuda_pool_upload(dp, a, tkv_store(a)) == 0);
             mem_cuda_stream ms[N_STREAMS];
             int32_t pt[1024], n_pt = 0, out = 0;
             for (int i = 0; i < N_STREAMS; i++) {
@@ -348,7 +347,7 @@ static void test_select(void)
                 dev_ok &= gc[i] == nv[i];
                 for (int j = 0; j < nv[i] && j < gc[i]; j++) {
                     dev_ok &= gv[ms[i].out_off + j] == victims[i][j];
-                    dev_ok &= dpos[kvs_gslot(a, &sa->streams[i], victims[i][j])] == -1;
+                    dev_ok &= dpos[mem_gslot(a, &sa->streams[i], victims[i][j])] == -1;
                 }
             }
             free(dpos); free(gv);
@@ -362,7 +361,7 @@ static void test_select(void)
             int32_t k = 0, want[400];
             int32_t live = 0, poss[400];
             for (int32_t slot = 0; slot < s->n_slots; slot++)
-                if (a->pos[kvs_gslot(a, s, slot)] >= 0) poss[live++] = a->pos[kvs_gslot(a, s, slot)];
+                if (a->pos[mem_gslot(a, s, slot)] >= 0) poss[live++] = a->pos[mem_gslot(a, s, slot)];
             if (sp->sink < live) {
                 for (int x = 1; x < live; x++)
                     for (int y = x; y > 0 && poss[y - 1] > poss[y]; y--) {
@@ -370,7 +369,7 @@ static void test_select(void)
                     }
                 int32_t sink_max = sp->sink > 0 ? poss[sp->sink - 1] : -1;
                 for (int32_t slot = 0; slot < s->n_slots; slot++) {
-                    int32_t g = kvs_gslot(a, s, slot), p = a->pos[g];
+                    int32_t g = mem_gslot(a, s, slot), p = a->pos[g];
                     if (p < 0 || p <= sink_max || (sp->window > 0 && p > curpos[i] - sp->window))
                         continue;
                     float sc = isnan(a->score[g]) ? -INFINITY : a->score[g];
@@ -388,16 +387,16 @@ static void test_select(void)
         for (int i = 0; i < N_STREAMS; i++) {
             mem_stream *s = &sa->streams[i];
             int32_t before[400], n0 = s->n_slots;
-            for (int32_t slot = 0; slot < n0; slot++) before[slot] = a->pos[kvs_gslot(a, s, slot)];
+            for (int32_t slot = 0; slot < n0; slot++) before[slot] = a->pos[mem_gslot(a, s, slot)];
             int32_t n = pol_enforce_stream(inst, a, s, i, 0, curpos[i], sp->n_keep);
             int32_t k = 0, ev[400];
             for (int32_t slot = 0; slot < n0; slot++)
-                if (before[slot] >= 0 && a->pos[kvs_gslot(a, s, slot)] < 0) ev[k++] = slot;
+                if (before[slot] >= 0 && a->pos[mem_gslot(a, s, slot)] < 0) ev[k++] = slot;
             same_topk &= n == nv[i] && k == nv[i] && !memcmp(ev, victims[i], (size_t)k * 4);
         }
         pol_instance_destroy(inst);
         mem_seq_destroy(a, sa);
-        mem_pool_destroy(a);
+        tkv_pool_destroy(a);
     }
     CU_ASSERT(same_topk);
     CU_ASSERT(same_thr);
@@ -421,7 +420,7 @@ static void test_mark_clear(void)
     int32_t marks[64], pages[3] = {sa->streams[7].pages[1], sa->streams[10].pages[0],
                                    sa->streams[5].pages[1]};
     mem_stream *s = &sa->streams[7];
-    for (int i = 0; i < 64; i++) marks[i] = kvs_gslot(a, s, (int32_t)(t_rnd() % (uint32_t)s->n_slots));
+    for (int i = 0; i < 64; i++) marks[i] = mem_gslot(a, s, (int32_t)(t_rnd() % (uint32_t)s->n_slots));
     int32_t *pos0 = malloc((size_t)a->n_pages * P * 4);
     memcpy(pos0, a->pos, (size_t)a->n_pages * P * 4);
     kref_mark(a, marks, 64);
@@ -439,7 +438,7 @@ static void test_mark_clear(void)
         mem_cuda_pool *dp;
         CU_ASSERT_FATAL(mem_cuda_pool_create(P, hd, a->n_pages, &dp) == 0);
         memcpy(a->pos, pos0, (size_t)a->n_pages * P * 4);
-        CU_ASSERT(kvs_cuda_pool_upload(dp, a) == 0);
+        CU_ASSERT(kvs_cuda_pool_upload(dp, a, tkv_store(a)) == 0);
         kref_mark(a, marks, 64);
         kref_clear_pages(a, pages, 3);
         int32_t *d_m = kvs_cuda_malloc(sizeof marks), *d_p = kvs_cuda_malloc(sizeof pages);
@@ -461,7 +460,7 @@ static void test_mark_clear(void)
 #endif
     free(pos0);
     mem_seq_destroy(a, sa);
-    mem_pool_destroy(a);
+    tkv_pool_destroy(a);
 }
 
 /* ---- attention statistics ----------------------------------------------------------------- */
@@ -487,12 +486,12 @@ static void test_attn_reduce(void)
         probs_all[i] = probs;
         for (int q = 0; q < NQ; q++)
             for (int32_t slot = 0; slot < x->n_slots; slot++)
-                if (a->pos[kvs_gslot(a, x, slot)] >= 0) probs[q * x->n_slots + slot] = (t_unit() + 1.0f) / 8;
+                if (a->pos[mem_gslot(a, x, slot)] >= 0) probs[q * x->n_slots + slot] = (t_unit() + 1.0f) / 8;
         /* h2o */
         CU_ASSERT(pol_observe_stream(h2o, a, x, i, 0, probs, NQ) == 0);
         kref_attn_reduce(b, y->pages, y->n_slots, probs, NQ, KREF_STATS_H2O, NULL);
         for (int32_t slot = 0; slot < x->n_slots; slot++) {
-            int32_t g = kvs_gslot(a, x, slot);
+            int32_t g = mem_gslot(a, x, slot);
             if (a->pos[g] < 0) continue;
             /* the policy adds query by query, the twin (like the kernel) adds the column sum:
              * the same up to float rounding of values of order 1 */
@@ -503,7 +502,7 @@ static void test_attn_reduce(void)
         CU_ASSERT(pol_observe_stream(tova, a, x, i, 0, probs, NQ) == 0);
         kref_attn_reduce(b, y->pages, y->n_slots, probs, NQ, KREF_STATS_TOVA, NULL);
         for (int32_t slot = 0; slot < x->n_slots; slot++) {
-            int32_t g = kvs_gslot(a, x, slot);
+            int32_t g = mem_gslot(a, x, slot);
             if (a->pos[g] >= 0) tova_same &= a->score[g] == b->score[g];
         }
         /* snapkv with kernel 1: the mean over the queries */
@@ -511,7 +510,7 @@ static void test_attn_reduce(void)
         CU_ASSERT(pol_observe_stream(snap, a, x, i, 0, probs, NQ) == 0);
         kref_attn_reduce(b, y->pages, y->n_slots, probs, NQ, KREF_STATS_MEAN, mean);
         for (int32_t slot = 0; slot < x->n_slots; slot++) {
-            int32_t g = kvs_gslot(a, x, slot);
+            int32_t g = mem_gslot(a, x, slot);
             if (a->pos[g] < 0) continue;
             double d = fabs(a->score[g] - mean[slot]) / (fabs(mean[slot]) + 1e-3);
             if (d > worst_mean) worst_mean = d;
@@ -530,7 +529,7 @@ static void test_attn_reduce(void)
         build(&c, &sc, P, hd, 99);
         mem_cuda_pool *dp;
         CU_ASSERT_FATAL(mem_cuda_pool_create(P, hd, c->n_pages, &dp) == 0);
-        CU_ASSERT(kvs_cuda_pool_upload(dp, c) == 0);
+        CU_ASSERT(kvs_cuda_pool_upload(dp, c, tkv_store(c)) == 0);
         mem_cuda_stream ms[N_STREAMS];
         int32_t pt[1024], n_pt = 0, out = 0;
         int64_t poff = 0;
@@ -569,7 +568,7 @@ static void test_attn_reduce(void)
         for (int i = 0; i < N_STREAMS; i++) {
             mem_stream *s = &sc->streams[i];
             for (int32_t slot = 0; slot < s->n_slots; slot++) {
-                int32_t g = kvs_gslot(c, s, slot);
+                int32_t g = mem_gslot(c, s, slot);
                 if (c->pos[g] >= 0) ok &= fabsf(dscore[g] - c->score[g]) <= 1e-6f * (fabsf(c->score[g]) + 1e-3f);
             }
         }
@@ -582,7 +581,7 @@ static void test_attn_reduce(void)
         for (int i = 0; i < N_STREAMS; i++) {
             mem_stream *s = &sc->streams[i];
             for (int32_t slot = 0; slot < s->n_slots; slot++) {
-                int32_t g = kvs_gslot(c, s, slot);
+                int32_t g = mem_gslot(c, s, slot);
                 if (c->pos[g] >= 0) ok &= dscore[g] == c->score[g];
             }
         }
@@ -592,7 +591,7 @@ static void test_attn_reduce(void)
         kvs_cuda_free(d_pt); kvs_cuda_free(d_ms); kvs_cuda_free(d_pr); kvs_cuda_free(d_out);
         mem_cuda_pool_destroy(dp);
         mem_seq_destroy(c, sc);
-        mem_pool_destroy(c);
+        tkv_pool_destroy(c);
     } else {
         printf(", skipped: no GPU");
     }
@@ -603,7 +602,7 @@ static void test_attn_reduce(void)
     for (int i = 0; i < N_STREAMS; i++) free(probs_all[i]);
     pol_instance_destroy(h2o); pol_instance_destroy(tova); pol_instance_destroy(snap);
     mem_seq_destroy(a, sa); mem_seq_destroy(b, sb);
-    mem_pool_destroy(a); mem_pool_destroy(b);
+    tkv_pool_destroy(a); tkv_pool_destroy(b);
 }
 
 int main(void)

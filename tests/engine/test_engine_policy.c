@@ -11,6 +11,7 @@
 
 #include "core/common.h"
 #include "engine.h"
+#include "policies/qfilters.h"
 #include "test_util.h"
 
 /* The harness's probe and replay (tools/eval_stats.c) are tested here as they are built into
@@ -71,7 +72,7 @@ static void test_clone_copies_kv(void)
     CU_ASSERT_EQUAL(b->n_prompt, a->n_prompt);
     CU_ASSERT_PTR_NULL(b->policy);
     /* Same live (pos, K, V, score) in every stream. */
-    const int n = a->kv->n_layers * a->kv->n_kv_heads, P = E->pool->page_slots, d = E->pool->head_dim;
+    const int n = a->kv->n_layers * a->kv->n_kv_heads, P = E->pool->page_slots, d = E->m->cfg.head_dim;
     for (int i = 0; i < n; i++) {
         const mem_stream *x = &a->kv->streams[i], *y = &b->kv->streams[i];
         CU_ASSERT_EQUAL(x->n_live, y->n_live);
@@ -83,10 +84,11 @@ static void test_clone_copies_kv(void)
             for (int32_t sx = 0; sx < x->n_slots && !found; sx++) {
                 int32_t px = mem_slot_page(E->pool, x, sx), ox = sx & (P - 1);
                 if (mem_page_pos(E->pool, px)[ox] != pos) continue;
-                found = !memcmp(mem_page_k(E->pool, px) + (size_t)ox * d,
-                                mem_page_k(E->pool, py) + (size_t)oy * d, (size_t)d * 4) &&
-                        !memcmp(mem_page_v(E->pool, px) + (size_t)ox * d,
-                                mem_page_v(E->pool, py) + (size_t)oy * d, (size_t)d * 4) &&
+                float kx[256], vx[256], ky[256], vy[256];
+                int32_t gx = px * P + ox, gy = py * P + oy;
+                CU_ASSERT_FATAL(d <= 256 && engine_read_kv(E, &gx, 1, kx, vx) == 0 &&
+                                engine_read_kv(E, &gy, 1, ky, vy) == 0);
+                found = !memcmp(kx, ky, (size_t)d * 4) && !memcmp(vx, vy, (size_t)d * 4) &&
                         mem_page_score(E->pool, px)[ox] == mem_page_score(E->pool, py)[oy];
             }
             CU_ASSERT(found);
@@ -224,9 +226,11 @@ static void test_rescore_and_event(void)
     CU_ASSERT_FATAL(engine_seq_set_policy(E, b, "knorm", "ratio=0.5") == 0);
     CU_ASSERT(engine_seq_rescore(E, b) == 0);
     const mem_stream *s = mem_seq_stream(b->kv, 3, 1);
-    const int d = E->pool->head_dim;
+    const int d = E->m->cfg.head_dim;
     int32_t page = s->pages[0];
-    const float *k = mem_page_k(E->pool, page) + 5 * d;
+    float k[256];
+    int32_t g5 = page * E->pool->page_slots + 5;
+    CU_ASSERT_FATAL(d <= 256 && engine_read_kv(E, &g5, 1, k, NULL) == 0);
     double nn = 0;
     for (int i = 0; i < d; i++) nn += (double)k[i] * k[i];
     CU_ASSERT(fabs(mem_page_score(E->pool, page)[5] + sqrt(nn)) < 1e-4);

@@ -7,7 +7,9 @@
 #include <string.h>
 
 #include "core/common.h"
+#include "backend.h"
 #include "forward.h"
+#include "memory/kv_store.h"
 #include "memory/pool.h"
 #include "model.h"
 #include "test_util.h"
@@ -19,6 +21,29 @@ static model *M;
 #define LEN_B 18
 static int32_t toks_a[LEN_A], toks_b[LEN_B];
 
+/* The CPU backend with exactly `pages` pages of P slots, and the pool of their bookkeeping. */
+typedef struct { kvs_backend *be; kvs_plan plan; } tfwd;
+static int tfwd_create(int P, int32_t pages, tfwd *t, mem_pool **pool)
+{
+    memset(t, 0, sizeof *t);
+    const size_t slot = kv_store_slot_bytes(&kv_fmt_f32, &kv_fmt_f32, M->cfg.head_dim);
+    kvs_backend_opts o = {.page_slots = P, .kv_bytes = (size_t)pages * mem_pool_page_bytes(P, slot)};
+    int rc = kvs_backend_cpu_create(M, &o, &t->be);
+    if (rc) return rc;
+    if (t->be->n_pages != pages) return KVS_EINVAL;
+    return mem_pool_create(P, pages, pool);
+}
+static int tfwd_run(tfwd *t, mem_pool *pool, const fwd_seq *fs, int n, float **lg, int *rows)
+{
+    int rc = kvs_plan_build(&t->plan, &M->cfg, pool, fs, n);
+    return rc ? rc : t->be->i->run(t->be, M, pool, &t->plan, fs, lg, rows);
+}
+static void tfwd_destroy(tfwd *t)
+{
+    kvs_plan_free(&t->plan);
+    kvs_backend_destroy(t->be);
+}
+
 /* Logits of all positions of `toks` fed in chunks of `chunk`, with `other` (if non-NULL)
  * decoded alongside in the same batches. Returns a malloc'd [n][V] array. */
 static float *run(const int32_t *toks, int n, int chunk, int page_slots, const int32_t *other,
@@ -26,11 +51,10 @@ static float *run(const int32_t *toks, int n, int chunk, int page_slots, const i
 {
     const model_config *c = &M->cfg;
     mem_pool *pool;
-    fwd_state *st;
+    tfwd st;
     mem_seq *kv, *kv2;
     int32_t pages = c->n_layers * c->n_kv_heads * (2 * 64 / page_slots + 4);
-    CU_ASSERT_FATAL(mem_pool_create(page_slots, c->head_dim, pages, &pool) == 0);
-    CU_ASSERT_FATAL(fwd_create(M, &st) == 0);
+    CU_ASSERT_FATAL(tfwd_create(page_slots, pages, &st, &pool) == 0);
     CU_ASSERT_FATAL(mem_seq_create(c->n_layers, c->n_kv_heads, 0, &kv) == 0);
     CU_ASSERT_FATAL(mem_seq_create(c->n_layers, c->n_kv_heads, 1000, &kv2) == 0);
     float *out = malloc((size_t)n * c->n_vocab * sizeof(float));
@@ -49,7 +73,7 @@ static float *run(const int32_t *toks, int n, int chunk, int page_slots, const i
                              .logits = FWD_LOGITS_ALL};
         float *lg;
         int rows;
-        CU_ASSERT_FATAL(fwd_cpu(st, M, pool, fs, ns, &lg, &rows) == 0);
+        CU_ASSERT_FATAL(tfwd_run(&st, pool, fs, ns, &lg, &rows) == 0);
         CU_ASSERT_EQUAL(rows, k + (ns == 2));
         memcpy(out + (size_t)done * c->n_vocab, lg + (size_t)(ns - 1) * c->n_vocab,
                (size_t)k * c->n_vocab * sizeof(float));
@@ -60,7 +84,7 @@ static float *run(const int32_t *toks, int n, int chunk, int page_slots, const i
     mem_seq_destroy(pool, kv);
     mem_seq_destroy(pool, kv2);
     CU_ASSERT_EQUAL(pool->n_free, pool->n_pages);
-    fwd_destroy(st);
+    tfwd_destroy(&st);
     mem_pool_destroy(pool);
     return out;
 }
@@ -100,28 +124,27 @@ static void test_bad_input(void)
     CU_ASSERT_PTR_NOT_NULL_FATAL(M);
     const model_config *c = &M->cfg;
     mem_pool *pool;
-    fwd_state *st;
+    tfwd st;
     mem_seq *kv;
-    CU_ASSERT_FATAL(mem_pool_create(16, c->head_dim, c->n_layers * c->n_kv_heads * 2, &pool) == 0);
-    CU_ASSERT_FATAL(fwd_create(M, &st) == 0);
+    CU_ASSERT_FATAL(tfwd_create(16, c->n_layers * c->n_kv_heads * 2, &st, &pool) == 0);
     CU_ASSERT_FATAL(mem_seq_create(c->n_layers, c->n_kv_heads, 0, &kv) == 0);
     float *lg;
     int rows;
     int32_t bad[2] = {5, c->n_vocab};
     CU_ASSERT_FATAL(mem_seq_reserve(pool, kv, 2) == 0);
     fwd_seq fs = {.kv = kv, .tokens = bad, .n_tokens = 2, .pos0 = 0, .logits = FWD_LOGITS_LAST};
-    CU_ASSERT_EQUAL(fwd_cpu(st, M, pool, &fs, 1, &lg, &rows), KVS_ERANGE);
+    CU_ASSERT_EQUAL(tfwd_run(&st, pool, &fs, 1, &lg, &rows), KVS_ERANGE);
     bad[1] = -1;
-    CU_ASSERT_EQUAL(fwd_cpu(st, M, pool, &fs, 1, &lg, &rows), KVS_ERANGE);
+    CU_ASSERT_EQUAL(tfwd_run(&st, pool, &fs, 1, &lg, &rows), KVS_ERANGE);
     /* No room reserved beyond 2 pages' worth: 40 tokens must be refused, not overflow. */
     int32_t many[40] = {0};
     fwd_seq fs2 = {.kv = kv, .tokens = many, .n_tokens = 40, .pos0 = 0, .logits = FWD_LOGITS_LAST};
-    CU_ASSERT_EQUAL(fwd_cpu(st, M, pool, &fs2, 1, &lg, &rows), KVS_ENOMEM);
+    CU_ASSERT_EQUAL(tfwd_run(&st, pool, &fs2, 1, &lg, &rows), KVS_ENOMEM);
     fs2.n_tokens = 0;
-    CU_ASSERT_EQUAL(fwd_cpu(st, M, pool, &fs2, 1, &lg, &rows), KVS_EINVAL);
+    CU_ASSERT_EQUAL(tfwd_run(&st, pool, &fs2, 1, &lg, &rows), KVS_EINVAL);
     CU_ASSERT(strlen(kvs_last_error()) > 0);
     mem_seq_destroy(pool, kv);
-    fwd_destroy(st);
+    tfwd_destroy(&st);
     mem_pool_destroy(pool);
 }
 

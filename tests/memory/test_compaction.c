@@ -7,6 +7,7 @@
 #include "core/common.h"
 #include "memory/pool.h"
 #include "test_util.h"
+#include "test_kv.h"
 
 #include <math.h>
 #include <stdint.h>
@@ -42,7 +43,7 @@ static int cmp_entry(const void *a, const void *b)
 /* Live entries of the stream, sorted; returns their count. */
 static int collect(const mem_pool *p, const mem_stream *s, entry *out)
 {
-    const int P = p->page_slots, d = p->head_dim;
+    const int P = p->page_slots, d = tkv_head_dim(p);
     int n = 0;
     for (int32_t slot = 0; slot < s->n_slots; slot++) {
         int32_t pg = mem_slot_page(p, s, slot), off = slot & (P - 1);
@@ -50,8 +51,8 @@ static int collect(const mem_pool *p, const mem_stream *s, entry *out)
         entry *e = &out[n++];
         memset(e, 0, sizeof *e);
         e->pos = mem_page_pos(p, pg)[off];
-        memcpy(e->k, mem_page_k(p, pg) + (size_t)off * d, (size_t)d * sizeof(float));
-        memcpy(e->v, mem_page_v(p, pg) + (size_t)off * d, (size_t)d * sizeof(float));
+        memcpy(e->k, tkv_page_k(p, pg) + (size_t)off * d, (size_t)d * sizeof(float));
+        memcpy(e->v, tkv_page_v(p, pg) + (size_t)off * d, (size_t)d * sizeof(float));
         e->score = mem_page_score(p, pg)[off];
     }
     qsort(out, (size_t)n, sizeof *out, cmp_entry);
@@ -62,7 +63,7 @@ static int collect(const mem_pool *p, const mem_stream *s, entry *out)
  * out (d,) = sum_i softmax(q . k_i / sqrt(d))_i v_i, skipping pos < 0. Returns live count. */
 static int attend(const mem_pool *p, const mem_stream *s, const float *q, double *out)
 {
-    const int P = p->page_slots, d = p->head_dim;
+    const int P = p->page_slots, d = tkv_head_dim(p);
     double mx = -INFINITY, sum = 0.0;
     int n = 0;
     for (int j = 0; j < d; j++) out[j] = 0.0;
@@ -70,8 +71,8 @@ static int attend(const mem_pool *p, const mem_stream *s, const float *q, double
         for (int32_t slot = 0; slot < s->n_slots; slot++) {
             int32_t pg = mem_slot_page(p, s, slot), off = slot & (P - 1);
             if (mem_page_pos(p, pg)[off] < 0) continue;
-            const float *k = mem_page_k(p, pg) + (size_t)off * d;
-            const float *v = mem_page_v(p, pg) + (size_t)off * d;
+            const float *k = tkv_page_k(p, pg) + (size_t)off * d;
+            const float *v = tkv_page_v(p, pg) + (size_t)off * d;
             double dot = 0.0;
             for (int j = 0; j < d; j++) dot += (double)q[j] * k[j];
             dot /= sqrt((double)d);
@@ -103,7 +104,7 @@ static int32_t run_case(int P, int d, int len, const unsigned char *evict, int e
     mem_pool *p;
     mem_seq *q;
     int32_t n_pool = (len + extra) / P + 4;
-    CU_ASSERT_EQUAL_FATAL(mem_pool_create(P, d, n_pool, &p), KVS_OK);
+    CU_ASSERT_EQUAL_FATAL(tkv_pool_create(P, d, n_pool, &p), KVS_OK);
     CU_ASSERT_EQUAL_FATAL(mem_seq_create(1, 1, 3, &q), KVS_OK);
     mem_stream *s = &q->streams[0];
     float k[D_MAX], v[D_MAX], qv[D_MAX];
@@ -112,7 +113,7 @@ static int32_t run_case(int P, int d, int len, const unsigned char *evict, int e
             k[j] = rnd_unit();
             v[j] = rnd_unit();
         }
-        CU_ASSERT_EQUAL(mem_stream_append(p, s, 1000 + i, k, v, rnd_unit()), i);
+        CU_ASSERT_EQUAL(tkv_append(p, s, 1000 + i, k, v, rnd_unit()), i);
     }
     /* evict high slots first so a slot index always means the same token */
     for (int i = len - 1; i >= 0; i--)
@@ -132,7 +133,7 @@ static int32_t run_case(int P, int d, int len, const unsigned char *evict, int e
         expect_moves += mem_page_pos(p, mem_slot_page(p, s, slot))[slot & (P - 1)] >= 0;
     CU_ASSERT_EQUAL(n_before, live);
 
-    int32_t moves = mem_stream_compact(p, s);
+    int32_t moves = tkv_compact(p, s);
 
     CU_ASSERT_EQUAL(moves, expect_moves);
     CU_ASSERT_EQUAL(check1(p, q), KVS_OK);
@@ -153,17 +154,17 @@ static int32_t run_case(int P, int d, int len, const unsigned char *evict, int e
         CU_ASSERT(fabs(att_before[j] - att_after[j]) <= 1e-6 * fmax(1.0, fabs(att_before[j])));
 
     /* compacting a dense stream is a no-op; the stream still works afterwards */
-    CU_ASSERT_EQUAL(mem_stream_compact(p, s), 0);
+    CU_ASSERT_EQUAL(tkv_compact(p, s), 0);
     CU_ASSERT_EQUAL(s->n_pages, keep);
     for (int j = 0; j < d; j++) k[j] = v[j] = 0.5f;
-    CU_ASSERT_EQUAL(mem_stream_append(p, s, 5000, k, v, 0.f), live);
+    CU_ASSERT_EQUAL(tkv_append(p, s, 5000, k, v, 0.f), live);
     CU_ASSERT_EQUAL(check1(p, q), KVS_OK);
 
     free(before);
     free(after);
     mem_seq_destroy(p, q);
     CU_ASSERT_EQUAL(p->n_free, n_pool);
-    mem_pool_destroy(p);
+    tkv_pool_destroy(p);
     return moves;
 }
 
@@ -171,22 +172,22 @@ static void test_empty_stream(void)
 {
     mem_pool *p;
     mem_seq *q;
-    CU_ASSERT_EQUAL_FATAL(mem_pool_create(4, 2, 3, &p), KVS_OK);
+    CU_ASSERT_EQUAL_FATAL(tkv_pool_create(4, 2, 3, &p), KVS_OK);
     CU_ASSERT_EQUAL_FATAL(mem_seq_create(1, 1, 0, &q), KVS_OK);
     mem_stream *s = &q->streams[0];
-    CU_ASSERT_EQUAL(mem_stream_compact(p, s), 0);
+    CU_ASSERT_EQUAL(tkv_compact(p, s), 0);
     CU_ASSERT_EQUAL(s->n_pages, 0);
     CU_ASSERT_EQUAL(check1(p, q), KVS_OK);
     /* an empty stream with reserved pages gives them back */
     CU_ASSERT_EQUAL(mem_seq_reserve(p, q, 6), KVS_OK);
     CU_ASSERT_EQUAL(s->n_pages, 2);
     CU_ASSERT_EQUAL(p->n_free, 1);
-    CU_ASSERT_EQUAL(mem_stream_compact(p, s), 0);
+    CU_ASSERT_EQUAL(tkv_compact(p, s), 0);
     CU_ASSERT_EQUAL(s->n_pages, 0);
     CU_ASSERT_EQUAL(p->n_free, 3);
     CU_ASSERT_EQUAL(check1(p, q), KVS_OK);
     mem_seq_destroy(p, q);
-    mem_pool_destroy(p);
+    tkv_pool_destroy(p);
     unsigned char none[1] = {0};
     CU_ASSERT_EQUAL(run_case(4, 3, 0, none, 0), 0);
 }
@@ -269,7 +270,7 @@ static void test_repeated_cycles(void)
     mem_pool *p;
     mem_seq *q;
     const int P = 8, d = 4;
-    CU_ASSERT_EQUAL_FATAL(mem_pool_create(P, d, 16, &p), KVS_OK);
+    CU_ASSERT_EQUAL_FATAL(tkv_pool_create(P, d, 16, &p), KVS_OK);
     CU_ASSERT_EQUAL_FATAL(mem_seq_create(1, 1, 0, &q), KVS_OK);
     mem_stream *s = &q->streams[0];
     static entry model[128], got[128];
@@ -283,7 +284,7 @@ static void test_repeated_cycles(void)
                 v[j] = rnd_unit();
             }
             float sc = rnd_unit();
-            if (mem_stream_append(p, s, next, k, v, sc) < 0) break;
+            if (tkv_append(p, s, next, k, v, sc) < 0) break;
             entry *e = &model[n_model++];
             memset(e, 0, sizeof *e);
             e->pos = next++;
@@ -304,7 +305,7 @@ static void test_repeated_cycles(void)
                     break;
                 }
         }
-        if (rnd() % 2) mem_stream_compact(p, s);
+        if (rnd() % 2) tkv_compact(p, s);
         CU_ASSERT_EQUAL_FATAL(check1(p, q), KVS_OK);
         qsort(model, (size_t)n_model, sizeof *model, cmp_entry);
         CU_ASSERT_EQUAL_FATAL(collect(p, s, got), n_model);
@@ -312,7 +313,7 @@ static void test_repeated_cycles(void)
     }
     mem_seq_destroy(p, q);
     CU_ASSERT_EQUAL(p->n_free, 16);
-    mem_pool_destroy(p);
+    tkv_pool_destroy(p);
 }
 
 int main(void)

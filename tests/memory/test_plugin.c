@@ -7,6 +7,7 @@
 #include "memory/policy.h"
 #include "memory/pool.h"
 #include "test_util.h"
+#include "test_kv.h"
 
 #include <dlfcn.h>
 #include <math.h>
@@ -74,10 +75,10 @@ static void test_load_and_use(void)
     for (int i = 0; i < 5; i++) CU_ASSERT_DOUBLE_EQUAL(sc[i], want[i], 1e-6);
     mem_pool *pool = NULL;
     mem_seq *q = NULL;
-    CU_ASSERT_FATAL(mem_pool_create(4, D, 8, &pool) == KVS_OK);
+    CU_ASSERT_FATAL(tkv_pool_create(4, D, 8, &pool) == KVS_OK);
     CU_ASSERT_FATAL(mem_seq_create(1, 1, 0, &q) == KVS_OK);
     for (int i = 0; i < 5; i++)
-        CU_ASSERT_FATAL(mem_stream_append(pool, q->streams, pos[i], keys[i], keys[i], sc[i]) >= 0);
+        CU_ASSERT_FATAL(tkv_append(pool, q->streams, pos[i], keys[i], keys[i], sc[i]) >= 0);
     CU_ASSERT_EQUAL(pol_on_event(inst, pool, q, 4, POL_AT_STEP), 2);
     CU_ASSERT_EQUAL(q->streams[0].n_live, 3);
     for (int32_t slot = 0; slot < q->streams[0].n_slots; slot++) {
@@ -87,7 +88,7 @@ static void test_load_and_use(void)
     CU_ASSERT_EQUAL(mem_check_invariants(pool, &q, 1), KVS_OK);
     pol_instance_destroy(inst);
     mem_seq_destroy(pool, q);
-    mem_pool_destroy(pool);
+    tkv_pool_destroy(pool);
 }
 
 static void test_bad_plugins(void)

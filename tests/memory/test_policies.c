@@ -7,8 +7,10 @@
  * the sinks and the window and leaves the streams' invariants valid. */
 #include "core/common.h"
 #include "memory/policy.h"
+#include "policies/qfilters.h"
 #include "memory/pool.h"
 #include "test_util.h"
+#include "test_kv.h"
 
 #include <math.h>
 #include <stdint.h>
@@ -65,7 +67,7 @@ static void write_keys(pol_instance *inst, mem_pool *pool, mem_seq *q, int layer
     for (int i = 0; i < n; i++) pos[i] = pos0 + i;
     pol_score_keys(inst, layer, kv_head, keys, pos, n, sc);
     for (int i = 0; i < n; i++)
-        CU_ASSERT_FATAL(mem_stream_append(pool, mem_seq_stream(q, layer, kv_head), pos[i],
+        CU_ASSERT_FATAL(tkv_append(pool, mem_seq_stream(q, layer, kv_head), pos[i],
                                           keys + (size_t)i * D, keys + (size_t)i * D, sc[i]) >= 0);
 }
 
@@ -89,7 +91,7 @@ static void test_knorm(void)
 {
     mem_pool *pool = NULL;
     mem_seq *q = NULL;
-    CU_ASSERT_FATAL(mem_pool_create(4, D, 32, &pool) == KVS_OK);
+    CU_ASSERT_FATAL(tkv_pool_create(4, D, 32, &pool) == KVS_OK);
     CU_ASSERT_FATAL(mem_seq_create(2, 2, 0, &q) == KVS_OK);
     /* Key i has norm norms[i]; the 3 largest (pos 2, 5, 9) must go. */
     const float norms[12] = { 1, 2, 9, 1.5f, 3, 8, 2.5f, 0.5f, 4, 7, 1, 2 };
@@ -107,7 +109,7 @@ static void test_knorm(void)
     CU_ASSERT_EQUAL(mem_check_invariants(pool, &q, 1), KVS_OK);
     pol_instance_destroy(inst);
     mem_seq_destroy(pool, q);
-    mem_pool_destroy(pool);
+    tkv_pool_destroy(pool);
 }
 
 /* A pool of 16 pages of 4 slots and one sequence of 2 layers x 2 KV heads; and their end. */
@@ -115,7 +117,7 @@ static void two_layer_seq(mem_pool **pool, mem_seq **q)
 {
     *pool = NULL;
     *q = NULL;
-    CU_ASSERT_FATAL(mem_pool_create(4, D, 16, pool) == KVS_OK);
+    CU_ASSERT_FATAL(tkv_pool_create(4, D, 16, pool) == KVS_OK);
     CU_ASSERT_FATAL(mem_seq_create(2, 2, 0, q) == KVS_OK);
 }
 
@@ -123,7 +125,7 @@ static void two_layer_end(pol_instance *inst, mem_pool *pool, mem_seq *q)
 {
     pol_instance_destroy(inst);
     mem_seq_destroy(pool, q);
-    mem_pool_destroy(pool);
+    tkv_pool_destroy(pool);
 }
 
 /* layers=1: a policy evicts in layer 1 only; layer 0 keeps every key. */
@@ -144,14 +146,14 @@ static void test_layers_option(void)
     }
     pol_instance_destroy(inst);
     mem_seq_destroy(pool, q);
-    mem_pool_destroy(pool);
+    tkv_pool_destroy(pool);
 }
 
 static void test_streaming(void)
 {
     mem_pool *pool = NULL;
     mem_seq *q = NULL;
-    CU_ASSERT_FATAL(mem_pool_create(4, D, 64, &pool) == KVS_OK);
+    CU_ASSERT_FATAL(tkv_pool_create(4, D, 64, &pool) == KVS_OK);
     CU_ASSERT_FATAL(mem_seq_create(1, 1, 0, &q) == KVS_OK);
     float keys[40][D];
     for (int i = 0; i < 40; i++)
@@ -171,7 +173,7 @@ static void test_streaming(void)
     for (int t = 0; t < 40; t++) {
         write_keys(inst, pool, q, 0, 0, t, keys[t], 1);
         CU_ASSERT(pol_on_event(inst, pool, q, t, POL_AT_STEP) >= 0);
-        mem_stream_compact(pool, q->streams);
+        tkv_compact(pool, q->streams);
         CU_ASSERT_EQUAL(q->streams[0].n_live, t + 1 < 8 ? t + 1 : 8);
         CU_ASSERT(q->streams[0].n_pages <= 2);
     }
@@ -180,14 +182,14 @@ static void test_streaming(void)
     CU_ASSERT_EQUAL(mem_check_invariants(pool, &q, 1), KVS_OK);
     pol_instance_destroy(inst);
     mem_seq_destroy(pool, q);
-    mem_pool_destroy(pool);
+    tkv_pool_destroy(pool);
 }
 
 static void test_full(void)
 {
     mem_pool *pool = NULL;
     mem_seq *q = NULL;
-    CU_ASSERT_FATAL(mem_pool_create(4, D, 16, &pool) == KVS_OK);
+    CU_ASSERT_FATAL(tkv_pool_create(4, D, 16, &pool) == KVS_OK);
     CU_ASSERT_FATAL(mem_seq_create(1, 1, 0, &q) == KVS_OK);
     float keys[16][D] = { { 0 } };
     pol_instance *inst = inst_new("full", "budget=2");
@@ -197,7 +199,7 @@ static void test_full(void)
     CU_ASSERT_EQUAL(q->streams[0].n_live, 16);
     pol_instance_destroy(inst);
     mem_seq_destroy(pool, q);
-    mem_pool_destroy(pool);
+    tkv_pool_destroy(pool);
 }
 
 /* Live positions of a 1x1 sequence as a bitmask (positions < 64). */
@@ -228,7 +230,7 @@ static uint64_t random_run(mem_pool *pool, const char *args)
 static void test_random(void)
 {
     mem_pool *pool = NULL;
-    CU_ASSERT_FATAL(mem_pool_create(4, D, 16, &pool) == KVS_OK);
+    CU_ASSERT_FATAL(tkv_pool_create(4, D, 16, &pool) == KVS_OK);
     uint64_t a = random_run(pool, "budget=16,sink=2,window=4,seed=7");
     uint64_t b = random_run(pool, "budget=16,sink=2,window=4,seed=7");
     uint64_t c = random_run(pool, "budget=16,sink=2,window=4,seed=8");
@@ -251,7 +253,7 @@ static void test_random(void)
             CU_ASSERT(kept[i] > 20 && kept[i] < 80); /* mean 47.6, sd ~6 */
         }
     }
-    mem_pool_destroy(pool);
+    tkv_pool_destroy(pool);
 }
 
 /* ---- qfilters: files --------------------------------------------------------------------- */
@@ -336,7 +338,7 @@ static void test_qfilters_file(void)
     CU_ASSERT_STRING_EQUAL(g->model_name, "tiny-test");
     CU_ASSERT_EQUAL(g->n_layers, 2);
     CU_ASSERT_EQUAL(g->n_kv_heads, 2);
-    CU_ASSERT_EQUAL(g->head_dim, D);
+    CU_ASSERT_EQUAL((g)->head_dim, D);
     CU_ASSERT_EQUAL(g->n_heads, 4);
     CU_ASSERT_EQUAL(g->n_tokens, 40960);
     CU_ASSERT_EQUAL(memcmp(g->u, u, sizeof u), 0);
@@ -448,7 +450,7 @@ static void test_qfilters_scoring(void)
 
     mem_pool *pool = NULL;
     mem_seq *q = NULL;
-    CU_ASSERT_FATAL(mem_pool_create(4, D, 16, &pool) == KVS_OK);
+    CU_ASSERT_FATAL(tkv_pool_create(4, D, 16, &pool) == KVS_OK);
     CU_ASSERT_FATAL(mem_seq_create(2, 2, 0, &q) == KVS_OK);
     write_keys(inst, pool, q, 1, 0, 0, &keys[0][0], 8);
     write_keys(inst, pool, q, 1, 1, 0, &keys[0][0], 8);
@@ -463,7 +465,7 @@ static void test_qfilters_scoring(void)
     CU_ASSERT_EQUAL(mem_check_invariants(pool, &q, 1), KVS_OK);
     pol_instance_destroy(inst);
     mem_seq_destroy(pool, q);
-    mem_pool_destroy(pool);
+    tkv_pool_destroy(pool);
     unlink(path);
 }
 
@@ -647,7 +649,7 @@ static mem_seq *seq_with(mem_pool *pool, pol_instance *inst, const int32_t *orde
     float k[D] = { 0 }, sc;
     for (int i = 0; i < n; i++) {
         pol_score_keys(inst, 0, 0, k, &order[i], 1, &sc);
-        CU_ASSERT_FATAL(mem_stream_append(pool, q->streams, order[i], k, k, sc) >= 0);
+        CU_ASSERT_FATAL(tkv_append(pool, q->streams, order[i], k, k, sc) >= 0);
     }
     return q;
 }
@@ -664,7 +666,7 @@ static float score_of(const mem_pool *pool, const mem_stream *s, int32_t pos)
 static void test_h2o(void)
 {
     mem_pool *pool = NULL;
-    CU_ASSERT_FATAL(mem_pool_create(4, D, 16, &pool) == KVS_OK);
+    CU_ASSERT_FATAL(tkv_pool_create(4, D, 16, &pool) == KVS_OK);
     pol_instance *inst = inst_new("h2o", "budget=3,window=1");
     const int32_t order[5] = { 0, 1, 2, 3, 4 };
     mem_seq *q = seq_with(pool, inst, order, 5);
@@ -687,13 +689,13 @@ static void test_h2o(void)
     CU_ASSERT_EQUAL(mem_check_invariants(pool, &q, 1), KVS_OK);
     pol_instance_destroy(inst);
     mem_seq_destroy(pool, q);
-    mem_pool_destroy(pool);
+    tkv_pool_destroy(pool);
 }
 
 static void test_tova(void)
 {
     mem_pool *pool = NULL;
-    CU_ASSERT_FATAL(mem_pool_create(4, D, 16, &pool) == KVS_OK);
+    CU_ASSERT_FATAL(tkv_pool_create(4, D, 16, &pool) == KVS_OK);
     pol_instance *inst = inst_new("tova", "budget=3");
     const int32_t order[5] = { 0, 1, 2, 3, 4 };
     mem_seq *q = seq_with(pool, inst, order, 5);
@@ -708,13 +710,13 @@ static void test_tova(void)
         CU_ASSERT_EQUAL(is_live(pool, q->streams, i), i == 0 || i == 2 || i == 3);
     pol_instance_destroy(inst);
     mem_seq_destroy(pool, q);
-    mem_pool_destroy(pool);
+    tkv_pool_destroy(pool);
 }
 
 static void test_snapkv(void)
 {
     mem_pool *pool = NULL;
-    CU_ASSERT_FATAL(mem_pool_create(4, D, 16, &pool) == KVS_OK);
+    CU_ASSERT_FATAL(tkv_pool_create(4, D, 16, &pool) == KVS_OK);
     pol_instance *inst = inst_new("snapkv", "ratio=0.5,window=2");
     /* 10 tokens written out of position order; window = positions 8, 9. */
     const int32_t order[10] = { 3, 0, 9, 5, 1, 7, 2, 8, 6, 4 };
@@ -759,7 +761,7 @@ static void test_snapkv(void)
         CU_ASSERT_DOUBLE_EQUAL(score_of(pool, q->streams, i), mean_by_pos[i], 1e-6);
     pol_instance_destroy(inst);
     mem_seq_destroy(pool, q);
-    mem_pool_destroy(pool);
+    tkv_pool_destroy(pool);
 }
 
 /* ---- every policy: protection and invariants --------------------------------------------- */
@@ -781,7 +783,7 @@ static void test_every_policy_protects(void)
         for (int trial = 0; trial < 5; trial++) {
             mem_pool *pool = NULL;
             mem_seq *q = NULL;
-            CU_ASSERT_FATAL(mem_pool_create(4, D, 64, &pool) == KVS_OK);
+            CU_ASSERT_FATAL(tkv_pool_create(4, D, 64, &pool) == KVS_OK);
             CU_ASSERT_FATAL(mem_seq_create(2, 2, 0, &q) == KVS_OK);
             const char *args = k == 4 ? qf_args : "budget=6,window=3,sink=2,when=prefill";
             pol_instance *inst = inst_new(names[k], args);
@@ -815,12 +817,12 @@ static void test_every_policy_protects(void)
                     if (p < 2 || p >= T - 3) CU_ASSERT(is_live(pool, s, p));
             }
             CU_ASSERT_EQUAL(mem_check_invariants(pool, &q, 1), KVS_OK);
-            for (int i = 0; i < 4; i++) mem_stream_compact(pool, &q->streams[i]);
+            for (int i = 0; i < 4; i++) tkv_compact(pool, &q->streams[i]);
             CU_ASSERT_EQUAL(pool->n_free, 64 - 4 * (k == 0 ? 8 : 2));
             CU_ASSERT_EQUAL(mem_check_invariants(pool, &q, 1), KVS_OK);
             pol_instance_destroy(inst);
             mem_seq_destroy(pool, q);
-            mem_pool_destroy(pool);
+            tkv_pool_destroy(pool);
         }
     }
     unlink(path);

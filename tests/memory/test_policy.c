@@ -7,6 +7,7 @@
 #include "memory/policy.h"
 #include "memory/pool.h"
 #include "test_util.h"
+#include "test_kv.h"
 
 #include <math.h>
 #include <stdint.h>
@@ -23,7 +24,7 @@ static const pol_model_info MI = { 2, 4, 2, D, "test-model" };
 static mem_pool *pool_new(int P, int32_t n_pages)
 {
     mem_pool *p = NULL;
-    CU_ASSERT_FATAL(mem_pool_create(P, D, n_pages, &p) == KVS_OK);
+    CU_ASSERT_FATAL(tkv_pool_create(P, D, n_pages, &p) == KVS_OK);
     return p;
 }
 
@@ -31,7 +32,7 @@ static mem_pool *pool_new(int P, int32_t n_pages)
 static void put(mem_pool *pool, mem_stream *s, int32_t pos, float score)
 {
     float k[D] = { (float)pos, 0, 0, 0 };
-    CU_ASSERT_FATAL(mem_stream_append(pool, s, pos, k, k, score) >= 0);
+    CU_ASSERT_FATAL(tkv_append(pool, s, pos, k, k, score) >= 0);
 }
 
 static int is_live(const mem_pool *pool, const mem_stream *s, int32_t pos)
@@ -421,7 +422,7 @@ static void test_default_select(void)
     CU_ASSERT(!is_live(pool, s, 0) && !is_live(pool, s, 1));
     pol_instance_destroy(inst);
     mem_seq_destroy(pool, q);
-    mem_pool_destroy(pool);
+    tkv_pool_destroy(pool);
 }
 
 static void test_protection(void)
@@ -469,7 +470,7 @@ static void test_protection(void)
     CU_ASSERT_EQUAL(mem_check_invariants(pool, &q, 1), KVS_OK);
     pol_instance_destroy(inst);
     mem_seq_destroy(pool, q);
-    mem_pool_destroy(pool);
+    tkv_pool_destroy(pool);
 }
 
 static void test_enforce_seq_and_compaction(void)
@@ -499,7 +500,7 @@ static void test_enforce_seq_and_compaction(void)
             CU_ASSERT(is_live(pool, s, 0) && is_live(pool, s, 30) && is_live(pool, s, 31));
         }
     CU_ASSERT_EQUAL(mem_check_invariants(pool, &q, 1), KVS_OK);
-    for (int i = 0; i < L * H; i++) mem_stream_compact(pool, &q->streams[i]);
+    for (int i = 0; i < L * H; i++) tkv_compact(pool, &q->streams[i]);
     CU_ASSERT_EQUAL(mem_check_invariants(pool, &q, 1), KVS_OK);
     CU_ASSERT_EQUAL(pool->n_free, 64 - L * H * 2); /* 8 tokens = 2 pages per stream */
     pol_instance_destroy(inst);
@@ -512,7 +513,7 @@ static void test_enforce_seq_and_compaction(void)
     CU_ASSERT_EQUAL(pol_on_event(inst, pool, q, T - 1, POL_AT_PREFILL_END), L * H * 5);
     for (int i = 0; i < L * H; i++) {
         CU_ASSERT_EQUAL(q->streams[i].n_live, 3);
-        mem_stream_compact(pool, &q->streams[i]);
+        tkv_compact(pool, &q->streams[i]);
     }
     CU_ASSERT_EQUAL(pool->n_free, 64 - L * H);
     CU_ASSERT_EQUAL(mem_check_invariants(pool, &q, 1), KVS_OK);
@@ -546,7 +547,7 @@ static void test_enforce_seq_and_compaction(void)
     pol_instance_destroy(inst);
     mem_seq_destroy(pool, q);
     CU_ASSERT_EQUAL(pool->n_free, 64);
-    mem_pool_destroy(pool);
+    tkv_pool_destroy(pool);
 }
 
 /* A policy with its own select: evict the NEWEST candidates; misbehaves on request. */
@@ -601,7 +602,7 @@ static void test_custom_select(void)
     CU_ASSERT_EQUAL(mem_check_invariants(pool, &q, 1), KVS_OK);
     pol_instance_destroy(inst);
     mem_seq_destroy(pool, q);
-    mem_pool_destroy(pool);
+    tkv_pool_destroy(pool);
 }
 
 /* observe_attention sees the stream in slot order (holes as -1) and only live scores are
@@ -655,7 +656,7 @@ static void test_observe_stream(void)
     CU_ASSERT_DOUBLE_EQUAL(score[0], 10.0, 1e-5);
     pol_instance_destroy(inst);
     mem_seq_destroy(pool, q);
-    mem_pool_destroy(pool);
+    tkv_pool_destroy(pool);
 }
 
 static void test_score_hook(void)

@@ -5,6 +5,7 @@
 #include "core/common.h"
 #include "memory/pool.h"
 #include "test_util.h"
+#include "test_kv.h"
 
 #include <stdint.h>
 #include <stdio.h>
@@ -22,8 +23,8 @@ static void fill_kv(float *k, float *v, int d, float key)
 static int32_t append_tok(mem_pool *p, mem_stream *s, int32_t pos, float key)
 {
     float k[64], v[64];
-    fill_kv(k, v, p->head_dim, key);
-    return mem_stream_append(p, s, pos, k, v, key * 0.5f);
+    fill_kv(k, v, tkv_head_dim(p), key);
+    return tkv_append(p, s, pos, k, v, key * 0.5f);
 }
 
 static int32_t pos_at(const mem_pool *p, const mem_stream *s, int32_t slot)
@@ -33,14 +34,14 @@ static int32_t pos_at(const mem_pool *p, const mem_stream *s, int32_t slot)
 
 static const float *k_at(const mem_pool *p, const mem_stream *s, int32_t slot)
 {
-    return mem_page_k(p, mem_slot_page(p, s, slot)) +
-           (size_t)(slot & (p->page_slots - 1)) * p->head_dim;
+    return tkv_page_k(p, mem_slot_page(p, s, slot)) +
+           (size_t)(slot & (p->page_slots - 1)) * tkv_head_dim(p);
 }
 
 static const float *v_at(const mem_pool *p, const mem_stream *s, int32_t slot)
 {
-    return mem_page_v(p, mem_slot_page(p, s, slot)) +
-           (size_t)(slot & (p->page_slots - 1)) * p->head_dim;
+    return tkv_page_v(p, mem_slot_page(p, s, slot)) +
+           (size_t)(slot & (p->page_slots - 1)) * tkv_head_dim(p);
 }
 
 static int check1(mem_pool *p, mem_seq *q)
@@ -56,30 +57,30 @@ static void test_create_errors(void)
     mem_pool *p = (mem_pool *)1;
     int bad_p[] = {0, -4, 3, 6, 12, 2048, 4096};
     for (size_t i = 0; i < sizeof bad_p / sizeof *bad_p; i++) {
-        CU_ASSERT_EQUAL(mem_pool_create(bad_p[i], 8, 4, &p), KVS_EINVAL);
+        CU_ASSERT_EQUAL(tkv_pool_create(bad_p[i], 8, 4, &p), KVS_EINVAL);
         CU_ASSERT_PTR_NULL(p);
         CU_ASSERT(strlen(kvs_last_error()) > 0);
     }
-    CU_ASSERT_EQUAL(mem_pool_create(16, 0, 4, &p), KVS_EINVAL);
-    CU_ASSERT_EQUAL(mem_pool_create(16, -1, 4, &p), KVS_EINVAL);
-    CU_ASSERT_EQUAL(mem_pool_create(16, 64, 0, &p), KVS_EINVAL);
-    CU_ASSERT_EQUAL(mem_pool_create(16, 64, -3, &p), KVS_EINVAL);
+    CU_ASSERT_EQUAL(tkv_pool_create(16, 0, 4, &p), KVS_EINVAL);
+    CU_ASSERT_EQUAL(tkv_pool_create(16, -1, 4, &p), KVS_EINVAL);
+    CU_ASSERT_EQUAL(tkv_pool_create(16, 64, 0, &p), KVS_EINVAL);
+    CU_ASSERT_EQUAL(tkv_pool_create(16, 64, -3, &p), KVS_EINVAL);
     /* slot count over int32 */
-    CU_ASSERT_EQUAL(mem_pool_create(1024, 1, INT32_MAX / 512, &p), KVS_EINVAL);
+    CU_ASSERT_EQUAL(tkv_pool_create(1024, 1, INT32_MAX / 512, &p), KVS_EINVAL);
     /* byte size over size_t */
-    CU_ASSERT_EQUAL(mem_pool_create(1024, INT32_MAX, 1 << 20, &p), KVS_EINVAL);
+    CU_ASSERT_EQUAL(tkv_pool_create(1024, INT32_MAX, 1 << 20, &p), KVS_EINVAL);
     CU_ASSERT_PTR_NULL(p);
 
     int ok_p[] = {1, 2, 16, 1024};
     for (size_t i = 0; i < sizeof ok_p / sizeof *ok_p; i++) {
-        CU_ASSERT_EQUAL_FATAL(mem_pool_create(ok_p[i], 3, 5, &p), KVS_OK);
+        CU_ASSERT_EQUAL_FATAL(tkv_pool_create(ok_p[i], 3, 5, &p), KVS_OK);
         CU_ASSERT_EQUAL(p->page_slots, ok_p[i]);
         CU_ASSERT_EQUAL(1 << p->page_shift, ok_p[i]);
         CU_ASSERT_EQUAL(p->n_free, 5);
         CU_ASSERT_EQUAL(check1(p, NULL), KVS_OK);
-        mem_pool_destroy(p);
+        tkv_pool_destroy(p);
     }
-    mem_pool_destroy(NULL);
+    tkv_pool_destroy(NULL);
 
     mem_seq *q = (mem_seq *)1;
     CU_ASSERT_EQUAL(mem_seq_create(0, 2, 0, &q), KVS_EINVAL);
@@ -104,7 +105,7 @@ static void test_append_across_pages(void)
 {
     mem_pool *p;
     mem_seq *q;
-    CU_ASSERT_EQUAL_FATAL(mem_pool_create(4, 3, 8, &p), KVS_OK);
+    CU_ASSERT_EQUAL_FATAL(tkv_pool_create(4, 3, 8, &p), KVS_OK);
     CU_ASSERT_EQUAL_FATAL(mem_seq_create(1, 2, 100, &q), KVS_OK);
     mem_stream *a = mem_seq_stream(q, 0, 0), *b = mem_seq_stream(q, 0, 1);
     CU_ASSERT_EQUAL(a->id, 100);
@@ -133,13 +134,13 @@ static void test_append_across_pages(void)
     }
     /* bad input */
     CU_ASSERT_EQUAL(append_tok(p, a, -1, 0.f), KVS_EINVAL);
-    CU_ASSERT_EQUAL(mem_stream_append(p, a, 5, NULL, NULL, 0.f), KVS_EINVAL);
+    CU_ASSERT_EQUAL(tkv_append(p, a, 5, NULL, NULL, 0.f), KVS_EINVAL);
     CU_ASSERT_EQUAL(a->n_live, 9);
     CU_ASSERT_EQUAL(check1(p, q), KVS_OK);
     mem_seq_destroy(p, q);
     CU_ASSERT_EQUAL(p->n_free, 8);
     CU_ASSERT_EQUAL(check1(p, NULL), KVS_OK);
-    mem_pool_destroy(p);
+    tkv_pool_destroy(p);
 }
 
 typedef struct {
@@ -161,7 +162,7 @@ static void test_enomem_no_change(void)
 {
     mem_pool *p;
     mem_seq *q;
-    CU_ASSERT_EQUAL_FATAL(mem_pool_create(4, 2, 3, &p), KVS_OK);
+    CU_ASSERT_EQUAL_FATAL(tkv_pool_create(4, 2, 3, &p), KVS_OK);
     CU_ASSERT_EQUAL_FATAL(mem_seq_create(1, 2, 0, &q), KVS_OK);
     mem_stream *a = mem_seq_stream(q, 0, 0), *b = mem_seq_stream(q, 0, 1);
     for (int i = 0; i < 8; i++) CU_ASSERT(append_tok(p, a, i, (float)i) >= 0);
@@ -194,14 +195,14 @@ static void test_enomem_no_change(void)
     CU_ASSERT_EQUAL(check1(p, q), KVS_OK);
     mem_seq_destroy(p, q);
     CU_ASSERT_EQUAL(p->n_free, 3);
-    mem_pool_destroy(p);
+    tkv_pool_destroy(p);
 }
 
 static void test_reserve_all_or_nothing(void)
 {
     mem_pool *p;
     mem_seq *q;
-    CU_ASSERT_EQUAL_FATAL(mem_pool_create(4, 2, 5, &p), KVS_OK);
+    CU_ASSERT_EQUAL_FATAL(tkv_pool_create(4, 2, 5, &p), KVS_OK);
     CU_ASSERT_EQUAL_FATAL(mem_seq_create(2, 2, 0, &q), KVS_OK);
     CU_ASSERT_EQUAL(mem_seq_pages_needed(p, q, 0), 0);
     CU_ASSERT_EQUAL(mem_seq_pages_needed(p, q, 1), 4);
@@ -242,14 +243,14 @@ static void test_reserve_all_or_nothing(void)
     mem_seq_destroy(p, q);
     CU_ASSERT_EQUAL(p->n_free, 5);
     CU_ASSERT_EQUAL(check1(p, NULL), KVS_OK);
-    mem_pool_destroy(p);
+    tkv_pool_destroy(p);
 }
 
 static void test_holes_first(void)
 {
     mem_pool *p;
     mem_seq *q;
-    CU_ASSERT_EQUAL_FATAL(mem_pool_create(4, 1, 4, &p), KVS_OK);
+    CU_ASSERT_EQUAL_FATAL(tkv_pool_create(4, 1, 4, &p), KVS_OK);
     CU_ASSERT_EQUAL_FATAL(mem_seq_create(1, 1, 7, &q), KVS_OK);
     mem_stream *s = &q->streams[0];
     for (int i = 0; i < 7; i++) CU_ASSERT_EQUAL(append_tok(p, s, i, (float)i), i);
@@ -287,11 +288,11 @@ static void test_holes_first(void)
     CU_ASSERT_EQUAL(s->n_live, 0);
     CU_ASSERT_EQUAL(s->n_pages, 3);
     CU_ASSERT_EQUAL(check1(p, q), KVS_OK);
-    CU_ASSERT_EQUAL(mem_stream_compact(p, s), 0);
+    CU_ASSERT_EQUAL(tkv_compact(p, s), 0);
     CU_ASSERT_EQUAL(s->n_pages, 0);
     CU_ASSERT_EQUAL(p->n_free, 4);
     mem_seq_destroy(p, q);
-    mem_pool_destroy(p);
+    tkv_pool_destroy(p);
 }
 
 static void test_stats(void)
@@ -299,7 +300,7 @@ static void test_stats(void)
     mem_pool *p;
     mem_seq *q1, *q2;
     mem_stats st;
-    CU_ASSERT_EQUAL_FATAL(mem_pool_create(8, 2, 10, &p), KVS_OK);
+    CU_ASSERT_EQUAL_FATAL(tkv_pool_create(8, 2, 10, &p), KVS_OK);
     mem_stats_get(p, NULL, 0, &st);
     CU_ASSERT_EQUAL(st.pages_total, 10);
     CU_ASSERT_EQUAL(st.pages_free, 10);
@@ -320,7 +321,7 @@ static void test_stats(void)
     CU_ASSERT_EQUAL(st.live_tokens, 11);
     CU_ASSERT_EQUAL(st.holes, 2);
     CU_ASSERT_DOUBLE_EQUAL(st.fragmentation, 1.0 - 11.0 / 24.0, 1e-12);
-    CU_ASSERT_EQUAL(mem_stream_compact(p, &q1->streams[0]), 2);
+    CU_ASSERT_EQUAL(tkv_compact(p, &q1->streams[0]), 2);
     mem_stats_get(p, both, 2, &st);
     CU_ASSERT_EQUAL(st.pages_used, 2); /* compaction gave back q1's second page */
     CU_ASSERT_EQUAL(st.holes, 0);
@@ -329,13 +330,13 @@ static void test_stats(void)
     mem_seq_destroy(p, q2);
     mem_stats_get(p, NULL, 0, &st);
     CU_ASSERT_EQUAL(st.pages_free, 10);
-    mem_pool_destroy(p);
+    tkv_pool_destroy(p);
 }
 
 static void test_destroy_returns_pages(void)
 {
     mem_pool *p;
-    CU_ASSERT_EQUAL_FATAL(mem_pool_create(2, 4, 40, &p), KVS_OK);
+    CU_ASSERT_EQUAL_FATAL(tkv_pool_create(2, 4, 40, &p), KVS_OK);
     mem_seq *qs[4];
     for (int k = 0; k < 4; k++) {
         CU_ASSERT_EQUAL_FATAL(mem_seq_create(2, 2, 4 * k, &qs[k]), KVS_OK);
@@ -356,7 +357,7 @@ static void test_destroy_returns_pages(void)
     mem_seq_destroy(p, NULL);
     CU_ASSERT_EQUAL(p->n_free, 40);
     CU_ASSERT_EQUAL(mem_check_invariants(p, NULL, 0), KVS_OK);
-    mem_pool_destroy(p);
+    tkv_pool_destroy(p);
 }
 
 /* ---- the checker can fail ----------------------------------------------------------------- */
@@ -373,7 +374,7 @@ static void test_checker_detects_corruption(void)
 {
     mem_pool *p;
     mem_seq *q;
-    CU_ASSERT_EQUAL_FATAL(mem_pool_create(4, 2, 6, &p), KVS_OK);
+    CU_ASSERT_EQUAL_FATAL(tkv_pool_create(4, 2, 6, &p), KVS_OK);
     CU_ASSERT_EQUAL_FATAL(mem_seq_create(1, 2, 0, &q), KVS_OK);
     mem_stream *a = &q->streams[0], *b = &q->streams[1];
     for (int i = 0; i < 7; i++) append_tok(p, a, i, (float)i);
@@ -433,7 +434,7 @@ static void test_checker_detects_corruption(void)
     CU_ASSERT_EQUAL(check1(p, q), KVS_OK);
     mem_seq_destroy(p, q);
     CU_ASSERT_EQUAL(check1(p, NULL), KVS_OK);
-    mem_pool_destroy(p);
+    tkv_pool_destroy(p);
 }
 
 /* ---- random operation sequences against a shadow model ------------------------------------ */
@@ -474,7 +475,7 @@ static int stream_matches(const mem_pool *p, const mem_stream *s, shadow_stream 
         if (n == R_MAX_TOK) return 0;
         float key = k_at(p, s, slot)[0];
         const float *k = k_at(p, s, slot), *v = v_at(p, s, slot);
-        for (int j = 0; j < p->head_dim; j++)
+        for (int j = 0; j < tkv_head_dim(p); j++)
             if (k[j] != key + 0.25f * j || v[j] != -key - 0.5f * j) return 0;
         if (mem_page_score(p, mem_slot_page(p, s, slot))[slot & (p->page_slots - 1)] !=
             key * 0.5f)
@@ -513,7 +514,7 @@ static void test_random_ops(void)
         mem_pool *p;
         int P = sizes[rnd_below(4)], d = 1 + rnd_below(4);
         int32_t n_pages = 2 + rnd_below(48 / P + 4);
-        CU_ASSERT_EQUAL_FATAL(mem_pool_create(P, d, n_pages, &p), KVS_OK);
+        CU_ASSERT_EQUAL_FATAL(tkv_pool_create(P, d, n_pages, &p), KVS_OK);
         mem_seq *q[R_SEQS];
         int shape[R_SEQS][2];
         for (int i = 0; i < R_SEQS; i++) {
@@ -572,7 +573,7 @@ static void test_random_ops(void)
                 for (int32_t slot = live; slot < s->n_slots; slot++)
                     high += pos_at(p, s, slot) >= 0;
                 int32_t free_before = p->n_free;
-                int32_t m = mem_stream_compact(p, s);
+                int32_t m = tkv_compact(p, s);
                 moves += m;
                 int32_t keep = (live + P - 1) / P;
                 if (m != high || s->n_slots != live || s->n_holes != 0 || s->n_pages != keep ||
@@ -637,7 +638,7 @@ static void test_random_ops(void)
                 }
         for (int i = 0; i < R_SEQS; i++) mem_seq_destroy(p, q[i]);
         if (p->n_free != p->n_pages || mem_check_invariants(p, NULL, 0) != KVS_OK) fails++;
-        mem_pool_destroy(p);
+        tkv_pool_destroy(p);
     }
     CU_ASSERT_EQUAL(fails, 0);
     CU_ASSERT(enomem > 0); /* the pools are small enough to run out */

@@ -1,0 +1,108 @@
+/* backend_cuda.c — the CUDA backend: the backend interface over the CUDA forward's entry points
+ * (device.h, engine/cuda/). Compiled in every build; without CUDA, creating it fails with a
+ * message saying so. */
+#include "backend.h"
+
+#include <stdlib.h>
+
+#include "core/common.h"
+#include "device.h"
+
+static fwd_cuda_state *cu(const kvs_backend *b) { return b->state; }
+
+static void cuda_destroy(kvs_backend *b)
+{
+    fwd_cuda_destroy(cu(b));
+    free(b);
+}
+
+static int cuda_run(kvs_backend *b, const model *m, mem_pool *pool, kvs_plan *plan,
+                    const fwd_seq *seqs, float **logits, int *n_rows)
+{
+    return fwd_cuda(cu(b), m, pool, plan, seqs, logits, n_rows);
+}
+
+static int cuda_copy_slots(kvs_backend *b, mem_pool *pool, const int32_t *src,
+                           const int32_t *dst, int n)
+{
+    (void)pool;
+    return kvs_cuda_copy_slots(cu(b), src, dst, n);
+}
+
+static int cuda_read_kv(kvs_backend *b, const int32_t *gslots, int n, float *k, float *v)
+{
+    int rc = k ? kvs_cuda_read_keys(cu(b), gslots, n, k) : 0;
+    if (!rc && v) rc = kvs_cuda_read_values(cu(b), gslots, n, v);
+    return rc;
+}
+
+static int cuda_scores_changed(kvs_backend *b, mem_pool *pool, const int32_t *gslots, int n)
+{
+    if (n <= 0) return KVS_OK;
+    float *sc = malloc((size_t)n * sizeof *sc);
+    if (!sc) return kvs_error(KVS_ENOMEM, "out of memory");
+    for (int i = 0; i < n; i++) sc[i] = pool->score[gslots[i]];
+    int rc = kvs_cuda_write_scores(cu(b), gslots, sc, n);
+    free(sc);
+    return rc;
+}
+
+static int64_t cuda_compact(kvs_backend *b, mem_pool *pool, mem_stream *const *streams, int n)
+{
+    return kvs_cuda_compact_streams(cu(b), pool, streams, n);
+}
+
+static const fwd_timing *cuda_last_timing(const kvs_backend *b)
+{
+    return fwd_cuda_last_timing(cu(b));
+}
+
+static const kvs_backend_i cuda_backend_i = {
+    .version = KVS_BACKEND_VERSION,
+    .name = "cuda",
+    .destroy = cuda_destroy,
+    .run = cuda_run,
+    .copy_slots = cuda_copy_slots,
+    .read_kv = cuda_read_kv,
+    .scores_changed = cuda_scores_changed,
+    .compact = cuda_compact,
+    .last_timing = cuda_last_timing,
+};
+
+int kvs_backend_cuda_create(const model *m, const kvs_backend_opts *o, kvs_backend **out)
+{
+    *out = NULL;
+    if (o->kv_format && o->kv_format != &kv_fmt_f16 && o->kv_format != &kv_fmt_bf16)
+        return kvs_error(KVS_EUNSUPPORTED, "the CUDA backend stores KV as f16 or bf16 (its "
+                         "build's 16-bit type), not %s", o->kv_format->name);
+    fwd_cuda_state *st;
+    int rc = fwd_cuda_create(m, o->page_slots ? o->page_slots : 16, o->kv_bytes, 0.0, &st);
+    if (rc) return rc;
+#ifdef KVS_CUDA_BF16
+    const kv_format *fmt = &kv_fmt_bf16;
+#else
+    const kv_format *fmt = &kv_fmt_f16;
+#endif
+    if (o->kv_format && o->kv_format != fmt) {
+        fwd_cuda_destroy(st);
+        return kvs_error(KVS_EUNSUPPORTED, "this CUDA build stores KV as %s; --kv-dtype %s "
+                         "needs a build with%s -DKVS_CUDA_BF16", fmt->name, o->kv_format->name,
+                         fmt == &kv_fmt_f16 ? "" : "out");
+    }
+    kvs_backend *b = calloc(1, sizeof *b);
+    if (!b) {
+        fwd_cuda_destroy(st);
+        return kvs_error(KVS_ENOMEM, "out of memory");
+    }
+    b->i = &cuda_backend_i;
+    b->state = st;
+    b->page_slots = o->page_slots ? o->page_slots : 16;
+    b->n_pages = fwd_cuda_n_pages(st);
+    b->kv_format = fmt;
+    b->kv_slot_bytes = fwd_cuda_slot_bytes(st);
+    b->kv_bytes = (size_t)b->n_pages * b->page_slots * b->kv_slot_bytes;
+    b->plan_grow = fwd_cuda_plan_grow;
+    b->plan_grow_ctx = st;
+    *out = b;
+    return KVS_OK;
+}
