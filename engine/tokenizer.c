@@ -344,10 +344,12 @@ static size_t bytelevel_decode(const int16_t *inv, const char *s, size_t len, ch
 
 /* ---- the context ------------------------------------------------------------------------- */
 
-enum { PRE_GPT2 = 0, PRE_SMOLLM = 1 };
+enum { PRE_GPT2 = 0, PRE_SMOLLM = 1, PRE_QWEN2 = 2, PRE_LLAMA3 = 3 };
+enum { MODEL_BPE = 0, MODEL_SPM = 1 }; /* tokenizer.ggml.model gpt2 / llama */
 enum { TT_NORMAL = 1, TT_UNKNOWN = 2, TT_CONTROL = 3, TT_USER = 4, TT_UNUSED = 5, TT_BYTE = 6 };
 
 struct tok_ctx {
+    int model;            /* MODEL_BPE or MODEL_SPM */
     int n_vocab;
     uint8_t *type;        /* [n_vocab] GGUF token type (1 normal, 3 control, 4 user-defined) */
     uint32_t *piece_off;  /* [n_vocab + 1] offsets of each token's raw bytes in piece_buf */
@@ -362,16 +364,28 @@ struct tok_ctx {
     int32_t *pair_id;
     uint32_t pair_mask;
 
-    int32_t byte_id[256]; /* the single-byte token of each byte */
+    int32_t byte_id[256]; /* the single-byte token of each byte (SPM: its <0xXX> token) */
+    int32_t unk;          /* SPM: the unknown token, -1 if none */
+    int add_space_prefix; /* SPM: prepend "▁" to the text (tokenizer.ggml.add_space_prefix) */
+    int strip_lead;       /* decoding drops one leading space of the text (SPM's prefix) */
 
     int32_t *special;     /* ids of control/user tokens, grouped by first byte, longest first */
     int32_t special_at[257]; /* special[special_at[b] .. special_at[b+1]) start with byte b */
+    int n_user;           /* user-defined tokens among them (matched even without parse_special) */
 
     int pre;
+    int ignore_merges;    /* llama-bpe: a piece that is a token is not merged up from bytes */
     int32_t bos, eos, eot, eom, im_start, im_end, endoftext;
     int add_bos;
     char *default_system; /* NUL-terminated, NULL if the template has none */
 };
+
+/* Tokens matched whole in the text: control and unknown ones (<|im_end|>, <s>, <unk>) with
+ * parse_special, user-defined ones (<think>) always, as llama.cpp and Hugging Face do. */
+static int is_special_type(int type)
+{
+    return type == TT_CONTROL || type == TT_USER || type == TT_UNKNOWN;
+}
 
 static uint64_t hash_bytes(const char *s, size_t n)
 {
@@ -465,27 +479,49 @@ void tok_destroy(tok_ctx *t)
     free(t);
 }
 
+/* Pre-tokenizer names as tokenizer.ggml.pre spells them; "default" (llama.cpp's name for files
+ * that name no special pre-tokenizer) is GPT-2's. */
+static const struct { const char *name; int pre; } PRE_NAMES[] = {
+    {"gpt2", PRE_GPT2}, {"default", PRE_GPT2}, {"smollm", PRE_SMOLLM}, {"qwen2", PRE_QWEN2},
+    {"llama-bpe", PRE_LLAMA3},
+};
+#define PRE_SUPPORTED "gpt2 (or default), smollm, qwen2, llama-bpe"
+
 static int pre_from_name(const char *name, size_t len)
 {
-    if (len == 4 && memcmp(name, "gpt2", 4) == 0) return PRE_GPT2;
-    /* "default" (llama.cpp's name for files that name no special pre-tokenizer) is GPT-2's. */
-    if (len == 7 && memcmp(name, "default", 7) == 0) return PRE_GPT2;
-    if (len == 6 && memcmp(name, "smollm", 6) == 0) return PRE_SMOLLM;
+    for (size_t i = 0; i < sizeof PRE_NAMES / sizeof PRE_NAMES[0]; i++)
+        if (strlen(PRE_NAMES[i].name) == len && memcmp(PRE_NAMES[i].name, name, len) == 0)
+            return PRE_NAMES[i].pre;
     return -1;
+}
+
+static void set_pre(tok_ctx *t, int pre)
+{
+    t->pre = pre;
+    t->ignore_merges = pre == PRE_LLAMA3;
 }
 
 int tok_set_pre(tok_ctx *t, const char *name)
 {
     if (!t) return kvs_error(KVS_EINVAL, "tok_set_pre: no tokenizer");
+    if (t->model != MODEL_BPE)
+        return kvs_error(KVS_EUNSUPPORTED, "a SentencePiece tokenizer has no pre-tokenizer to "
+                         "set (asked for '%s')", name ? name : "(null)");
     int p = name ? pre_from_name(name, strlen(name)) : -1;
     if (p < 0)
         return kvs_error(KVS_EUNSUPPORTED, "pre-tokenizer '%s' is not supported (supported: "
-                         "gpt2, smollm)", name ? name : "(null)");
-    t->pre = p;
+                         PRE_SUPPORTED ")", name ? name : "(null)");
+    set_pre(t, p);
     return 0;
 }
 
-const char *tok_pre_name(const tok_ctx *t) { return t->pre == PRE_SMOLLM ? "smollm" : "gpt2"; }
+const char *tok_pre_name(const tok_ctx *t)
+{
+    if (t->model != MODEL_BPE) return "none";
+    for (size_t i = 0; i < sizeof PRE_NAMES / sizeof PRE_NAMES[0]; i++)
+        if (PRE_NAMES[i].pre == t->pre) return PRE_NAMES[i].name;
+    return "gpt2";
+}
 
 /* Optional token-id key: -1 if absent, error if present but out of range. */
 static int read_id(const gguf_ctx *g, const char *key, int n_vocab, int32_t *out)
@@ -529,6 +565,215 @@ static char *template_default_system(const char *tpl, size_t len)
     return NULL;
 }
 
+/* ---- SentencePiece (tokenizer.ggml.model = llama) ----------------------------------------- */
+
+/* Raw bytes of an SPM token into dst: a byte token "<0xXX>" is that byte, every other token its
+ * text with "▁" (U+2581) as a space. Returns the length. */
+static size_t spm_piece(int type, const char *s, size_t len, char *dst)
+{
+    if (type == TT_BYTE && len == 6 && memcmp(s, "<0x", 3) == 0 && s[5] == '>') {
+        unsigned v;
+        char hex[3] = {s[3], s[4], 0};
+        char *end;
+        v = (unsigned)strtoul(hex, &end, 16);
+        if (*end == 0) { dst[0] = (char)v; return 1; }
+    }
+    size_t n = 0;
+    for (size_t i = 0; i < len;) {
+        if (i + 2 < len && (uint8_t)s[i] == 0xE2 && (uint8_t)s[i + 1] == 0x96 &&
+            (uint8_t)s[i + 2] == 0x81) {
+            dst[n++] = ' ';
+            i += 3;
+        } else {
+            dst[n++] = s[i++];
+        }
+    }
+    return n;
+}
+
+/* The vocabulary as the file spells it (with "▁", "<0xXX>"), for building merges. */
+typedef struct {
+    const char **str;
+    size_t *len;
+    int32_t *ht;
+    uint32_t mask;
+} spelled;
+
+static int32_t spelled_find(const spelled *v, const char *s, size_t n)
+{
+    for (uint32_t i = (uint32_t)hash_bytes(s, n) & v->mask;; i = (i + 1) & v->mask) {
+        int32_t id = v->ht[i];
+        if (id < 0) return -1;
+        if (v->len[id] == n && memcmp(v->str[id], s, n) == 0) return id;
+    }
+}
+
+typedef struct { float score; int32_t ll, lr, l, r, id; uint32_t seq; } spm_merge;
+
+static int merge_by_ids(const void *a, const void *b)
+{
+    const spm_merge *x = a, *y = b;
+    if (x->l != y->l) return x->l < y->l ? -1 : 1;
+    return (x->r > y->r) - (x->r < y->r);
+}
+
+/* Best first: higher score of the merged token, then longer left piece, longer right piece
+ * (in characters), then the order found. */
+static int merge_by_rank(const void *a, const void *b)
+{
+    const spm_merge *x = a, *y = b;
+    if (x->score != y->score) return x->score > y->score ? -1 : 1;
+    if (x->ll != y->ll) return x->ll > y->ll ? -1 : 1;
+    if (x->lr != y->lr) return x->lr > y->lr ? -1 : 1;
+    return (x->seq > y->seq) - (x->seq < y->seq);
+}
+
+static size_t utf8_count(const char *s, size_t n)
+{
+    size_t c = 0;
+    for (size_t i = 0; i < n; i++) c += ((uint8_t)s[i] & 0xC0) != 0x80;
+    return c;
+}
+
+/* Merges of an SPM vocabulary. The file's tokenizer.ggml.merges when it has them; else the
+ * ones its scores imply, as Hugging Face derives them (transformers' generate_merges): every
+ * split of every token into two tokens is a merge, ranked by merge_by_rank. */
+static int spm_merges(tok_ctx *t, const gguf_ctx *g, const spelled *v)
+{
+    int et;
+    uint64_t nm = 0, ns;
+    int rc;
+    int from_file = gguf_get_arr_info(g, "tokenizer.ggml.merges", &et, &nm) == 0;
+    const char *scores = NULL; /* float32, not necessarily aligned */
+    if (from_file) {
+        if (et != GGUF_VT_STRING)
+            return kvs_error(KVS_EFORMAT, "tokenizer.ggml.merges must be a string array");
+    } else {
+        rc = gguf_get_arr_info(g, "tokenizer.ggml.scores", &et, &ns);
+        if (rc == KVS_ENOTFOUND)
+            return kvs_error(KVS_ENOTFOUND, "the GGUF has neither tokenizer.ggml.scores nor "
+                             "tokenizer.ggml.merges: a llama (SentencePiece) tokenizer needs one");
+        const void *data;
+        if (rc || et != GGUF_VT_FLOAT32 || ns != (uint64_t)t->n_vocab ||
+            gguf_get_arr_data(g, "tokenizer.ggml.scores", &data))
+            return kvs_error(KVS_EFORMAT, "tokenizer.ggml.scores must be a float32 array with "
+                             "one entry per token (%d)", t->n_vocab);
+        scores = data;
+    }
+    size_t cap = 1024, n = 0;
+    spm_merge *m = kvs_alloc(cap * sizeof *m);
+    if (!m) return KVS_ENOMEM;
+    if (from_file) {
+        for (uint64_t i = 0; i < nm; i++) {
+            const char *s;
+            size_t sl;
+            if ((rc = gguf_get_arr_str(g, "tokenizer.ggml.merges", i, &s, &sl))) goto out;
+            const char *sp = memchr(s, ' ', sl);
+            if (!sp) continue;
+            size_t la = (size_t)(sp - s);
+            int32_t l = spelled_find(v, s, la), r = spelled_find(v, sp + 1, sl - la - 1);
+            if (l < 0 || r < 0 || la + v->len[r] > 4096) continue;
+            char buf[4096];
+            memcpy(buf, s, la);
+            memcpy(buf + la, sp + 1, sl - la - 1);
+            int32_t id = spelled_find(v, buf, sl - 1);
+            if (id < 0) continue;
+            if (n == cap) {
+                spm_merge *nm2 = kvs_alloc(2 * cap * sizeof *m);
+                if (!nm2) { rc = KVS_ENOMEM; goto out; }
+                memcpy(nm2, m, n * sizeof *m);
+                kvs_free(m);
+                m = nm2;
+                cap *= 2;
+            }
+            m[n++] = (spm_merge){0, 0, 0, l, r, id, (uint32_t)i};
+        }
+    } else {
+        for (int32_t id = 0; id < t->n_vocab; id++) {
+            const char *s = v->str[id];
+            size_t sl = v->len[id], first = n;
+            if (spelled_find(v, s, sl) != id) continue; /* a later duplicate stands for it */
+            for (size_t k = 1; k < sl; k++) {
+                if (((uint8_t)s[k] & 0xC0) == 0x80) continue; /* split between characters */
+                int32_t l = spelled_find(v, s, k), r = spelled_find(v, s + k, sl - k);
+                if (l < 0 || r < 0) continue;
+                if (n == cap) {
+                    spm_merge *nm2 = kvs_alloc(2 * cap * sizeof *m);
+                    if (!nm2) { rc = KVS_ENOMEM; goto out; }
+                    memcpy(nm2, m, n * sizeof *m);
+                    kvs_free(m);
+                    m = nm2;
+                    cap *= 2;
+                }
+                float sc;
+                memcpy(&sc, scores + 4 * (size_t)id, 4);
+                m[n++] = (spm_merge){sc, (int32_t)utf8_count(s, k),
+                                     (int32_t)utf8_count(s + k, sl - k), l, r, id, 0};
+            }
+            qsort(m + first, n - first, sizeof *m, merge_by_ids);
+        }
+        for (size_t i = 0; i < n; i++) m[i].seq = (uint32_t)i;
+        qsort(m, n, sizeof *m, merge_by_rank);
+    }
+    t->pair_mask = table_mask_for(n);
+    t->pair_key = kvs_calloc((size_t)t->pair_mask + 1, sizeof *t->pair_key);
+    t->pair_rank = kvs_alloc(((size_t)t->pair_mask + 1) * sizeof *t->pair_rank);
+    t->pair_id = kvs_alloc(((size_t)t->pair_mask + 1) * sizeof *t->pair_id);
+    if (!t->pair_key || !t->pair_rank || !t->pair_id) { rc = KVS_ENOMEM; goto out; }
+    for (size_t i = 0; i < n; i++) pair_insert(t, m[i].l, m[i].r, (uint32_t)i, m[i].id);
+    rc = 0;
+out:
+    kvs_free(m);
+    return rc;
+}
+
+/* The SPM parts of the context: byte tokens, <unk>, the prefix flag and the merges. */
+static int spm_load(tok_ctx *t, const gguf_ctx *g)
+{
+    int rc;
+    for (int b = 0; b < 256; b++) t->byte_id[b] = -1;
+    for (int32_t id = t->n_vocab - 1; id >= 0; id--) { /* the first of duplicates wins */
+        size_t l;
+        const char *p = piece_ptr(t, id, &l);
+        if (t->type[id] == TT_BYTE && l == 1) t->byte_id[(uint8_t)p[0]] = id;
+    }
+    if ((rc = read_id(g, "tokenizer.ggml.unknown_token_id", t->n_vocab, &t->unk))) return rc;
+    for (int32_t id = 0; id < t->n_vocab && t->unk < 0; id++)
+        if (t->type[id] == TT_UNKNOWN) t->unk = id;
+    int flag = 1;
+    rc = gguf_get_bool(g, "tokenizer.ggml.add_space_prefix", &flag);
+    if (rc && rc != KVS_ENOTFOUND) return rc;
+    t->add_space_prefix = rc == KVS_ENOTFOUND || flag;
+    t->strip_lead = t->add_space_prefix;
+
+    spelled v = {0};
+    v.str = kvs_alloc((size_t)t->n_vocab * sizeof *v.str);
+    v.len = kvs_alloc((size_t)t->n_vocab * sizeof *v.len);
+    v.mask = table_mask_for((size_t)t->n_vocab);
+    v.ht = kvs_alloc(((size_t)v.mask + 1) * sizeof *v.ht);
+    if (!v.str || !v.len || !v.ht) { rc = KVS_ENOMEM; goto out; }
+    memset(v.ht, 0xFF, ((size_t)v.mask + 1) * sizeof *v.ht);
+    for (int32_t id = 0; id < t->n_vocab; id++) {
+        if ((rc = gguf_get_arr_str(g, "tokenizer.ggml.tokens", (uint64_t)id, &v.str[id],
+                                   &v.len[id])))
+            goto out;
+        uint32_t i = (uint32_t)hash_bytes(v.str[id], v.len[id]) & v.mask;
+        for (;; i = (i + 1) & v.mask) { /* later duplicates win, as in a Python dict */
+            int32_t o = v.ht[i];
+            if (o < 0 || (v.len[o] == v.len[id] && memcmp(v.str[o], v.str[id], v.len[id]) == 0)) {
+                v.ht[i] = id;
+                break;
+            }
+        }
+    }
+    rc = spm_merges(t, g, &v);
+out:
+    kvs_free(v.str);
+    kvs_free(v.len);
+    kvs_free(v.ht);
+    return rc;
+}
+
 int tok_create_from_gguf(const gguf_ctx *g, tok_ctx **out)
 {
     if (!out) return kvs_error(KVS_EINVAL, "tok_create_from_gguf: out is NULL");
@@ -542,16 +787,20 @@ int tok_create_from_gguf(const gguf_ctx *g, tok_ctx **out)
         return kvs_error(KVS_ENOTFOUND, "the GGUF has no tokenizer.ggml.model: it carries no "
                          "tokenizer");
     if (rc) return rc;
-    if (!(sl == 4 && memcmp(s, "gpt2", 4) == 0))
+    int model;
+    if (sl == 4 && memcmp(s, "gpt2", 4) == 0) model = MODEL_BPE;
+    else if (sl == 5 && memcmp(s, "llama", 5) == 0) model = MODEL_SPM;
+    else
         return kvs_error(KVS_EUNSUPPORTED, "tokenizer model '%.*s' is not supported: only gpt2 "
-                         "(byte-level BPE) tokenizers are", (int)KVS_MIN(sl, 64), s);
+                         "(byte-level BPE) and llama (SentencePiece) tokenizers are",
+                         (int)KVS_MIN(sl, 64), s);
     int pre = PRE_GPT2; /* no key: plain GPT-2, as Hugging Face falls back to */
-    rc = gguf_get_str(g, "tokenizer.ggml.pre", &s, &sl);
+    rc = model == MODEL_BPE ? gguf_get_str(g, "tokenizer.ggml.pre", &s, &sl) : KVS_ENOTFOUND;
     if (rc == 0) {
         pre = pre_from_name(s, sl);
         if (pre < 0)
             return kvs_error(KVS_EUNSUPPORTED, "pre-tokenizer '%.*s' (tokenizer.ggml.pre) is not "
-                             "supported; supported: gpt2 (or default), smollm", (int)KVS_MIN(sl, 64), s);
+                             "supported; supported: " PRE_SUPPORTED, (int)KVS_MIN(sl, 64), s);
     } else if (rc != KVS_ENOTFOUND) {
         return rc;
     }
@@ -566,8 +815,10 @@ int tok_create_from_gguf(const gguf_ctx *g, tok_ctx **out)
 
     tok_ctx *t = calloc(1, sizeof *t);
     if (!t) return kvs_error(KVS_ENOMEM, "out of memory");
+    t->model = model;
     t->n_vocab = (int)n;
-    t->pre = pre;
+    t->unk = -1;
+    set_pre(t, pre);
     int16_t inv[0x144];
     for (uint32_t c = 0; c < 0x144; c++) inv[c] = (int16_t)bytelevel_cp_to_byte(c);
 
@@ -606,7 +857,9 @@ int tok_create_from_gguf(const gguf_ctx *g, tok_ctx **out)
         gguf_get_arr_str(g, "tokenizer.ggml.tokens", i, &s, &sl);
         bool mapped;
         size_t l;
-        if (t->type[i] == TT_CONTROL || t->type[i] == TT_USER) {
+        if (model == MODEL_SPM) {
+            l = spm_piece(t->type[i], s, sl, t->piece_buf + pos);
+        } else if (is_special_type(t->type[i])) {
             memcpy(t->piece_buf + pos, s, sl); /* special tokens decode to their text */
             l = sl;
         } else {
@@ -622,7 +875,12 @@ int tok_create_from_gguf(const gguf_ctx *g, tok_ctx **out)
     t->vocab_ht = kvs_alloc(((size_t)t->vocab_mask + 1) * sizeof *t->vocab_ht);
     if (!t->vocab_ht) { rc = KVS_ENOMEM; goto fail; }
     memset(t->vocab_ht, 0xFF, ((size_t)t->vocab_mask + 1) * sizeof *t->vocab_ht);
-    for (uint64_t i = 0; i < n; i++) vocab_insert(t, (int32_t)i);
+    for (uint64_t i = 0; i < n; i++)
+        if (!(model == MODEL_SPM && t->type[i] == TT_BYTE)) vocab_insert(t, (int32_t)i);
+    if (model == MODEL_SPM) {
+        if ((rc = spm_load(t, g))) goto fail;
+        goto specials;
+    }
 
     /* Bytes never seen in training may have no token (SmolLM2 lacks 21, e.g. 0x04 and
      * 0xF5..0xFF): such bytes are dropped from the input, as Hugging Face does without an
@@ -681,20 +939,21 @@ int tok_create_from_gguf(const gguf_ctx *g, tok_ctx **out)
     }
     free(tmp);
 
+specials:;
     /* Special tokens, matched whole in the text when parse_special is on: grouped by first
      * byte, longest first within a group (leftmost-longest matching). */
     int n_special = 0;
     for (uint64_t i = 0; i < n; i++)
-        if ((t->type[i] == TT_CONTROL || t->type[i] == TT_USER) &&
-            t->piece_off[i + 1] > t->piece_off[i])
+        if (is_special_type(t->type[i]) && t->piece_off[i + 1] > t->piece_off[i]) {
             n_special++;
+            t->n_user += t->type[i] == TT_USER;
+        }
     int32_t *found = kvs_alloc((size_t)(n_special ? n_special : 1) * sizeof *found);
     t->special = kvs_alloc((size_t)(n_special ? n_special : 1) * sizeof *t->special);
     if (!found || !t->special) { kvs_free(found); rc = KVS_ENOMEM; goto fail; }
     n_special = 0;
     for (uint64_t i = 0; i < n; i++)
-        if ((t->type[i] == TT_CONTROL || t->type[i] == TT_USER) &&
-            t->piece_off[i + 1] > t->piece_off[i])
+        if (is_special_type(t->type[i]) && t->piece_off[i + 1] > t->piece_off[i])
             found[n_special++] = (int32_t)i;
     int k = 0;
     for (int b = 0; b < 256; b++) {
@@ -837,27 +1096,17 @@ static void push_pair(encoder *e, size_t *hn, int32_t left)
         heap_push(e->heap, hn, ((uint64_t)rank << 32) | (uint32_t)left);
 }
 
-/* BPE of one pre-tokenized word: start from one symbol per byte and apply the lowest-ranked
- * merge present, leftmost first, until none applies. Symbols form a linked list; the heap
- * holds candidate pairs and stale entries are skipped when popped. O(n log n). */
-static int bpe_word(encoder *e, const uint8_t *w, size_t n)
+/* BPE over the m symbols in e->sym[0..m): apply the lowest-ranked merge present, leftmost
+ * first, until none applies, and emit the result. Symbols form a linked list; the heap holds
+ * candidate pairs and stale entries are skipped when popped. O(m log m). */
+static void bpe_run(encoder *e, size_t m)
 {
     const tok_ctx *t = e->t;
-    if (n == 1) {
-        if (t->byte_id[w[0]] >= 0) emit(e, t->byte_id[w[0]]);
-        return 0;
+    if (m == 0) return;
+    for (size_t i = 0; i < m; i++) {
+        e->prv[i] = (int32_t)i - 1;
+        e->nxt[i] = (int32_t)i + 1;
     }
-    if (grow_scratch(e, n)) return KVS_ENOMEM;
-    size_t m = 0; /* symbols: the bytes that have a token (the others are dropped) */
-    for (size_t i = 0; i < n; i++) {
-        int32_t id = t->byte_id[w[i]];
-        if (id < 0) continue;
-        e->sym[m] = id;
-        e->prv[m] = (int32_t)m - 1;
-        e->nxt[m] = (int32_t)m + 1;
-        m++;
-    }
-    if (m == 0) return 0;
     e->nxt[m - 1] = -1;
     size_t hn = 0;
     for (size_t i = 0; i + 1 < m; i++) push_pair(e, &hn, (int32_t)i);
@@ -878,6 +1127,80 @@ static int bpe_word(encoder *e, const uint8_t *w, size_t n)
         push_pair(e, &hn, left);
     }
     for (int32_t i = 0; i >= 0; i = e->nxt[i]) emit(e, e->sym[i]);
+}
+
+/* BPE of one pre-tokenized word of a byte-level vocabulary: one symbol per byte to start. */
+static int bpe_word(encoder *e, const uint8_t *w, size_t n)
+{
+    const tok_ctx *t = e->t;
+    if (n == 1) {
+        if (t->byte_id[w[0]] >= 0) emit(e, t->byte_id[w[0]]);
+        return 0;
+    }
+    if (grow_scratch(e, n)) return KVS_ENOMEM;
+    size_t m = 0; /* symbols: the bytes that have a token (the others are dropped) */
+    for (size_t i = 0; i < n; i++) {
+        int32_t id = t->byte_id[w[i]];
+        if (id >= 0) e->sym[m++] = id;
+    }
+    bpe_run(e, m);
+    return 0;
+}
+
+/* SentencePiece (tokenizer.ggml.model = llama), as Hugging Face's LlamaTokenizer runs it: the
+ * segment's spaces become "▁" (here the other way round: the vocabulary's "▁" are spaces in
+ * piece_buf, so a "▁" typed in the text becomes a space), one "▁" is prepended when the segment
+ * starts the text and does not start with one already (Metaspace, prepend_scheme "first"), then
+ * BPE over characters: a character with no token becomes its <0xXX> byte tokens (byte
+ * fallback), or <unk> when a byte token is missing (consecutive unknowns fuse into one). */
+static int spm_segment(encoder *e, const uint8_t *s, size_t a, size_t b)
+{
+    const tok_ctx *t = e->t;
+    if (a >= b) return 0;
+    size_t n = b - a;
+    uint8_t *w = kvs_alloc(n + 1);
+    if (!w) return KVS_ENOMEM;
+    size_t m = 0;
+    for (size_t i = a; i < b;) {
+        if (i + 2 < b && s[i] == 0xE2 && s[i + 1] == 0x96 && s[i + 2] == 0x81) {
+            w[m++] = ' ';
+            i += 3;
+        } else {
+            w[m++] = s[i++];
+        }
+    }
+    if (a == 0 && t->add_space_prefix && w[0] != ' ') {
+        memmove(w + 1, w, m);
+        w[0] = ' ';
+        m++;
+    }
+    int rc = grow_scratch(e, 4 * m);
+    if (rc) { kvs_free(w); return rc; }
+    size_t k = 0;
+    int prev_unk = 0;
+    for (size_t i = 0; i < m;) {
+        size_t l;
+        uint32_t cp;
+        if (utf8_seq(w + i, m - i, &l, &cp) != U8_VALID) l = 1;
+        int32_t id = vocab_lookup(t, (const char *)w + i, l);
+        if (id >= 0) {
+            e->sym[k++] = id;
+            prev_unk = 0;
+        } else {
+            size_t j = 0;
+            while (j < l && t->byte_id[w[i + j]] >= 0) j++;
+            if (j == l) {
+                for (j = 0; j < l; j++) e->sym[k++] = t->byte_id[w[i + j]];
+                prev_unk = 0;
+            } else if (t->unk >= 0 && !prev_unk) {
+                e->sym[k++] = t->unk;
+                prev_unk = 1;
+            }
+        }
+        i += l;
+    }
+    kvs_free(w);
+    bpe_run(e, k);
     return 0;
 }
 
@@ -949,10 +1272,107 @@ static int pretok_smollm(encoder *e, const uint8_t *s, size_t a, size_t b)
     return pretok_gpt2(e, s, frag, b);
 }
 
-/* The special token starting at s[i], longest first; -1 if none. */
-static int32_t special_at(const tok_ctx *t, const uint8_t *s, size_t i, size_t len, size_t *l)
+/* End of the match at byte i of s[.. end) of the regex that Qwen2 (max_digits 1) and Llama 3
+ * (llama-bpe, max_digits 3) split with:
+ *   (?i:'s|'t|'re|'ve|'m|'ll|'d) | [^\r\n\p{L}\p{N}]?\p{L}+ | \p{N}{1,max_digits} |
+ *    ?[^\s\p{L}\p{N}]+[\r\n]* | \s*[\r\n]+ | \s+(?!\S) | \s+
+ * Alternatives in this order, as the regex engine tries them. The contractions ignore case; a
+ * word takes one leading character that is not a newline, letter or number (a space, a tab, a
+ * quote, a dot: " word", "\tword", ".com"); a whitespace run that holds newlines ends after
+ * its last newline. */
+static size_t llama3_match(const uint8_t *s, size_t i, size_t end, int max_digits)
+{
+    if (s[i] == '\'' && i + 1 < end) {
+        uint8_t c1 = s[i + 1] | 0x20, c2 = i + 2 < end ? s[i + 2] | 0x20 : 0;
+        if (c1 == 's' || c1 == 't' || c1 == 'm' || c1 == 'd') return i + 2;
+        if ((c1 == 'r' && c2 == 'e') || (c1 == 'v' && c2 == 'e') || (c1 == 'l' && c2 == 'l'))
+            return i + 3;
+    }
+    uchar u = uchar_at(s, i, end);
+    size_t j = i;
+    if (u.cls != CL_LETTER && u.cls != CL_NUMBER && u.cp != '\r' && u.cp != '\n' &&
+        i + u.len < end && uchar_at(s, i + u.len, end).cls == CL_LETTER)
+        j = i + u.len; /* the one leading character of a word */
+    if (j > i || u.cls == CL_LETTER) {
+        while (j < end) {
+            uchar v = uchar_at(s, j, end);
+            if (v.cls != CL_LETTER) break;
+            j += v.len;
+        }
+        return j;
+    }
+    if (u.cls == CL_NUMBER) {
+        j = i + u.len;
+        for (int k = 1; k < max_digits && j < end; k++) {
+            uchar v = uchar_at(s, j, end);
+            if (v.cls != CL_NUMBER) break;
+            j += v.len;
+        }
+        return j;
+    }
+    uchar v = u;
+    j = i;
+    if (s[i] == ' ' && i + 1 < end) { v = uchar_at(s, i + 1, end); j = i + 1; }
+    if (v.cls == CL_OTHER) { /* " ?[^\s\p{L}\p{N}]+[\r\n]*" */
+        j += v.len;
+        while (j < end) {
+            uchar w = uchar_at(s, j, end);
+            if (w.cls != CL_OTHER) break;
+            j += w.len;
+        }
+        while (j < end && (s[j] == '\r' || s[j] == '\n')) j++;
+        return j;
+    }
+    /* u is whitespace: the run [i, j), its last character at `last`, after its last newline nl */
+    size_t last = i, nl = 0;
+    j = i;
+    while (j < end) {
+        uchar w = uchar_at(s, j, end);
+        if (w.cls != CL_SPACE) break;
+        last = j;
+        j += w.len;
+        if (w.cp == '\r' || w.cp == '\n') nl = j;
+    }
+    if (nl) return nl;         /* \s*[\r\n]+ */
+    if (j == end) return end;  /* \s+(?!\S) up to the end */
+    if (last > i) return last; /* \s+(?!\S): all but the last, which goes with the next word */
+    return j;                  /* \s+ */
+}
+
+/* BPE of one piece, or the piece's own token when the vocabulary has it (llama-bpe's
+ * ignore_merges: Llama 3 and tiktoken look a whole piece up before merging). */
+static int bpe_piece(encoder *e, const uint8_t *w, size_t n)
+{
+    if (e->t->ignore_merges && n > 1) {
+        int32_t id = vocab_lookup(e->t, (const char *)w, n);
+        if (id >= 0 && !is_special_type(e->t->type[id])) {
+            emit(e, id);
+            return 0;
+        }
+    }
+    return bpe_word(e, w, n);
+}
+
+static int pretok_llama3(encoder *e, const uint8_t *s, size_t a, size_t b)
+{
+    int max_digits = e->t->pre == PRE_LLAMA3 ? 3 : 1;
+    while (a < b) {
+        size_t j = llama3_match(s, a, b, max_digits);
+        int rc = bpe_piece(e, s + a, j - a);
+        if (rc) return rc;
+        a = j;
+    }
+    return 0;
+}
+
+/* The special token starting at s[i], longest first; -1 if none. Without parse_special only
+ * user-defined tokens count (Hugging Face's non-special added tokens, which llama.cpp and HF
+ * match whole in any text). */
+static int32_t special_at(const tok_ctx *t, const uint8_t *s, size_t i, size_t len,
+                          int parse_special, size_t *l)
 {
     for (int k = t->special_at[s[i]]; k < t->special_at[s[i] + 1]; k++) {
+        if (!parse_special && t->type[t->special[k]] != TT_USER) continue;
         const char *p = piece_ptr(t, t->special[k], l);
         if (*l <= len - i && memcmp(p, s + i, *l) == 0) return t->special[k];
     }
@@ -970,13 +1390,15 @@ int tok_encode(const tok_ctx *t, const char *text, size_t len, int parse_special
     encoder e = {.t = t, .ids = ids, .cap = cap};
     const uint8_t *s = (const uint8_t *)text;
     int (*pretok)(encoder *, const uint8_t *, size_t, size_t) =
-        t->pre == PRE_SMOLLM ? pretok_smollm : pretok_gpt2;
+        t->model == MODEL_SPM ? spm_segment
+        : t->pre == PRE_SMOLLM ? pretok_smollm
+        : t->pre == PRE_QWEN2 || t->pre == PRE_LLAMA3 ? pretok_llama3 : pretok_gpt2;
     int rc = 0;
     size_t seg = 0;
-    if (parse_special) {
+    if (parse_special || t->n_user) {
         for (size_t i = 0; i < len && !rc; i++) {
             size_t l;
-            int32_t id = special_at(t, s, i, len, &l);
+            int32_t id = special_at(t, s, i, len, parse_special, &l);
             if (id < 0) continue;
             if (seg < i) rc = pretok(&e, s, seg, i);
             emit(&e, id);
@@ -992,10 +1414,15 @@ int tok_encode(const tok_ctx *t, const char *text, size_t len, int parse_special
 
 /* ---- decoding ---------------------------------------------------------------------------- */
 
-typedef struct { char *out; size_t cap, n; } sink; /* counts everything, writes what fits */
+/* Counts everything, writes what fits; with strip set, drops one leading space of the text. */
+typedef struct { char *out; size_t cap, n; int strip; } sink;
 
 static void sink_put(sink *k, const void *p, size_t n)
 {
+    if (k->strip && n > 0) {
+        k->strip = 0;
+        if (*(const char *)p == ' ') { p = (const char *)p + 1; n--; }
+    }
     if (k->n < k->cap) memcpy(k->out + k->n, p, KVS_MIN(n, k->cap - k->n));
     k->n += n;
 }
@@ -1048,6 +1475,57 @@ static void utf8_feed(const uint8_t *pend, int np, const uint8_t *p, size_t n, s
     }
 }
 
+/* SentencePiece decoding, as Hugging Face's ByteFallback decoder does it: a run of byte tokens
+ * (<0xE4><0xB8><0xAD>) becomes its bytes when the whole run is valid UTF-8, else one U+FFFD per
+ * byte token of the run. The run is held back until a token that is not a byte ends it (or the
+ * flush), since a bad byte late in the run replaces the whole run. When the run fills
+ * SPM_RUN_MAX bytes, its complete characters go out and the rest stays (or, if it starts with
+ * an invalid byte, all of it goes out as U+FFFD): only a run of more than SPM_RUN_MAX bytes
+ * with a bad byte after the first SPM_RUN_MAX decodes otherwise than Hugging Face's. */
+enum { SPM_RUN_MAX = 16 };
+
+static int utf8_all_valid(const uint8_t *b, size_t n)
+{
+    size_t l;
+    uint32_t cp;
+    for (size_t i = 0; i < n; i += l)
+        if (utf8_seq(b + i, n - i, &l, &cp) != U8_VALID) return 0;
+    return 1;
+}
+
+static void spm_close_run(const uint8_t *run, int n, sink *k)
+{
+    if (n <= 0) return;
+    if (utf8_all_valid(run, (size_t)n)) {
+        sink_put(k, run, (size_t)n);
+        return;
+    }
+    for (int i = 0; i < n; i++) sink_put(k, REPLACEMENT, 3);
+}
+
+static void spm_feed(const tok_ctx *t, int32_t id, uint8_t *run, int *n, sink *k)
+{
+    size_t l;
+    const char *p = piece_ptr(t, id, &l);
+    if (t->type[id] == TT_BYTE && l == 1) {
+        if (*n == SPM_RUN_MAX) {
+            size_t ok = 0, sl;
+            uint32_t cp;
+            while (ok < (size_t)*n && utf8_seq(run + ok, (size_t)*n - ok, &sl, &cp) == U8_VALID)
+                ok += sl;
+            if (ok == 0) ok = (size_t)*n; /* invalid from the start: all of it is U+FFFD */
+            spm_close_run(run, (int)ok, k);
+            memmove(run, run + ok, (size_t)*n - ok);
+            *n -= (int)ok;
+        }
+        run[(*n)++] = (uint8_t)p[0];
+        return;
+    }
+    spm_close_run(run, *n, k);
+    *n = 0;
+    sink_put(k, p, l);
+}
+
 void tok_stream_init(tok_stream *s)
 {
     memset(s, 0, sizeof *s);
@@ -1055,8 +1533,9 @@ void tok_stream_init(tok_stream *s)
 
 size_t tok_stream_cap(const tok_ctx *t)
 {
-    /* Each input byte gives at most 3 output bytes (U+FFFD), input <= 3 pending + the piece. */
-    return 3 * (t->max_piece + 3);
+    /* Each input byte gives at most 3 output bytes (U+FFFD); the input is the piece and what
+     * was pending: <= 3 bytes of a character, or an SPM run of <= SPM_RUN_MAX byte tokens. */
+    return 3 * (t->max_piece + SPM_RUN_MAX);
 }
 
 int tok_stream_push(const tok_ctx *t, tok_stream *s, int32_t id, char *out, size_t cap)
@@ -1065,27 +1544,46 @@ int tok_stream_push(const tok_ctx *t, tok_stream *s, int32_t id, char *out, size
     size_t n = 0;
     int rc = tok_piece(t, id, &p, &n);
     if (rc) return rc;
-    if (s->n_pending < 0 || s->n_pending > 3)
+    if (s->n_pending < 0 || s->n_pending > (t->model == MODEL_SPM ? SPM_RUN_MAX : 3))
         return kvs_error(KVS_EINVAL, "tok_stream_push: stream not initialised");
-    sink k = {out, cap, 0};
-    uint8_t newp[8];
+    sink k = {out, cap, 0, t->strip_lead && !s->begun};
+    uint8_t newp[sizeof s->pending];
     int newn;
-    utf8_feed(s->pending, s->n_pending, (const uint8_t *)p, n, &k, newp, &newn);
+    if (t->model == MODEL_SPM) {
+        memcpy(newp, s->pending, (size_t)s->n_pending);
+        newn = s->n_pending;
+        spm_feed(t, id, newp, &newn, &k);
+        s->spm = 1;
+    } else {
+        utf8_feed(s->pending, s->n_pending, (const uint8_t *)p, n, &k, newp, &newn);
+    }
     if (k.n > cap)
         return kvs_error(KVS_ERANGE, "token %d decodes to %zu bytes; the buffer holds %zu "
                          "(tok_stream_cap() is always enough)", id, k.n, cap);
     memcpy(s->pending, newp, (size_t)newn);
     s->n_pending = newn;
+    s->strip = t->strip_lead;
+    if (!k.strip) s->begun = 1;
     return (int)k.n;
 }
 
 int tok_stream_flush(tok_stream *s, char *out, size_t cap)
 {
-    if (s->n_pending <= 0) { s->n_pending = 0; return 0; }
+    if (s->n_pending <= 0) { s->n_pending = 0; s->begun = 0; return 0; }
+    if (s->spm) {
+        sink k = {out, cap, 0, !s->begun && s->strip};
+        spm_close_run(s->pending, s->n_pending, &k);
+        if (k.n > cap)
+            return kvs_error(KVS_ERANGE, "tok_stream_flush needs %zu bytes of output, got %zu",
+                             k.n, cap);
+        tok_stream_init(s);
+        return (int)k.n;
+    }
     if (cap < 3)
         return kvs_error(KVS_ERANGE, "tok_stream_flush needs 3 bytes of output, got %zu", cap);
     memcpy(out, REPLACEMENT, 3);
     s->n_pending = 0;
+    s->begun = 0;
     return 3;
 }
 
@@ -1093,9 +1591,20 @@ int tok_decode(const tok_ctx *t, const int32_t *ids, int n, char *out, size_t ca
 {
     if (!t || n < 0 || (n > 0 && !ids) || (cap > 0 && !out))
         return kvs_error(KVS_EINVAL, "tok_decode: bad arguments");
-    sink k = {out, cap ? cap - 1 : 0, 0};
-    uint8_t pend[8];
+    sink k = {out, cap ? cap - 1 : 0, 0, t->strip_lead};
+    uint8_t pend[SPM_RUN_MAX];
     int np = 0;
+    if (t->model == MODEL_SPM) {
+        for (int i = 0; i < n; i++) {
+            if (ids[i] < 0 || ids[i] >= t->n_vocab)
+                return kvs_error(KVS_ERANGE, "token id %d is outside the vocabulary of %d tokens",
+                                 ids[i], t->n_vocab);
+            spm_feed(t, ids[i], pend, &np, &k);
+        }
+        spm_close_run(pend, np, &k);
+        np = 0;
+        goto done;
+    }
     for (int i = 0; i < n; i++) {
         const char *p = NULL;
         size_t l = 0;
@@ -1108,6 +1617,7 @@ int tok_decode(const tok_ctx *t, const int32_t *ids, int n, char *out, size_t ca
         np = newn;
     }
     if (np) sink_put(&k, REPLACEMENT, 3);
+done:
     if (k.n > (size_t)INT_MAX) return kvs_error(KVS_ERANGE, "decoded text is too long");
     if (cap) out[KVS_MIN(k.n, cap - 1)] = 0;
     return (int)k.n;
@@ -1124,7 +1634,7 @@ int tok_chat_prompt(const tok_ctx *t, const char *system, const char *user, char
         return kvs_error(KVS_EUNSUPPORTED, "the vocabulary has no <|im_start|>/<|im_end|>: "
                          "this model does not use the ChatML template");
     if (!system) system = t->default_system;
-    sink k = {out, cap ? cap - 1 : 0, 0};
+    sink k = {out, cap ? cap - 1 : 0, 0, 0};
     if (system) {
         sink_put(&k, "<|im_start|>system\n", 19);
         sink_put(&k, system, strlen(system));

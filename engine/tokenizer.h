@@ -64,8 +64,11 @@ int tok_piece(const tok_ctx *t, int32_t id, const char **bytes, size_t *len);
  * Rust's from_utf8_lossy do). Concatenating every push and the final flush gives exactly what
  * tok_decode gives for the same ids. */
 typedef struct {
-    unsigned char pending[8]; /* bytes of an incomplete character (at most 3 used) */
+    unsigned char pending[16]; /* bytes of an incomplete character (at most 3 used), or the
+                                  SentencePiece run of byte tokens not yet ended (at most 16) */
     int n_pending;
+    int begun;                 /* some text has come out (SPM drops one leading space) */
+    unsigned char spm, strip;  /* the stream decodes SentencePiece; it drops a leading space */
 } tok_stream;
 
 void tok_stream_init(tok_stream *s);
