@@ -375,7 +375,9 @@ struct tok_ctx {
 
     int pre;
     int ignore_merges;    /* llama-bpe: a piece that is a token is not merged up from bytes */
-    int32_t bos, eos, eot, eom, im_start, im_end, endoftext;
+    int32_t bos, eos, eot, eom, im_start, im_end, endoftext, eot_id, end_of_text;
+    int chat;             /* CHAT_*: the kind of tokenizer.chat_template */
+    char chat_head[48];   /* CHAT_UNKNOWN: the template's start, for the error message */
     int add_bos;
     char *default_system; /* NUL-terminated, NULL if the template has none */
 };
@@ -536,6 +538,34 @@ static int read_id(const gguf_ctx *g, const char *key, int n_vocab, int32_t *out
                          key, v, n_vocab);
     *out = (int32_t)v;
     return 0;
+}
+
+/* Chat templates kvsieve renders, recognised in tokenizer.chat_template by their markers:
+ * ChatML (<|im_start|>role\n...<|im_end|>\n: Qwen2.5, SmolLM2) and Llama 3's
+ * (<|start_header_id|>role<|end_header_id|>\n\n...<|eot_id|>, contents trimmed). Llama 3.1's
+ * and later templates (a dated system preamble, tool calls) and every other template are
+ * CHAT_UNKNOWN: tok_chat_prompt refuses them rather than guess. */
+enum { CHAT_NONE = 0, CHAT_CHATML = 1, CHAT_LLAMA3 = 2, CHAT_UNKNOWN = 3 };
+
+static int contains(const char *s, size_t n, const char *what)
+{
+    size_t w = strlen(what);
+    for (size_t i = 0; i + w <= n; i++)
+        if (memcmp(s + i, what, w) == 0) return 1;
+    return 0;
+}
+
+static int template_kind(const char *tpl, size_t len, char *head, size_t hcap)
+{
+    if (contains(tpl, len, "<|im_start|>") && contains(tpl, len, "<|im_end|>")) return CHAT_CHATML;
+    if (contains(tpl, len, "<|start_header_id|>") && contains(tpl, len, "<|eot_id|>") &&
+        !contains(tpl, len, "Cutting Knowledge Date") && !contains(tpl, len, "tools"))
+        return CHAT_LLAMA3;
+    size_t n = 0;
+    for (size_t i = 0; i < len && n + 1 < hcap; i++) /* printable ASCII, for the message */
+        head[n++] = tpl[i] >= 0x20 && tpl[i] < 0x7F ? tpl[i] : ' ';
+    head[n] = 0;
+    return CHAT_UNKNOWN;
 }
 
 /* The default system message of a ChatML template: the literal text between
@@ -989,8 +1019,14 @@ specials:;
     t->im_start = vocab_lookup(t, "<|im_start|>", 12);
     t->im_end = vocab_lookup(t, "<|im_end|>", 10);
     t->endoftext = vocab_lookup(t, "<|endoftext|>", 13);
-    if (gguf_get_str(g, "tokenizer.chat_template", &s, &sl) == 0)
-        t->default_system = template_default_system(s, sl);
+    t->eot_id = vocab_lookup(t, "<|eot_id|>", 10);
+    t->end_of_text = vocab_lookup(t, "<|end_of_text|>", 15);
+    rc = gguf_get_str(g, "tokenizer.chat_template", &s, &sl);
+    if (rc && rc != KVS_ENOTFOUND) goto fail;
+    t->chat = rc == 0 ? template_kind(s, sl, t->chat_head, sizeof t->chat_head)
+                      : t->im_start >= 0 && t->im_end >= 0 ? CHAT_CHATML : CHAT_NONE;
+    if (rc == 0 && t->chat == CHAT_CHATML) t->default_system = template_default_system(s, sl);
+    rc = 0;
     *out = t;
     return 0;
 fail:
@@ -1008,7 +1044,7 @@ int tok_is_eog(const tok_ctx *t, int32_t id)
 {
     if (id < 0) return 0;
     return id == t->eos || id == t->eot || id == t->eom || id == t->im_end ||
-           id == t->endoftext;
+           id == t->endoftext || id == t->eot_id || id == t->end_of_text;
 }
 
 int32_t tok_find(const tok_ctx *t, const char *piece)
@@ -1625,24 +1661,88 @@ done:
 
 /* ---- chat template ----------------------------------------------------------------------- */
 
+/* Python's str.isspace() (what Jinja's trim strips): White_Space plus U+001C..U+001F. */
+static int py_space(uint32_t c)
+{
+    return is_space_cp(c) || (c >= 0x1C && c <= 0x1F);
+}
+
+/* s with the leading and trailing Python whitespace cut off, into (*b, *n). */
+static void py_trim(const char *s, const char **b, size_t *n)
+{
+    size_t len = strlen(s), i = 0, end = len, l;
+    uint32_t cp;
+    while (i < len && utf8_seq((const uint8_t *)s + i, len - i, &l, &cp) == U8_VALID &&
+           py_space(cp))
+        i += l;
+    while (end > i) {
+        size_t j = end - 1;
+        while (j > i && ((uint8_t)s[j] & 0xC0) == 0x80) j--;
+        if (utf8_seq((const uint8_t *)s + j, end - j, &l, &cp) != U8_VALID || j + l != end ||
+            !py_space(cp))
+            break;
+        end = j;
+    }
+    *b = s + i;
+    *n = end - i;
+}
+
+static void put_str(sink *k, const char *s) { sink_put(k, s, strlen(s)); }
+
 int tok_chat_prompt(const tok_ctx *t, const char *system, const char *user, char *out,
                     size_t cap)
 {
     if (!t || !user || (cap > 0 && !out))
         return kvs_error(KVS_EINVAL, "tok_chat_prompt: bad arguments");
-    if (t->im_start < 0 || t->im_end < 0)
-        return kvs_error(KVS_EUNSUPPORTED, "the vocabulary has no <|im_start|>/<|im_end|>: "
-                         "this model does not use the ChatML template");
-    if (!system) system = t->default_system;
     sink k = {out, cap ? cap - 1 : 0, 0, 0};
-    if (system) {
-        sink_put(&k, "<|im_start|>system\n", 19);
-        sink_put(&k, system, strlen(system));
-        sink_put(&k, "<|im_end|>\n", 11);
+    switch (t->chat) {
+    case CHAT_CHATML:
+        if (t->im_start < 0 || t->im_end < 0)
+            return kvs_error(KVS_EUNSUPPORTED, "the chat template is ChatML but the vocabulary "
+                             "has no <|im_start|>/<|im_end|>");
+        if (!system) system = t->default_system;
+        if (system) {
+            put_str(&k, "<|im_start|>system\n");
+            put_str(&k, system);
+            put_str(&k, "<|im_end|>\n");
+        }
+        put_str(&k, "<|im_start|>user\n");
+        put_str(&k, user);
+        put_str(&k, "<|im_end|>\n<|im_start|>assistant\n");
+        break;
+    case CHAT_LLAMA3: {
+        /* bos_token + each message's header and trimmed content; the BOS text is left out when
+         * the caller adds the BOS id (tok_add_bos), so the ids come out once */
+        if (t->bos < 0)
+            return kvs_error(KVS_EUNSUPPORTED, "the Llama 3 chat template starts with the BOS "
+                             "token, and the file names none");
+        if (!t->add_bos) {
+            size_t bl;
+            const char *bp = piece_ptr(t, t->bos, &bl);
+            sink_put(&k, bp, bl);
+        }
+        const char *b;
+        size_t n;
+        if (system) {
+            put_str(&k, "<|start_header_id|>system<|end_header_id|>\n\n");
+            py_trim(system, &b, &n);
+            sink_put(&k, b, n);
+            put_str(&k, "<|eot_id|>");
+        }
+        put_str(&k, "<|start_header_id|>user<|end_header_id|>\n\n");
+        py_trim(user, &b, &n);
+        sink_put(&k, b, n);
+        put_str(&k, "<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n");
+        break;
     }
-    sink_put(&k, "<|im_start|>user\n", 17);
-    sink_put(&k, user, strlen(user));
-    sink_put(&k, "<|im_end|>\n<|im_start|>assistant\n", 33);
+    case CHAT_UNKNOWN:
+        return kvs_error(KVS_EUNSUPPORTED, "the model's chat template (tokenizer.chat_template) "
+                         "is not one kvsieve renders (ChatML, Llama 3); it begins \"%s\"",
+                         t->chat_head);
+    default:
+        return kvs_error(KVS_EUNSUPPORTED, "the model has no chat template "
+                         "(tokenizer.chat_template) and its vocabulary is not ChatML's");
+    }
     if (k.n > (size_t)INT_MAX) return kvs_error(KVS_ERANGE, "chat prompt is too long");
     if (cap) out[KVS_MIN(k.n, cap - 1)] = 0;
     return (int)k.n;
