@@ -744,6 +744,8 @@ enum { SYN_OK, SYN_LLAMA, SYN_T5, SYN_BADPRE, SYN_NOMERGES, SYN_BADBOS, SYN_NOTO
 
 /* A vocabulary of the 256 bytes, "aa", "aaa", "Ġa", "<think>" (user-defined), "<|im_end|>"
  * (control) with merges "a a", "aa a", "Ġ a". Returns the tokenizer or the error status. */
+static const char *syn_template; /* tokenizer.chat_template of the next synthetic file */
+
 static int synthetic(int variant, tok_ctx **out)
 {
     static char spell[256][4];
@@ -762,7 +764,7 @@ static int synthetic(int variant, tok_ctx **out)
     buf b = {0};
     int has_merges = variant != SYN_NOMERGES && variant != SYN_LLAMA;
     int n_kv = 4 + (variant != SYN_NOTOKENS) + has_merges +
-               (variant == SYN_BADBOS || variant == SYN_NOTOKENS);
+               (variant == SYN_BADBOS || variant == SYN_NOTOKENS) + (syn_template != NULL);
     put(&b, "GGUF", 4); put_u32(&b, 3); put_u64(&b, 0); put_u64(&b, (uint64_t)n_kv);
     kv_str(&b, "general.architecture", "llama");
     kv_str(&b, "tokenizer.ggml.model", variant == SYN_LLAMA ? "llama"
@@ -773,6 +775,7 @@ static int synthetic(int variant, tok_ctx **out)
     if (has_merges) kv_strs(&b, "tokenizer.ggml.merges", merges, 5);
     if (variant == SYN_BADBOS || variant == SYN_NOTOKENS)
         kv_u32(&b, "tokenizer.ggml.bos_token_id", 9999);
+    if (syn_template) kv_str(&b, "tokenizer.chat_template", syn_template);
     while (b.n % 32) put(&b, "", 1);
     char path[] = "/tmp/kvs_tok_XXXXXX";
     int fd = mkstemp(path);
@@ -857,6 +860,146 @@ static void test_errors(void)
     tok_destroy(NULL);
 }
 
+/* ---- the other tokenizers: metadata, templates, and fixtures that can fail -------------- */
+
+static int32_t id_of(const tok_ctx *t, const char *piece)
+{
+    int32_t id = tok_find(t, piece);
+    CU_ASSERT(id >= 0);
+    return id;
+}
+
+static void test_other_metadata(void)
+{
+    if (!load_suite(&S_QWEN2) || !load_suite(&S_LLAMA3) || !load_suite(&S_SPM)) return;
+    const tok_ctx *q = S_QWEN2.t, *l = S_LLAMA3.t, *p = S_SPM.t;
+    CU_ASSERT_STRING_EQUAL(tok_pre_name(q), "qwen2");
+    CU_ASSERT_STRING_EQUAL(tok_pre_name(l), "llama-bpe");
+    CU_ASSERT_STRING_EQUAL(tok_pre_name(p), "none");
+    CU_ASSERT_EQUAL(tok_set_pre(S_SPM.t, "gpt2"), KVS_EUNSUPPORTED);
+    CU_ASSERT_EQUAL(tok_add_bos(q), 0);
+    CU_ASSERT_EQUAL(tok_add_bos(l), 1);
+    CU_ASSERT_EQUAL(tok_add_bos(p), 1);
+    CU_ASSERT_EQUAL(tok_eos(q), id_of(q, "<|im_end|>"));
+    CU_ASSERT(tok_is_eog(q, id_of(q, "<|endoftext|>")));
+    CU_ASSERT_EQUAL(tok_bos(l), id_of(l, "<|begin_of_text|>"));
+    CU_ASSERT(tok_is_eog(l, id_of(l, "<|eot_id|>")));
+    CU_ASSERT(tok_is_eog(l, id_of(l, "<|end_of_text|>")));
+    CU_ASSERT(!tok_is_eog(l, tok_bos(l)));
+    CU_ASSERT_EQUAL(tok_bos(p), 1);
+    CU_ASSERT_EQUAL(tok_eos(p), 2);
+    CU_ASSERT(tok_is_eog(p, 2));
+    /* qwen2 digits one by one, llama-bpe up to three; whole words with a leading tab */
+    int32_t ids[32];
+    CU_ASSERT_EQUAL(tok_encode(q, "1234567", 7, 1, ids, 32), 7);
+    CU_ASSERT_EQUAL(tok_encode(l, "1234567", 7, 1, NULL, 0) <= 3 ? 1 : 0, 1);
+    /* ignore_merges: "zebra" is a token no merge reaches; llama-bpe takes it whole */
+    CU_ASSERT_EQUAL(tok_encode(l, " zebra", 6, 1, ids, 32), 1);
+    CU_ASSERT_EQUAL(ids[0], id_of(l, " zebra"));
+    CU_ASSERT(tok_encode(q, " zebra", 6, 1, ids, 32) > 1);
+    /* SentencePiece: "▁" pieces are spaces, <0xXX> tokens their byte, the prefix space */
+    const char *b;
+    size_t n;
+    int32_t nl = -1;
+    for (int32_t i = 0; i < tok_n_vocab(p); i++) {
+        CU_ASSERT_FATAL(tok_piece(p, i, &b, &n) == 0);
+        if (n == 1 && b[0] == '\n') nl = i;
+    }
+    CU_ASSERT(nl >= 0); /* the byte token <0x0A> */
+    CU_ASSERT_EQUAL(tok_encode(p, "\n", 1, 1, ids, 32), 2); /* "▁" + <0x0A> */
+    CU_ASSERT_EQUAL(ids[1], nl);
+    CU_ASSERT_EQUAL(tok_piece(p, ids[0], &b, &n), 0);
+    CU_ASSERT(n == 1 && b[0] == ' ');
+    char out[64];
+    CU_ASSERT_EQUAL(tok_decode(p, ids, 2, out, sizeof out), 1); /* the prefix space is dropped */
+    CU_ASSERT_STRING_EQUAL(out, "\n");
+    /* with parse_special, <unk> and <s> are their ids; without, text */
+    CU_ASSERT_EQUAL(tok_encode(p, "<s><unk>", 8, 1, ids, 32), 2);
+    CU_ASSERT(ids[0] == 1 && ids[1] == 0);
+    CU_ASSERT(tok_encode(p, "<s><unk>", 8, 0, ids, 32) > 2);
+}
+
+/* The Llama 3 prompt text: header lines, trimmed contents, no BOS text when BOS is added. */
+static void test_llama3_prompt_text(void)
+{
+    if (!load_suite(&S_LLAMA3)) return;
+    char buf[512];
+    const char *want =
+        "<|start_header_id|>system<|end_header_id|>\n\nBe brief.<|eot_id|>"
+        "<|start_header_id|>user<|end_header_id|>\n\nHi \u00e9<|eot_id|>"
+        "<|start_header_id|>assistant<|end_header_id|>\n\n";
+    int n = tok_chat_prompt(S_LLAMA3.t, " \tBe brief.\n", "\u3000Hi \u00e9 \x1f\n", buf,
+                            sizeof buf);
+    CU_ASSERT_EQUAL(n, (int)strlen(want));
+    CU_ASSERT_STRING_EQUAL(buf, want);
+    n = tok_chat_prompt(S_LLAMA3.t, NULL, "x", buf, sizeof buf);
+    CU_ASSERT_STRING_EQUAL(buf, "<|start_header_id|>user<|end_header_id|>\n\nx<|eot_id|>"
+                                "<|start_header_id|>assistant<|end_header_id|>\n\n");
+}
+
+/* Templates kvsieve does not render are refused by name; a ChatML one is used. */
+static void test_template_kinds(void)
+{
+    static const struct { const char *tpl; int ok; } cases[] = {
+        {"{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n"
+         "{% endfor %}", 1},
+        {"{{- bos_token }}<|start_header_id|>system<|end_header_id|>\n\nCutting Knowledge "
+         "Date: December 2023\n<|eot_id|>", 0},
+        {"{% for message in messages %}[INST] {{ message['content'] }} [/INST]{% endfor %}", 0},
+        {"<start_of_turn>user\n{{ content }}<end_of_turn>", 0},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        tok_ctx *t = NULL;
+        syn_template = cases[i].tpl;
+        int rc = synthetic(SYN_OK, &t);
+        syn_template = NULL;
+        CU_ASSERT_FATAL(rc == 0);
+        char buf[256];
+        int n = tok_chat_prompt(t, NULL, "u", buf, sizeof buf);
+        if (cases[i].ok) {
+            CU_ASSERT_EQUAL(n, (int)strlen("<|im_start|>user\nu<|im_end|>\n<|im_start|>assistant\n"));
+        } else {
+            CU_ASSERT_EQUAL(n, KVS_EUNSUPPORTED);
+            CU_ASSERT(strstr(kvs_last_error(), "chat template") != NULL);
+            CU_ASSERT(strstr(kvs_last_error(), "begins") != NULL);
+        }
+        tok_destroy(t);
+    }
+}
+
+/* Each fixture tells the pre-tokenizers apart: encoded with another one, many texts differ. */
+static int mismatches_under(suite *su, const char *pre)
+{
+    tok_ctx *t;
+    CU_ASSERT_FATAL(tok_create_from_gguf(su->g, &t) == 0);
+    CU_ASSERT_FATAL(tok_set_pre(t, pre) == 0);
+    int bad = 0;
+    for (int i = 0; i < su->n_cases; i++) {
+        const fcase *c = &su->cases[i];
+        if (c->kind[0]) continue;
+        int32_t ids[4096];
+        int n = tok_encode(t, c->text, c->len, 1, ids, 4096);
+        bad += n != c->n || (n <= 4096 && memcmp(ids, c->ids, (size_t)n * sizeof *ids) != 0);
+    }
+    tok_destroy(t);
+    return bad;
+}
+
+static void test_fixtures_discriminate(void)
+{
+    if (!load_suite(&S_QWEN2) || !load_suite(&S_LLAMA3)) return;
+    int qg = mismatches_under(&S_QWEN2, "gpt2"), ql = mismatches_under(&S_QWEN2, "llama-bpe");
+    int lq = mismatches_under(&S_LLAMA3, "qwen2"), ls = mismatches_under(&S_LLAMA3, "smollm");
+    fprintf(stderr, "\n  qwen2 fixture under gpt2: %d texts differ, under llama-bpe: %d; "
+            "llama-bpe fixture under qwen2: %d, under smollm: %d ", qg, ql, lq, ls);
+    CU_ASSERT(qg >= 50 && ql >= 20 && lq >= 20 && ls >= 50);
+    if (load_suite(&S_QWEN25)) {
+        int rg = mismatches_under(&S_QWEN25, "gpt2");
+        fprintf(stderr, "\n  qwen2.5 fixture under gpt2: %d texts differ ", rg);
+        CU_ASSERT(rg >= 50);
+    }
+}
+
 int main(void)
 {
     static const kvs_test tests[] = {
@@ -888,6 +1031,10 @@ int main(void)
         {"stream_split_emoji", test_stream_split_emoji},
         {"long_word_speed", test_long_word_speed},
         {"synthetic_vocab", test_synthetic_vocab},
+        {"other_metadata", test_other_metadata},
+        {"llama3_prompt_text", test_llama3_prompt_text},
+        {"template_kinds", test_template_kinds},
+        {"fixtures_discriminate", test_fixtures_discriminate},
         {"errors", test_errors},
     };
     int rc = kvs_test_main("tokenizer", tests, (int)(sizeof tests / sizeof tests[0]));
