@@ -1,11 +1,18 @@
 #!/usr/bin/env python3
-"""make_tokenizer_fixture.py — reference token ids for engine/tokenizer.c, and its Unicode table.
+"""make_tokenizer_fixture.py — reference token ids for the tokenizer (engine/tokenizer.c and
+the tok_*.c files), and its Unicode table.
 
     python3 tests/reference/make_tokenizer_fixture.py [--model PATH] [--out PATH]
-        writes tests/fixtures/tokenizer_cases.txt from Hugging Face's tokenizer built from the
-        same GGUF (transformers + tokenizers).
+        writes tests/fixtures/tokenizer_cases.txt (or PATH) from Hugging Face's tokenizer built
+        from the same GGUF (transformers + tokenizers + jinja2). The fixtures in the tree:
+          tokenizer_cases.txt            models/smollm2-135m-instruct-q4_1.gguf (default)
+          tokenizer_qwen2_cases.txt      tests/fixtures/gguf/tok_qwen2.gguf
+          tokenizer_llama_bpe_cases.txt  tests/fixtures/gguf/tok_llama_bpe.gguf
+          tokenizer_spm_cases.txt        tests/fixtures/gguf/tok_spm.gguf
+          tokenizer_qwen2.5_cases.txt    models/qwen2.5-coder-1.5b-instruct-q4_k_m.gguf
+        (the tok_*.gguf come from make_tokenizer_vocabs.py).
     python3 tests/reference/make_tokenizer_fixture.py --unicode-table
-        regenerates the \\p{L} / \\p{N} range table inside engine/tokenizer.c from the Unicode 16.0
+        regenerates the \\p{L} / \\p{N} range table inside engine/tok_unicode.c from the Unicode 16.0
         database (pip install unicodedata2==16.0.0) and checks every code point against the
         reference regex.
 
@@ -16,6 +23,11 @@ merges, control tokens as special tokens. Two things needed handling:
     tokenizer path does not use it, so a stand-in module is registered while it loads, and
     PreTrainedTokenizerFast(gguf_file=...) is used, the class AutoTokenizer ends in for GGUF
     files (AutoTokenizer itself wants torch to rebuild the model config).
+  * llama-bpe: Llama 3's own tokenizer.json sets the BPE model's ignore_merges (a piece that is
+    a token is taken whole; llama.cpp does the same); the GGUF loader leaves it off, so the
+    fixture sets it. qwen2 and llama-bpe otherwise load as they are (Split regex + ByteLevel);
+    SentencePiece files as LlamaTokenizer (Metaspace prepend_scheme "first", merges derived
+    from the scores, byte fallback).
   * It maps tokenizer.ggml.pre to a pre-tokenizer only for the names in its table, and "smollm"
     is not there: it falls back to GPT-2's ByteLevel regex. SmolLM2's own tokenizer.json (and
     llama.cpp, for pre = "smollm") first isolate every digit (Digits(individual_digits=True)),
@@ -44,7 +56,7 @@ import unicodedata
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DEFAULT_MODEL = os.path.join(ROOT, "models", "smollm2-135m-instruct-q4_1.gguf")
 DEFAULT_OUT = os.path.join(ROOT, "tests", "fixtures", "tokenizer_cases.txt")
-TOKENIZER_C = os.path.join(ROOT, "engine", "tokenizer.c")
+TOKENIZER_C = os.path.join(ROOT, "engine", "tok_unicode.c")
 
 # Unicode White_Space (PropList.txt; unchanged since 6.3): what \s matches in the regex.
 WHITE_SPACE = [0x09, 0x0A, 0x0B, 0x0C, 0x0D, 0x20, 0x85, 0xA0, 0x1680] + \
@@ -658,7 +670,7 @@ def main():
     ap.add_argument("--model", default=DEFAULT_MODEL)
     ap.add_argument("--out", default=DEFAULT_OUT)
     ap.add_argument("--unicode-table", action="store_true",
-                    help="regenerate the Unicode range table in engine/tokenizer.c")
+                    help="regenerate the Unicode range table in engine/tok_unicode.c")
     ap.add_argument("--skip-check", action="store_true",
                     help="with --unicode-table: skip the per-code-point check (about 10 s)")
     a = ap.parse_args()
