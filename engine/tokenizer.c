@@ -1,12 +1,11 @@
-/* tokenizer.c — byte-level BPE from GGUF metadata: special-token split, pre-tokenizer regex
- * written out by hand, GPT-2 byte mapping, BPE by merge rank, UTF-8-safe streaming decode.
+/* tokenizer.c — the tokenizer context from GGUF metadata (gpt2 byte-level BPE; llama
+ * SentencePiece in tok_spm.c), the special-token split, BPE by merge rank, encode, and the
+ * UTF-8-safe (streaming) decode. Pre-tokenizers: tok_pretok.c; chat templates: tok_chat.c.
  *
  * Data layout: every token's raw bytes (byte-level mapping already reversed) sit in one buffer,
  * found by id through piece_off and by bytes through an open-addressing hash table. Merges are
  * a second hash table from the id pair (left, right) to (rank, merged id), so BPE never touches
  * strings. */
-#include "tokenizer.h"
-
 #include <limits.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -14,289 +13,7 @@
 #include <string.h>
 
 #include "core/common.h"
-
-/* ---- Unicode character classes ---------------------------------------------------------- */
-
-enum { CL_OTHER = 0, CL_LETTER = 1, CL_NUMBER = 2, CL_SPACE = 3 };
-
-/* Ranges of \p{L} (class 1) and \p{N} (class 2), Unicode 16.0 (what the Oniguruma build inside
- * Hugging Face tokenizers uses), sorted and disjoint: {first | class << 24, last}. */
-#define R(lo, hi, c) {(uint32_t)(lo) | ((uint32_t)(c) << 24), (uint32_t)(hi)}
-/* BEGIN GENERATED UNICODE TABLE: tests/reference/make_tokenizer_fixture.py --unicode-table */
-/* Unicode 16.0.0, 818 ranges */
-static const uint32_t uni_ranges[][2] = {
-    R(0xAA,0xAA,1), R(0xB2,0xB3,2), R(0xB5,0xB5,1), R(0xB9,0xB9,2), R(0xBA,0xBA,1), R(0xBC,0xBE,2),
-    R(0xC0,0xD6,1), R(0xD8,0xF6,1), R(0xF8,0x2C1,1), R(0x2C6,0x2D1,1), R(0x2E0,0x2E4,1),
-    R(0x2EC,0x2EC,1), R(0x2EE,0x2EE,1), R(0x370,0x374,1), R(0x376,0x377,1), R(0x37A,0x37D,1),
-    R(0x37F,0x37F,1), R(0x386,0x386,1), R(0x388,0x38A,1), R(0x38C,0x38C,1), R(0x38E,0x3A1,1),
-    R(0x3A3,0x3F5,1), R(0x3F7,0x481,1), R(0x48A,0x52F,1), R(0x531,0x556,1), R(0x559,0x559,1),
-    R(0x560,0x588,1), R(0x5D0,0x5EA,1), R(0x5EF,0x5F2,1), R(0x620,0x64A,1), R(0x660,0x669,2),
-    R(0x66E,0x66F,1), R(0x671,0x6D3,1), R(0x6D5,0x6D5,1), R(0x6E5,0x6E6,1), R(0x6EE,0x6EF,1),
-    R(0x6F0,0x6F9,2), R(0x6FA,0x6FC,1), R(0x6FF,0x6FF,1), R(0x710,0x710,1), R(0x712,0x72F,1),
-    R(0x74D,0x7A5,1), R(0x7B1,0x7B1,1), R(0x7C0,0x7C9,2), R(0x7CA,0x7EA,1), R(0x7F4,0x7F5,1),
-    R(0x7FA,0x7FA,1), R(0x800,0x815,1), R(0x81A,0x81A,1), R(0x824,0x824,1), R(0x828,0x828,1),
-    R(0x840,0x858,1), R(0x860,0x86A,1), R(0x870,0x887,1), R(0x889,0x88E,1), R(0x8A0,0x8C9,1),
-    R(0x904,0x939,1), R(0x93D,0x93D,1), R(0x950,0x950,1), R(0x958,0x961,1), R(0x966,0x96F,2),
-    R(0x971,0x980,1), R(0x985,0x98C,1), R(0x98F,0x990,1), R(0x993,0x9A8,1), R(0x9AA,0x9B0,1),
-    R(0x9B2,0x9B2,1), R(0x9B6,0x9B9,1), R(0x9BD,0x9BD,1), R(0x9CE,0x9CE,1), R(0x9DC,0x9DD,1),
-    R(0x9DF,0x9E1,1), R(0x9E6,0x9EF,2), R(0x9F0,0x9F1,1), R(0x9F4,0x9F9,2), R(0x9FC,0x9FC,1),
-    R(0xA05,0xA0A,1), R(0xA0F,0xA10,1), R(0xA13,0xA28,1), R(0xA2A,0xA30,1), R(0xA32,0xA33,1),
-    R(0xA35,0xA36,1), R(0xA38,0xA39,1), R(0xA59,0xA5C,1), R(0xA5E,0xA5E,1), R(0xA66,0xA6F,2),
-    R(0xA72,0xA74,1), R(0xA85,0xA8D,1), R(0xA8F,0xA91,1), R(0xA93,0xAA8,1), R(0xAAA,0xAB0,1),
-    R(0xAB2,0xAB3,1), R(0xAB5,0xAB9,1), R(0xABD,0xABD,1), R(0xAD0,0xAD0,1), R(0xAE0,0xAE1,1),
-    R(0xAE6,0xAEF,2), R(0xAF9,0xAF9,1), R(0xB05,0xB0C,1), R(0xB0F,0xB10,1), R(0xB13,0xB28,1),
-    R(0xB2A,0xB30,1), R(0xB32,0xB33,1), R(0xB35,0xB39,1), R(0xB3D,0xB3D,1), R(0xB5C,0xB5D,1),
-    R(0xB5F,0xB61,1), R(0xB66,0xB6F,2), R(0xB71,0xB71,1), R(0xB72,0xB77,2), R(0xB83,0xB83,1),
-    R(0xB85,0xB8A,1), R(0xB8E,0xB90,1), R(0xB92,0xB95,1), R(0xB99,0xB9A,1), R(0xB9C,0xB9C,1),
-    R(0xB9E,0xB9F,1), R(0xBA3,0xBA4,1), R(0xBA8,0xBAA,1), R(0xBAE,0xBB9,1), R(0xBD0,0xBD0,1),
-    R(0xBE6,0xBF2,2), R(0xC05,0xC0C,1), R(0xC0E,0xC10,1), R(0xC12,0xC28,1), R(0xC2A,0xC39,1),
-    R(0xC3D,0xC3D,1), R(0xC58,0xC5A,1), R(0xC5D,0xC5D,1), R(0xC60,0xC61,1), R(0xC66,0xC6F,2),
-    R(0xC78,0xC7E,2), R(0xC80,0xC80,1), R(0xC85,0xC8C,1), R(0xC8E,0xC90,1), R(0xC92,0xCA8,1),
-    R(0xCAA,0xCB3,1), R(0xCB5,0xCB9,1), R(0xCBD,0xCBD,1), R(0xCDD,0xCDE,1), R(0xCE0,0xCE1,1),
-    R(0xCE6,0xCEF,2), R(0xCF1,0xCF2,1), R(0xD04,0xD0C,1), R(0xD0E,0xD10,1), R(0xD12,0xD3A,1),
-    R(0xD3D,0xD3D,1), R(0xD4E,0xD4E,1), R(0xD54,0xD56,1), R(0xD58,0xD5E,2), R(0xD5F,0xD61,1),
-    R(0xD66,0xD78,2), R(0xD7A,0xD7F,1), R(0xD85,0xD96,1), R(0xD9A,0xDB1,1), R(0xDB3,0xDBB,1),
-    R(0xDBD,0xDBD,1), R(0xDC0,0xDC6,1), R(0xDE6,0xDEF,2), R(0xE01,0xE30,1), R(0xE32,0xE33,1),
-    R(0xE40,0xE46,1), R(0xE50,0xE59,2), R(0xE81,0xE82,1), R(0xE84,0xE84,1), R(0xE86,0xE8A,1),
-    R(0xE8C,0xEA3,1), R(0xEA5,0xEA5,1), R(0xEA7,0xEB0,1), R(0xEB2,0xEB3,1), R(0xEBD,0xEBD,1),
-    R(0xEC0,0xEC4,1), R(0xEC6,0xEC6,1), R(0xED0,0xED9,2), R(0xEDC,0xEDF,1), R(0xF00,0xF00,1),
-    R(0xF20,0xF33,2), R(0xF40,0xF47,1), R(0xF49,0xF6C,1), R(0xF88,0xF8C,1), R(0x1000,0x102A,1),
-    R(0x103F,0x103F,1), R(0x1040,0x1049,2), R(0x1050,0x1055,1), R(0x105A,0x105D,1),
-    R(0x1061,0x1061,1), R(0x1065,0x1066,1), R(0x106E,0x1070,1), R(0x1075,0x1081,1),
-    R(0x108E,0x108E,1), R(0x1090,0x1099,2), R(0x10A0,0x10C5,1), R(0x10C7,0x10C7,1),
-    R(0x10CD,0x10CD,1), R(0x10D0,0x10FA,1), R(0x10FC,0x1248,1), R(0x124A,0x124D,1),
-    R(0x1250,0x1256,1), R(0x1258,0x1258,1), R(0x125A,0x125D,1), R(0x1260,0x1288,1),
-    R(0x128A,0x128D,1), R(0x1290,0x12B0,1), R(0x12B2,0x12B5,1), R(0x12B8,0x12BE,1),
-    R(0x12C0,0x12C0,1), R(0x12C2,0x12C5,1), R(0x12C8,0x12D6,1), R(0x12D8,0x1310,1),
-    R(0x1312,0x1315,1), R(0x1318,0x135A,1), R(0x1369,0x137C,2), R(0x1380,0x138F,1),
-    R(0x13A0,0x13F5,1), R(0x13F8,0x13FD,1), R(0x1401,0x166C,1), R(0x166F,0x167F,1),
-    R(0x1681,0x169A,1), R(0x16A0,0x16EA,1), R(0x16EE,0x16F0,2), R(0x16F1,0x16F8,1),
-    R(0x1700,0x1711,1), R(0x171F,0x1731,1), R(0x1740,0x1751,1), R(0x1760,0x176C,1),
-    R(0x176E,0x1770,1), R(0x1780,0x17B3,1), R(0x17D7,0x17D7,1), R(0x17DC,0x17DC,1),
-    R(0x17E0,0x17E9,2), R(0x17F0,0x17F9,2), R(0x1810,0x1819,2), R(0x1820,0x1878,1),
-    R(0x1880,0x1884,1), R(0x1887,0x18A8,1), R(0x18AA,0x18AA,1), R(0x18B0,0x18F5,1),
-    R(0x1900,0x191E,1), R(0x1946,0x194F,2), R(0x1950,0x196D,1), R(0x1970,0x1974,1),
-    R(0x1980,0x19AB,1), R(0x19B0,0x19C9,1), R(0x19D0,0x19DA,2), R(0x1A00,0x1A16,1),
-    R(0x1A20,0x1A54,1), R(0x1A80,0x1A89,2), R(0x1A90,0x1A99,2), R(0x1AA7,0x1AA7,1),
-    R(0x1B05,0x1B33,1), R(0x1B45,0x1B4C,1), R(0x1B50,0x1B59,2), R(0x1B83,0x1BA0,1),
-    R(0x1BAE,0x1BAF,1), R(0x1BB0,0x1BB9,2), R(0x1BBA,0x1BE5,1), R(0x1C00,0x1C23,1),
-    R(0x1C40,0x1C49,2), R(0x1C4D,0x1C4F,1), R(0x1C50,0x1C59,2), R(0x1C5A,0x1C7D,1),
-    R(0x1C80,0x1C8A,1), R(0x1C90,0x1CBA,1), R(0x1CBD,0x1CBF,1), R(0x1CE9,0x1CEC,1),
-    R(0x1CEE,0x1CF3,1), R(0x1CF5,0x1CF6,1), R(0x1CFA,0x1CFA,1), R(0x1D00,0x1DBF,1),
-    R(0x1E00,0x1F15,1), R(0x1F18,0x1F1D,1), R(0x1F20,0x1F45,1), R(0x1F48,0x1F4D,1),
-    R(0x1F50,0x1F57,1), R(0x1F59,0x1F59,1), R(0x1F5B,0x1F5B,1), R(0x1F5D,0x1F5D,1),
-    R(0x1F5F,0x1F7D,1), R(0x1F80,0x1FB4,1), R(0x1FB6,0x1FBC,1), R(0x1FBE,0x1FBE,1),
-    R(0x1FC2,0x1FC4,1), R(0x1FC6,0x1FCC,1), R(0x1FD0,0x1FD3,1), R(0x1FD6,0x1FDB,1),
-    R(0x1FE0,0x1FEC,1), R(0x1FF2,0x1FF4,1), R(0x1FF6,0x1FFC,1), R(0x2070,0x2070,2),
-    R(0x2071,0x2071,1), R(0x2074,0x2079,2), R(0x207F,0x207F,1), R(0x2080,0x2089,2),
-    R(0x2090,0x209C,1), R(0x2102,0x2102,1), R(0x2107,0x2107,1), R(0x210A,0x2113,1),
-    R(0x2115,0x2115,1), R(0x2119,0x211D,1), R(0x2124,0x2124,1), R(0x2126,0x2126,1),
-    R(0x2128,0x2128,1), R(0x212A,0x212D,1), R(0x212F,0x2139,1), R(0x213C,0x213F,1),
-    R(0x2145,0x2149,1), R(0x214E,0x214E,1), R(0x2150,0x2182,2), R(0x2183,0x2184,1),
-    R(0x2185,0x2189,2), R(0x2460,0x249B,2), R(0x24EA,0x24FF,2), R(0x2776,0x2793,2),
-    R(0x2C00,0x2CE4,1), R(0x2CEB,0x2CEE,1), R(0x2CF2,0x2CF3,1), R(0x2CFD,0x2CFD,2),
-    R(0x2D00,0x2D25,1), R(0x2D27,0x2D27,1), R(0x2D2D,0x2D2D,1), R(0x2D30,0x2D67,1),
-    R(0x2D6F,0x2D6F,1), R(0x2D80,0x2D96,1), R(0x2DA0,0x2DA6,1), R(0x2DA8,0x2DAE,1),
-    R(0x2DB0,0x2DB6,1), R(0x2DB8,0x2DBE,1), R(0x2DC0,0x2DC6,1), R(0x2DC8,0x2DCE,1),
-    R(0x2DD0,0x2DD6,1), R(0x2DD8,0x2DDE,1), R(0x2E2F,0x2E2F,1), R(0x3005,0x3006,1),
-    R(0x3007,0x3007,2), R(0x3021,0x3029,2), R(0x3031,0x3035,1), R(0x3038,0x303A,2),
-    R(0x303B,0x303C,1), R(0x3041,0x3096,1), R(0x309D,0x309F,1), R(0x30A1,0x30FA,1),
-    R(0x30FC,0x30FF,1), R(0x3105,0x312F,1), R(0x3131,0x318E,1), R(0x3192,0x3195,2),
-    R(0x31A0,0x31BF,1), R(0x31F0,0x31FF,1), R(0x3220,0x3229,2), R(0x3248,0x324F,2),
-    R(0x3251,0x325F,2), R(0x3280,0x3289,2), R(0x32B1,0x32BF,2), R(0x3400,0x4DBF,1),
-    R(0x4E00,0xA48C,1), R(0xA4D0,0xA4FD,1), R(0xA500,0xA60C,1), R(0xA610,0xA61F,1),
-    R(0xA620,0xA629,2), R(0xA62A,0xA62B,1), R(0xA640,0xA66E,1), R(0xA67F,0xA69D,1),
-    R(0xA6A0,0xA6E5,1), R(0xA6E6,0xA6EF,2), R(0xA717,0xA71F,1), R(0xA722,0xA788,1),
-    R(0xA78B,0xA7CD,1), R(0xA7D0,0xA7D1,1), R(0xA7D3,0xA7D3,1), R(0xA7D5,0xA7DC,1),
-    R(0xA7F2,0xA801,1), R(0xA803,0xA805,1), R(0xA807,0xA80A,1), R(0xA80C,0xA822,1),
-    R(0xA830,0xA835,2), R(0xA840,0xA873,1), R(0xA882,0xA8B3,1), R(0xA8D0,0xA8D9,2),
-    R(0xA8F2,0xA8F7,1), R(0xA8FB,0xA8FB,1), R(0xA8FD,0xA8FE,1), R(0xA900,0xA909,2),
-    R(0xA90A,0xA925,1), R(0xA930,0xA946,1), R(0xA960,0xA97C,1), R(0xA984,0xA9B2,1),
-    R(0xA9CF,0xA9CF,1), R(0xA9D0,0xA9D9,2), R(0xA9E0,0xA9E4,1), R(0xA9E6,0xA9EF,1),
-    R(0xA9F0,0xA9F9,2), R(0xA9FA,0xA9FE,1), R(0xAA00,0xAA28,1), R(0xAA40,0xAA42,1),
-    R(0xAA44,0xAA4B,1), R(0xAA50,0xAA59,2), R(0xAA60,0xAA76,1), R(0xAA7A,0xAA7A,1),
-    R(0xAA7E,0xAAAF,1), R(0xAAB1,0xAAB1,1), R(0xAAB5,0xAAB6,1), R(0xAAB9,0xAABD,1),
-    R(0xAAC0,0xAAC0,1), R(0xAAC2,0xAAC2,1), R(0xAADB,0xAADD,1), R(0xAAE0,0xAAEA,1),
-    R(0xAAF2,0xAAF4,1), R(0xAB01,0xAB06,1), R(0xAB09,0xAB0E,1), R(0xAB11,0xAB16,1),
-    R(0xAB20,0xAB26,1), R(0xAB28,0xAB2E,1), R(0xAB30,0xAB5A,1), R(0xAB5C,0xAB69,1),
-    R(0xAB70,0xABE2,1), R(0xABF0,0xABF9,2), R(0xAC00,0xD7A3,1), R(0xD7B0,0xD7C6,1),
-    R(0xD7CB,0xD7FB,1), R(0xF900,0xFA6D,1), R(0xFA70,0xFAD9,1), R(0xFB00,0xFB06,1),
-    R(0xFB13,0xFB17,1), R(0xFB1D,0xFB1D,1), R(0xFB1F,0xFB28,1), R(0xFB2A,0xFB36,1),
-    R(0xFB38,0xFB3C,1), R(0xFB3E,0xFB3E,1), R(0xFB40,0xFB41,1), R(0xFB43,0xFB44,1),
-    R(0xFB46,0xFBB1,1), R(0xFBD3,0xFD3D,1), R(0xFD50,0xFD8F,1), R(0xFD92,0xFDC7,1),
-    R(0xFDF0,0xFDFB,1), R(0xFE70,0xFE74,1), R(0xFE76,0xFEFC,1), R(0xFF10,0xFF19,2),
-    R(0xFF21,0xFF3A,1), R(0xFF41,0xFF5A,1), R(0xFF66,0xFFBE,1), R(0xFFC2,0xFFC7,1),
-    R(0xFFCA,0xFFCF,1), R(0xFFD2,0xFFD7,1), R(0xFFDA,0xFFDC,1), R(0x10000,0x1000B,1),
-    R(0x1000D,0x10026,1), R(0x10028,0x1003A,1), R(0x1003C,0x1003D,1), R(0x1003F,0x1004D,1),
-    R(0x10050,0x1005D,1), R(0x10080,0x100FA,1), R(0x10107,0x10133,2), R(0x10140,0x10178,2),
-    R(0x1018A,0x1018B,2), R(0x10280,0x1029C,1), R(0x102A0,0x102D0,1), R(0x102E1,0x102FB,2),
-    R(0x10300,0x1031F,1), R(0x10320,0x10323,2), R(0x1032D,0x10340,1), R(0x10341,0x10341,2),
-    R(0x10342,0x10349,1), R(0x1034A,0x1034A,2), R(0x10350,0x10375,1), R(0x10380,0x1039D,1),
-    R(0x103A0,0x103C3,1), R(0x103C8,0x103CF,1), R(0x103D1,0x103D5,2), R(0x10400,0x1049D,1),
-    R(0x104A0,0x104A9,2), R(0x104B0,0x104D3,1), R(0x104D8,0x104FB,1), R(0x10500,0x10527,1),
-    R(0x10530,0x10563,1), R(0x10570,0x1057A,1), R(0x1057C,0x1058A,1), R(0x1058C,0x10592,1),
-    R(0x10594,0x10595,1), R(0x10597,0x105A1,1), R(0x105A3,0x105B1,1), R(0x105B3,0x105B9,1),
-    R(0x105BB,0x105BC,1), R(0x105C0,0x105F3,1), R(0x10600,0x10736,1), R(0x10740,0x10755,1),
-    R(0x10760,0x10767,1), R(0x10780,0x10785,1), R(0x10787,0x107B0,1), R(0x107B2,0x107BA,1),
-    R(0x10800,0x10805,1), R(0x10808,0x10808,1), R(0x1080A,0x10835,1), R(0x10837,0x10838,1),
-    R(0x1083C,0x1083C,1), R(0x1083F,0x10855,1), R(0x10858,0x1085F,2), R(0x10860,0x10876,1),
-    R(0x10879,0x1087F,2), R(0x10880,0x1089E,1), R(0x108A7,0x108AF,2), R(0x108E0,0x108F2,1),
-    R(0x108F4,0x108F5,1), R(0x108FB,0x108FF,2), R(0x10900,0x10915,1), R(0x10916,0x1091B,2),
-    R(0x10920,0x10939,1), R(0x10980,0x109B7,1), R(0x109BC,0x109BD,2), R(0x109BE,0x109BF,1),
-    R(0x109C0,0x109CF,2), R(0x109D2,0x109FF,2), R(0x10A00,0x10A00,1), R(0x10A10,0x10A13,1),
-    R(0x10A15,0x10A17,1), R(0x10A19,0x10A35,1), R(0x10A40,0x10A48,2), R(0x10A60,0x10A7C,1),
-    R(0x10A7D,0x10A7E,2), R(0x10A80,0x10A9C,1), R(0x10A9D,0x10A9F,2), R(0x10AC0,0x10AC7,1),
-    R(0x10AC9,0x10AE4,1), R(0x10AEB,0x10AEF,2), R(0x10B00,0x10B35,1), R(0x10B40,0x10B55,1),
-    R(0x10B58,0x10B5F,2), R(0x10B60,0x10B72,1), R(0x10B78,0x10B7F,2), R(0x10B80,0x10B91,1),
-    R(0x10BA9,0x10BAF,2), R(0x10C00,0x10C48,1), R(0x10C80,0x10CB2,1), R(0x10CC0,0x10CF2,1),
-    R(0x10CFA,0x10CFF,2), R(0x10D00,0x10D23,1), R(0x10D30,0x10D39,2), R(0x10D40,0x10D49,2),
-    R(0x10D4A,0x10D65,1), R(0x10D6F,0x10D85,1), R(0x10E60,0x10E7E,2), R(0x10E80,0x10EA9,1),
-    R(0x10EB0,0x10EB1,1), R(0x10EC2,0x10EC4,1), R(0x10F00,0x10F1C,1), R(0x10F1D,0x10F26,2),
-    R(0x10F27,0x10F27,1), R(0x10F30,0x10F45,1), R(0x10F51,0x10F54,2), R(0x10F70,0x10F81,1),
-    R(0x10FB0,0x10FC4,1), R(0x10FC5,0x10FCB,2), R(0x10FE0,0x10FF6,1), R(0x11003,0x11037,1),
-    R(0x11052,0x1106F,2), R(0x11071,0x11072,1), R(0x11075,0x11075,1), R(0x11083,0x110AF,1),
-    R(0x110D0,0x110E8,1), R(0x110F0,0x110F9,2), R(0x11103,0x11126,1), R(0x11136,0x1113F,2),
-    R(0x11144,0x11144,1), R(0x11147,0x11147,1), R(0x11150,0x11172,1), R(0x11176,0x11176,1),
-    R(0x11183,0x111B2,1), R(0x111C1,0x111C4,1), R(0x111D0,0x111D9,2), R(0x111DA,0x111DA,1),
-    R(0x111DC,0x111DC,1), R(0x111E1,0x111F4,2), R(0x11200,0x11211,1), R(0x11213,0x1122B,1),
-    R(0x1123F,0x11240,1), R(0x11280,0x11286,1), R(0x11288,0x11288,1), R(0x1128A,0x1128D,1),
-    R(0x1128F,0x1129D,1), R(0x1129F,0x112A8,1), R(0x112B0,0x112DE,1), R(0x112F0,0x112F9,2),
-    R(0x11305,0x1130C,1), R(0x1130F,0x11310,1), R(0x11313,0x11328,1), R(0x1132A,0x11330,1),
-    R(0x11332,0x11333,1), R(0x11335,0x11339,1), R(0x1133D,0x1133D,1), R(0x11350,0x11350,1),
-    R(0x1135D,0x11361,1), R(0x11380,0x11389,1), R(0x1138B,0x1138B,1), R(0x1138E,0x1138E,1),
-    R(0x11390,0x113B5,1), R(0x113B7,0x113B7,1), R(0x113D1,0x113D1,1), R(0x113D3,0x113D3,1),
-    R(0x11400,0x11434,1), R(0x11447,0x1144A,1), R(0x11450,0x11459,2), R(0x1145F,0x11461,1),
-    R(0x11480,0x114AF,1), R(0x114C4,0x114C5,1), R(0x114C7,0x114C7,1), R(0x114D0,0x114D9,2),
-    R(0x11580,0x115AE,1), R(0x115D8,0x115DB,1), R(0x11600,0x1162F,1), R(0x11644,0x11644,1),
-    R(0x11650,0x11659,2), R(0x11680,0x116AA,1), R(0x116B8,0x116B8,1), R(0x116C0,0x116C9,2),
-    R(0x116D0,0x116E3,2), R(0x11700,0x1171A,1), R(0x11730,0x1173B,2), R(0x11740,0x11746,1),
-    R(0x11800,0x1182B,1), R(0x118A0,0x118DF,1), R(0x118E0,0x118F2,2), R(0x118FF,0x11906,1),
-    R(0x11909,0x11909,1), R(0x1190C,0x11913,1), R(0x11915,0x11916,1), R(0x11918,0x1192F,1),
-    R(0x1193F,0x1193F,1), R(0x11941,0x11941,1), R(0x11950,0x11959,2), R(0x119A0,0x119A7,1),
-    R(0x119AA,0x119D0,1), R(0x119E1,0x119E1,1), R(0x119E3,0x119E3,1), R(0x11A00,0x11A00,1),
-    R(0x11A0B,0x11A32,1), R(0x11A3A,0x11A3A,1), R(0x11A50,0x11A50,1), R(0x11A5C,0x11A89,1),
-    R(0x11A9D,0x11A9D,1), R(0x11AB0,0x11AF8,1), R(0x11BC0,0x11BE0,1), R(0x11BF0,0x11BF9,2),
-    R(0x11C00,0x11C08,1), R(0x11C0A,0x11C2E,1), R(0x11C40,0x11C40,1), R(0x11C50,0x11C6C,2),
-    R(0x11C72,0x11C8F,1), R(0x11D00,0x11D06,1), R(0x11D08,0x11D09,1), R(0x11D0B,0x11D30,1),
-    R(0x11D46,0x11D46,1), R(0x11D50,0x11D59,2), R(0x11D60,0x11D65,1), R(0x11D67,0x11D68,1),
-    R(0x11D6A,0x11D89,1), R(0x11D98,0x11D98,1), R(0x11DA0,0x11DA9,2), R(0x11EE0,0x11EF2,1),
-    R(0x11F02,0x11F02,1), R(0x11F04,0x11F10,1), R(0x11F12,0x11F33,1), R(0x11F50,0x11F59,2),
-    R(0x11FB0,0x11FB0,1), R(0x11FC0,0x11FD4,2), R(0x12000,0x12399,1), R(0x12400,0x1246E,2),
-    R(0x12480,0x12543,1), R(0x12F90,0x12FF0,1), R(0x13000,0x1342F,1), R(0x13441,0x13446,1),
-    R(0x13460,0x143FA,1), R(0x14400,0x14646,1), R(0x16100,0x1611D,1), R(0x16130,0x16139,2),
-    R(0x16800,0x16A38,1), R(0x16A40,0x16A5E,1), R(0x16A60,0x16A69,2), R(0x16A70,0x16ABE,1),
-    R(0x16AC0,0x16AC9,2), R(0x16AD0,0x16AED,1), R(0x16B00,0x16B2F,1), R(0x16B40,0x16B43,1),
-    R(0x16B50,0x16B59,2), R(0x16B5B,0x16B61,2), R(0x16B63,0x16B77,1), R(0x16B7D,0x16B8F,1),
-    R(0x16D40,0x16D6C,1), R(0x16D70,0x16D79,2), R(0x16E40,0x16E7F,1), R(0x16E80,0x16E96,2),
-    R(0x16F00,0x16F4A,1), R(0x16F50,0x16F50,1), R(0x16F93,0x16F9F,1), R(0x16FE0,0x16FE1,1),
-    R(0x16FE3,0x16FE3,1), R(0x17000,0x187F7,1), R(0x18800,0x18CD5,1), R(0x18CFF,0x18D08,1),
-    R(0x1AFF0,0x1AFF3,1), R(0x1AFF5,0x1AFFB,1), R(0x1AFFD,0x1AFFE,1), R(0x1B000,0x1B122,1),
-    R(0x1B132,0x1B132,1), R(0x1B150,0x1B152,1), R(0x1B155,0x1B155,1), R(0x1B164,0x1B167,1),
-    R(0x1B170,0x1B2FB,1), R(0x1BC00,0x1BC6A,1), R(0x1BC70,0x1BC7C,1), R(0x1BC80,0x1BC88,1),
-    R(0x1BC90,0x1BC99,1), R(0x1CCF0,0x1CCF9,2), R(0x1D2C0,0x1D2D3,2), R(0x1D2E0,0x1D2F3,2),
-    R(0x1D360,0x1D378,2), R(0x1D400,0x1D454,1), R(0x1D456,0x1D49C,1), R(0x1D49E,0x1D49F,1),
-    R(0x1D4A2,0x1D4A2,1), R(0x1D4A5,0x1D4A6,1), R(0x1D4A9,0x1D4AC,1), R(0x1D4AE,0x1D4B9,1),
-    R(0x1D4BB,0x1D4BB,1), R(0x1D4BD,0x1D4C3,1), R(0x1D4C5,0x1D505,1), R(0x1D507,0x1D50A,1),
-    R(0x1D50D,0x1D514,1), R(0x1D516,0x1D51C,1), R(0x1D51E,0x1D539,1), R(0x1D53B,0x1D53E,1),
-    R(0x1D540,0x1D544,1), R(0x1D546,0x1D546,1), R(0x1D54A,0x1D550,1), R(0x1D552,0x1D6A5,1),
-    R(0x1D6A8,0x1D6C0,1), R(0x1D6C2,0x1D6DA,1), R(0x1D6DC,0x1D6FA,1), R(0x1D6FC,0x1D714,1),
-    R(0x1D716,0x1D734,1), R(0x1D736,0x1D74E,1), R(0x1D750,0x1D76E,1), R(0x1D770,0x1D788,1),
-    R(0x1D78A,0x1D7A8,1), R(0x1D7AA,0x1D7C2,1), R(0x1D7C4,0x1D7CB,1), R(0x1D7CE,0x1D7FF,2),
-    R(0x1DF00,0x1DF1E,1), R(0x1DF25,0x1DF2A,1), R(0x1E030,0x1E06D,1), R(0x1E100,0x1E12C,1),
-    R(0x1E137,0x1E13D,1), R(0x1E140,0x1E149,2), R(0x1E14E,0x1E14E,1), R(0x1E290,0x1E2AD,1),
-    R(0x1E2C0,0x1E2EB,1), R(0x1E2F0,0x1E2F9,2), R(0x1E4D0,0x1E4EB,1), R(0x1E4F0,0x1E4F9,2),
-    R(0x1E5D0,0x1E5ED,1), R(0x1E5F0,0x1E5F0,1), R(0x1E5F1,0x1E5FA,2), R(0x1E7E0,0x1E7E6,1),
-    R(0x1E7E8,0x1E7EB,1), R(0x1E7ED,0x1E7EE,1), R(0x1E7F0,0x1E7FE,1), R(0x1E800,0x1E8C4,1),
-    R(0x1E8C7,0x1E8CF,2), R(0x1E900,0x1E943,1), R(0x1E94B,0x1E94B,1), R(0x1E950,0x1E959,2),
-    R(0x1EC71,0x1ECAB,2), R(0x1ECAD,0x1ECAF,2), R(0x1ECB1,0x1ECB4,2), R(0x1ED01,0x1ED2D,2),
-    R(0x1ED2F,0x1ED3D,2), R(0x1EE00,0x1EE03,1), R(0x1EE05,0x1EE1F,1), R(0x1EE21,0x1EE22,1),
-    R(0x1EE24,0x1EE24,1), R(0x1EE27,0x1EE27,1), R(0x1EE29,0x1EE32,1), R(0x1EE34,0x1EE37,1),
-    R(0x1EE39,0x1EE39,1), R(0x1EE3B,0x1EE3B,1), R(0x1EE42,0x1EE42,1), R(0x1EE47,0x1EE47,1),
-    R(0x1EE49,0x1EE49,1), R(0x1EE4B,0x1EE4B,1), R(0x1EE4D,0x1EE4F,1), R(0x1EE51,0x1EE52,1),
-    R(0x1EE54,0x1EE54,1), R(0x1EE57,0x1EE57,1), R(0x1EE59,0x1EE59,1), R(0x1EE5B,0x1EE5B,1),
-    R(0x1EE5D,0x1EE5D,1), R(0x1EE5F,0x1EE5F,1), R(0x1EE61,0x1EE62,1), R(0x1EE64,0x1EE64,1),
-    R(0x1EE67,0x1EE6A,1), R(0x1EE6C,0x1EE72,1), R(0x1EE74,0x1EE77,1), R(0x1EE79,0x1EE7C,1),
-    R(0x1EE7E,0x1EE7E,1), R(0x1EE80,0x1EE89,1), R(0x1EE8B,0x1EE9B,1), R(0x1EEA1,0x1EEA3,1),
-    R(0x1EEA5,0x1EEA9,1), R(0x1EEAB,0x1EEBB,1), R(0x1F100,0x1F10C,2), R(0x1FBF0,0x1FBF9,2),
-    R(0x20000,0x2A6DF,1), R(0x2A700,0x2B739,1), R(0x2B740,0x2B81D,1), R(0x2B820,0x2CEA1,1),
-    R(0x2CEB0,0x2EBE0,1), R(0x2EBF0,0x2EE5D,1), R(0x2F800,0x2FA1D,1), R(0x30000,0x3134A,1),
-    R(0x31350,0x323AF,1),
-};
-/* END GENERATED UNICODE TABLE */
-#undef R
-
-static int is_space_cp(uint32_t c)
-{
-    /* Unicode White_Space (what \s matches in the reference regex). */
-    if (c < 0x80) return c == ' ' || (c >= 0x09 && c <= 0x0D);
-    return c == 0x85 || c == 0xA0 || c == 0x1680 || (c >= 0x2000 && c <= 0x200A) ||
-           c == 0x2028 || c == 0x2029 || c == 0x202F || c == 0x205F || c == 0x3000;
-}
-
-static int uni_class(uint32_t c)
-{
-    if (c < 0x80) {
-        if ((c | 0x20) >= 'a' && (c | 0x20) <= 'z') return CL_LETTER;
-        if (c >= '0' && c <= '9') return CL_NUMBER;
-        return is_space_cp(c) ? CL_SPACE : CL_OTHER;
-    }
-    if (is_space_cp(c)) return CL_SPACE;
-    size_t lo = 0, hi = sizeof uni_ranges / sizeof uni_ranges[0];
-    while (lo < hi) { /* first range whose last >= c */
-        size_t mid = (lo + hi) / 2;
-        if (uni_ranges[mid][1] < c) lo = mid + 1; else hi = mid;
-    }
-    if (lo < sizeof uni_ranges / sizeof uni_ranges[0] && (uni_ranges[lo][0] & 0xFFFFFF) <= c)
-        return (int)(uni_ranges[lo][0] >> 24);
-    return CL_OTHER;
-}
-
-/* ---- UTF-8 ------------------------------------------------------------------------------- */
-
-enum { U8_INVALID = 0, U8_VALID = 1, U8_INCOMPLETE = 2 };
-
-/* Classify the sequence at b[0..avail): U8_VALID (len = its length), U8_INVALID (len = the
- * maximal invalid subpart, >= 1: replaced by one U+FFFD, as Python and Rust do) or U8_INCOMPLETE
- * (the avail bytes are a valid prefix that more bytes may complete). avail >= 1. */
-static int utf8_seq(const uint8_t *b, size_t avail, size_t *len, uint32_t *cp)
-{
-    uint8_t c = b[0];
-    if (c < 0x80) { *len = 1; *cp = c; return U8_VALID; }
-    int need;
-    uint8_t lo = 0x80, hi = 0xBF;
-    uint32_t v;
-    if (c >= 0xC2 && c <= 0xDF) { need = 1; v = c & 0x1F; }
-    else if (c >= 0xE0 && c <= 0xEF) {
-        need = 2; v = c & 0x0F;
-        if (c == 0xE0) lo = 0xA0;
-        if (c == 0xED) hi = 0x9F; /* no surrogates */
-    } else if (c >= 0xF0 && c <= 0xF4) {
-        need = 3; v = c & 0x07;
-        if (c == 0xF0) lo = 0x90;
-        if (c == 0xF4) hi = 0x8F; /* <= U+10FFFF */
-    } else { *len = 1; return U8_INVALID; }
-    for (int k = 1; k <= need; k++) {
-        if ((size_t)k >= avail) { *len = avail; return U8_INCOMPLETE; }
-        uint8_t d = b[k];
-        if (d < lo || d > hi) { *len = (size_t)k; return U8_INVALID; }
-        v = (v << 6) | (d & 0x3F);
-        lo = 0x80; hi = 0xBF;
-    }
-    *len = (size_t)need + 1;
-    *cp = v;
-    return U8_VALID;
-}
-
-/* One character of input text for the pre-tokenizer: invalid bytes are one "other" each. */
-typedef struct { uint32_t cp; int cls; size_t len; } uchar;
-
-static uchar uchar_at(const uint8_t *s, size_t i, size_t end)
-{
-    uchar u = {0, CL_OTHER, 1};
-    if (utf8_seq(s + i, end - i, &u.len, &u.cp) != U8_VALID) { u.len = 1; u.cp = 0xFFFFFFFF; }
-    else u.cls = uni_class(u.cp);
-    return u;
-}
+#include "tok_internal.h"
 
 /* ---- GPT-2 byte <-> unicode mapping ------------------------------------------------------ */
 
@@ -329,7 +46,7 @@ static size_t bytelevel_decode(const int16_t *inv, const char *s, size_t len, ch
     for (size_t i = 0; i < len;) {
         size_t l;
         uint32_t cp;
-        if (utf8_seq((const uint8_t *)s + i, len - i, &l, &cp) != U8_VALID || cp >= 0x144 ||
+        if (tok_utf8_seq((const uint8_t *)s + i, len - i, &l, &cp) != U8_VALID || cp >= 0x144 ||
             inv[cp] < 0) {
             memcpy(dst, s, len);
             *all_mapped = false;
@@ -342,38 +59,14 @@ static size_t bytelevel_decode(const int16_t *inv, const char *s, size_t len, ch
     return n;
 }
 
-/* ---- the context ------------------------------------------------------------------------- */
+/* Tokens matched whole in the text: control and unknown ones (<|im_end|>, <s>, <unk>) with
+ * parse_special, user-defined ones (<think>) always, as llama.cpp and Hugging Face do. */
+int tok_is_special_type(int type)
+{
+    return type == TT_CONTROL || type == TT_USER || type == TT_UNKNOWN;
+}
 
-enum { PRE_GPT2 = 0, PRE_SMOLLM = 1 };
-enum { TT_NORMAL = 1, TT_UNKNOWN = 2, TT_CONTROL = 3, TT_USER = 4, TT_UNUSED = 5, TT_BYTE = 6 };
-
-struct tok_ctx {
-    int n_vocab;
-    uint8_t *type;        /* [n_vocab] GGUF token type (1 normal, 3 control, 4 user-defined) */
-    uint32_t *piece_off;  /* [n_vocab + 1] offsets of each token's raw bytes in piece_buf */
-    char *piece_buf;
-    size_t max_piece;     /* longest raw token, bytes */
-
-    int32_t *vocab_ht;    /* raw bytes -> id, open addressing, -1 = empty */
-    uint32_t vocab_mask;
-
-    uint64_t *pair_key;   /* (left << 32 | right) + 1, 0 = empty */
-    uint32_t *pair_rank;
-    int32_t *pair_id;
-    uint32_t pair_mask;
-
-    int32_t byte_id[256]; /* the single-byte token of each byte */
-
-    int32_t *special;     /* ids of control/user tokens, grouped by first byte, longest first */
-    int32_t special_at[257]; /* special[special_at[b] .. special_at[b+1]) start with byte b */
-
-    int pre;
-    int32_t bos, eos, eot, eom, im_start, im_end, endoftext;
-    int add_bos;
-    char *default_system; /* NUL-terminated, NULL if the template has none */
-};
-
-static uint64_t hash_bytes(const char *s, size_t n)
+uint64_t tok_hash_bytes(const char *s, size_t n)
 {
     uint64_t h = 1469598103934665603ULL; /* FNV-1a */
     for (size_t i = 0; i < n; i++) { h ^= (uint8_t)s[i]; h *= 1099511628211ULL; }
@@ -386,27 +79,27 @@ static uint64_t hash_pair(uint64_t k)
     return k ^ (k >> 31);
 }
 
-static uint32_t table_mask_for(size_t n)
+uint32_t tok_table_mask(size_t n)
 {
     size_t cap = 16;
     while (cap < 2 * n) cap <<= 1;
     return (uint32_t)(cap - 1);
 }
 
-static const char *piece_ptr(const tok_ctx *t, int32_t id, size_t *len)
+const char *tok_piece_ptr(const tok_ctx *t, int32_t id, size_t *len)
 {
     *len = t->piece_off[id + 1] - t->piece_off[id];
     return t->piece_buf + t->piece_off[id];
 }
 
-static int32_t vocab_lookup(const tok_ctx *t, const char *s, size_t n)
+int32_t tok_vocab_lookup(const tok_ctx *t, const char *s, size_t n)
 {
-    uint32_t i = (uint32_t)hash_bytes(s, n) & t->vocab_mask;
+    uint32_t i = (uint32_t)tok_hash_bytes(s, n) & t->vocab_mask;
     for (;; i = (i + 1) & t->vocab_mask) {
         int32_t id = t->vocab_ht[i];
         if (id < 0) return -1;
         size_t l;
-        const char *p = piece_ptr(t, id, &l);
+        const char *p = tok_piece_ptr(t, id, &l);
         if (l == n && memcmp(p, s, n) == 0) return id;
     }
 }
@@ -414,13 +107,13 @@ static int32_t vocab_lookup(const tok_ctx *t, const char *s, size_t n)
 static void vocab_insert(tok_ctx *t, int32_t id)
 {
     size_t n;
-    const char *s = piece_ptr(t, id, &n);
-    uint32_t i = (uint32_t)hash_bytes(s, n) & t->vocab_mask;
+    const char *s = tok_piece_ptr(t, id, &n);
+    uint32_t i = (uint32_t)tok_hash_bytes(s, n) & t->vocab_mask;
     for (;; i = (i + 1) & t->vocab_mask) {
         int32_t o = t->vocab_ht[i];
         if (o < 0) { t->vocab_ht[i] = id; return; }
         size_t l;
-        const char *p = piece_ptr(t, o, &l);
+        const char *p = tok_piece_ptr(t, o, &l);
         if (l == n && memcmp(p, s, n) == 0) { t->vocab_ht[i] = id; return; } /* later wins */
     }
 }
@@ -437,7 +130,7 @@ static int pair_lookup(const tok_ctx *t, int32_t a, int32_t b, uint32_t *rank, i
     }
 }
 
-static void pair_insert(tok_ctx *t, int32_t a, int32_t b, uint32_t rank, int32_t id)
+void tok_pair_insert(tok_ctx *t, int32_t a, int32_t b, uint32_t rank, int32_t id)
 {
     uint64_t key = (((uint64_t)(uint32_t)a << 32) | (uint32_t)b) + 1;
     uint32_t i = (uint32_t)hash_pair(key) & t->pair_mask;
@@ -465,30 +158,52 @@ void tok_destroy(tok_ctx *t)
     free(t);
 }
 
+/* Pre-tokenizer names as tokenizer.ggml.pre spells them; "default" (llama.cpp's name for files
+ * that name no special pre-tokenizer) is GPT-2's. */
+static const struct { const char *name; int pre; } PRE_NAMES[] = {
+    {"gpt2", PRE_GPT2}, {"default", PRE_GPT2}, {"smollm", PRE_SMOLLM}, {"qwen2", PRE_QWEN2},
+    {"llama-bpe", PRE_LLAMA3},
+};
+#define PRE_SUPPORTED "gpt2 (or default), smollm, qwen2, llama-bpe"
+
 static int pre_from_name(const char *name, size_t len)
 {
-    if (len == 4 && memcmp(name, "gpt2", 4) == 0) return PRE_GPT2;
-    /* "default" (llama.cpp's name for files that name no special pre-tokenizer) is GPT-2's. */
-    if (len == 7 && memcmp(name, "default", 7) == 0) return PRE_GPT2;
-    if (len == 6 && memcmp(name, "smollm", 6) == 0) return PRE_SMOLLM;
+    for (size_t i = 0; i < sizeof PRE_NAMES / sizeof PRE_NAMES[0]; i++)
+        if (strlen(PRE_NAMES[i].name) == len && memcmp(PRE_NAMES[i].name, name, len) == 0)
+            return PRE_NAMES[i].pre;
     return -1;
+}
+
+static void set_pre(tok_ctx *t, int pre)
+{
+    t->pre = pre;
+    t->ignore_merges = pre == PRE_LLAMA3;
 }
 
 int tok_set_pre(tok_ctx *t, const char *name)
 {
     if (!t) return kvs_error(KVS_EINVAL, "tok_set_pre: no tokenizer");
+    if (t->model != MODEL_BPE)
+        return kvs_error(KVS_EUNSUPPORTED, "a SentencePiece tokenizer has no pre-tokenizer to "
+                         "set (asked for '%s')", name ? name : "(null)");
     int p = name ? pre_from_name(name, strlen(name)) : -1;
     if (p < 0)
         return kvs_error(KVS_EUNSUPPORTED, "pre-tokenizer '%s' is not supported (supported: "
-                         "gpt2, smollm)", name ? name : "(null)");
-    t->pre = p;
+                         PRE_SUPPORTED ")", name ? name : "(null)");
+    set_pre(t, p);
     return 0;
 }
 
-const char *tok_pre_name(const tok_ctx *t) { return t->pre == PRE_SMOLLM ? "smollm" : "gpt2"; }
+const char *tok_pre_name(const tok_ctx *t)
+{
+    if (t->model != MODEL_BPE) return "none";
+    for (size_t i = 0; i < sizeof PRE_NAMES / sizeof PRE_NAMES[0]; i++)
+        if (PRE_NAMES[i].pre == t->pre) return PRE_NAMES[i].name;
+    return "gpt2";
+}
 
 /* Optional token-id key: -1 if absent, error if present but out of range. */
-static int read_id(const gguf_ctx *g, const char *key, int n_vocab, int32_t *out)
+int tok_read_id(const gguf_ctx *g, const char *key, int n_vocab, int32_t *out)
 {
     uint32_t v;
     int rc = gguf_get_u32(g, key, &v);
@@ -500,33 +215,6 @@ static int read_id(const gguf_ctx *g, const char *key, int n_vocab, int32_t *out
                          key, v, n_vocab);
     *out = (int32_t)v;
     return 0;
-}
-
-/* The default system message of a ChatML template: the literal text between
- * "<|im_start|>system\n" and "<|im_end|>" when the template writes one out. */
-static char *template_default_system(const char *tpl, size_t len)
-{
-    static const char head[] = "<|im_start|>system";
-    for (size_t i = 0; i + sizeof head - 1 <= len; i++) {
-        if (memcmp(tpl + i, head, sizeof head - 1) != 0) continue;
-        size_t j = i + sizeof head - 1;
-        if (j < len && tpl[j] == '\n') j += 1;
-        else if (j + 1 < len && tpl[j] == '\\' && tpl[j + 1] == 'n') j += 2;
-        else continue;
-        size_t k = j;
-        while (k + 10 <= len && memcmp(tpl + k, "<|im_end|>", 10) != 0) {
-            char c = tpl[k];
-            if (c == '\'' || c == '"' || c == '{' || c == '}' || c == '\\') break;
-            k++;
-        }
-        if (k + 10 > len || memcmp(tpl + k, "<|im_end|>", 10) != 0 || k == j) continue;
-        char *s = malloc(k - j + 1);
-        if (!s) return NULL;
-        memcpy(s, tpl + j, k - j);
-        s[k - j] = 0;
-        return s;
-    }
-    return NULL;
 }
 
 int tok_create_from_gguf(const gguf_ctx *g, tok_ctx **out)
@@ -542,16 +230,20 @@ int tok_create_from_gguf(const gguf_ctx *g, tok_ctx **out)
         return kvs_error(KVS_ENOTFOUND, "the GGUF has no tokenizer.ggml.model: it carries no "
                          "tokenizer");
     if (rc) return rc;
-    if (!(sl == 4 && memcmp(s, "gpt2", 4) == 0))
+    int model;
+    if (sl == 4 && memcmp(s, "gpt2", 4) == 0) model = MODEL_BPE;
+    else if (sl == 5 && memcmp(s, "llama", 5) == 0) model = MODEL_SPM;
+    else
         return kvs_error(KVS_EUNSUPPORTED, "tokenizer model '%.*s' is not supported: only gpt2 "
-                         "(byte-level BPE) tokenizers are", (int)KVS_MIN(sl, 64), s);
+                         "(byte-level BPE) and llama (SentencePiece) tokenizers are",
+                         (int)KVS_MIN(sl, 64), s);
     int pre = PRE_GPT2; /* no key: plain GPT-2, as Hugging Face falls back to */
-    rc = gguf_get_str(g, "tokenizer.ggml.pre", &s, &sl);
+    rc = model == MODEL_BPE ? gguf_get_str(g, "tokenizer.ggml.pre", &s, &sl) : KVS_ENOTFOUND;
     if (rc == 0) {
         pre = pre_from_name(s, sl);
         if (pre < 0)
             return kvs_error(KVS_EUNSUPPORTED, "pre-tokenizer '%.*s' (tokenizer.ggml.pre) is not "
-                             "supported; supported: gpt2 (or default), smollm", (int)KVS_MIN(sl, 64), s);
+                             "supported; supported: " PRE_SUPPORTED, (int)KVS_MIN(sl, 64), s);
     } else if (rc != KVS_ENOTFOUND) {
         return rc;
     }
@@ -566,8 +258,10 @@ int tok_create_from_gguf(const gguf_ctx *g, tok_ctx **out)
 
     tok_ctx *t = calloc(1, sizeof *t);
     if (!t) return kvs_error(KVS_ENOMEM, "out of memory");
+    t->model = model;
     t->n_vocab = (int)n;
-    t->pre = pre;
+    t->unk = -1;
+    set_pre(t, pre);
     int16_t inv[0x144];
     for (uint32_t c = 0; c < 0x144; c++) inv[c] = (int16_t)bytelevel_cp_to_byte(c);
 
@@ -606,7 +300,9 @@ int tok_create_from_gguf(const gguf_ctx *g, tok_ctx **out)
         gguf_get_arr_str(g, "tokenizer.ggml.tokens", i, &s, &sl);
         bool mapped;
         size_t l;
-        if (t->type[i] == TT_CONTROL || t->type[i] == TT_USER) {
+        if (model == MODEL_SPM) {
+            l = tok_spm_piece(t->type[i], s, sl, t->piece_buf + pos);
+        } else if (tok_is_special_type(t->type[i])) {
             memcpy(t->piece_buf + pos, s, sl); /* special tokens decode to their text */
             l = sl;
         } else {
@@ -618,11 +314,16 @@ int tok_create_from_gguf(const gguf_ctx *g, tok_ctx **out)
     }
     t->piece_off[n] = (uint32_t)pos;
 
-    t->vocab_mask = table_mask_for(n);
+    t->vocab_mask = tok_table_mask(n);
     t->vocab_ht = kvs_alloc(((size_t)t->vocab_mask + 1) * sizeof *t->vocab_ht);
     if (!t->vocab_ht) { rc = KVS_ENOMEM; goto fail; }
     memset(t->vocab_ht, 0xFF, ((size_t)t->vocab_mask + 1) * sizeof *t->vocab_ht);
-    for (uint64_t i = 0; i < n; i++) vocab_insert(t, (int32_t)i);
+    for (uint64_t i = 0; i < n; i++)
+        if (!(model == MODEL_SPM && t->type[i] == TT_BYTE)) vocab_insert(t, (int32_t)i);
+    if (model == MODEL_SPM) {
+        if ((rc = tok_spm_load(t, g))) goto fail;
+        goto specials;
+    }
 
     /* Bytes never seen in training may have no token (SmolLM2 lacks 21, e.g. 0x04 and
      * 0xF5..0xFF): such bytes are dropped from the input, as Hugging Face does without an
@@ -630,7 +331,7 @@ int tok_create_from_gguf(const gguf_ctx *g, tok_ctx **out)
     int n_bytes = 0;
     for (int b = 0; b < 256; b++) {
         char c = (char)b;
-        t->byte_id[b] = vocab_lookup(t, &c, 1);
+        t->byte_id[b] = tok_vocab_lookup(t, &c, 1);
         n_bytes += t->byte_id[b] >= 0;
     }
     if (n_bytes < 128) {
@@ -651,7 +352,7 @@ int tok_create_from_gguf(const gguf_ctx *g, tok_ctx **out)
         rc = kvs_error(KVS_EFORMAT, "tokenizer.ggml.merges must be a string array");
         goto fail;
     }
-    t->pair_mask = table_mask_for(nm);
+    t->pair_mask = tok_table_mask(nm);
     t->pair_key = kvs_calloc((size_t)t->pair_mask + 1, sizeof *t->pair_key);
     t->pair_rank = kvs_alloc(((size_t)t->pair_mask + 1) * sizeof *t->pair_rank);
     t->pair_id = kvs_alloc(((size_t)t->pair_mask + 1) * sizeof *t->pair_id);
@@ -674,27 +375,28 @@ int tok_create_from_gguf(const gguf_ctx *g, tok_ctx **out)
         size_t ra = bytelevel_decode(inv, s, la, tmp, &ma);
         size_t rb = ra + bytelevel_decode(inv, sp + 1, lb, tmp + ra, &mb);
         if (!ma || !mb || rb > t->max_piece) continue; /* no token can be the result */
-        int32_t a = vocab_lookup(t, tmp, ra), b = vocab_lookup(t, tmp + ra, rb - ra);
-        int32_t ab = vocab_lookup(t, tmp, rb);
+        int32_t a = tok_vocab_lookup(t, tmp, ra), b = tok_vocab_lookup(t, tmp + ra, rb - ra);
+        int32_t ab = tok_vocab_lookup(t, tmp, rb);
         if (a < 0 || b < 0 || ab < 0) continue; /* a merge of unknown tokens is never used */
-        pair_insert(t, a, b, (uint32_t)i, ab);
+        tok_pair_insert(t, a, b, (uint32_t)i, ab);
     }
     free(tmp);
 
+specials:;
     /* Special tokens, matched whole in the text when parse_special is on: grouped by first
      * byte, longest first within a group (leftmost-longest matching). */
     int n_special = 0;
     for (uint64_t i = 0; i < n; i++)
-        if ((t->type[i] == TT_CONTROL || t->type[i] == TT_USER) &&
-            t->piece_off[i + 1] > t->piece_off[i])
+        if (tok_is_special_type(t->type[i]) && t->piece_off[i + 1] > t->piece_off[i]) {
             n_special++;
+            t->n_user += t->type[i] == TT_USER;
+        }
     int32_t *found = kvs_alloc((size_t)(n_special ? n_special : 1) * sizeof *found);
     t->special = kvs_alloc((size_t)(n_special ? n_special : 1) * sizeof *t->special);
     if (!found || !t->special) { kvs_free(found); rc = KVS_ENOMEM; goto fail; }
     n_special = 0;
     for (uint64_t i = 0; i < n; i++)
-        if ((t->type[i] == TT_CONTROL || t->type[i] == TT_USER) &&
-            t->piece_off[i + 1] > t->piece_off[i])
+        if (tok_is_special_type(t->type[i]) && t->piece_off[i + 1] > t->piece_off[i])
             found[n_special++] = (int32_t)i;
     int k = 0;
     for (int b = 0; b < 256; b++) {
@@ -702,12 +404,12 @@ int tok_create_from_gguf(const gguf_ctx *g, tok_ctx **out)
         int first = k;
         for (int f = 0; f < n_special; f++) {
             size_t l;
-            const char *p = piece_ptr(t, found[f], &l);
+            const char *p = tok_piece_ptr(t, found[f], &l);
             if ((uint8_t)p[0] != b) continue;
             int j = k++;
             while (j > first) { /* insertion by length, descending */
                 size_t lj;
-                piece_ptr(t, t->special[j - 1], &lj);
+                tok_piece_ptr(t, t->special[j - 1], &lj);
                 if (lj >= l) break;
                 t->special[j] = t->special[j - 1];
                 j--;
@@ -718,20 +420,26 @@ int tok_create_from_gguf(const gguf_ctx *g, tok_ctx **out)
     kvs_free(found);
     t->special_at[256] = k;
 
-    if ((rc = read_id(g, "tokenizer.ggml.bos_token_id", t->n_vocab, &t->bos)) ||
-        (rc = read_id(g, "tokenizer.ggml.eos_token_id", t->n_vocab, &t->eos)) ||
-        (rc = read_id(g, "tokenizer.ggml.eot_token_id", t->n_vocab, &t->eot)) ||
-        (rc = read_id(g, "tokenizer.ggml.eom_token_id", t->n_vocab, &t->eom)))
+    if ((rc = tok_read_id(g, "tokenizer.ggml.bos_token_id", t->n_vocab, &t->bos)) ||
+        (rc = tok_read_id(g, "tokenizer.ggml.eos_token_id", t->n_vocab, &t->eos)) ||
+        (rc = tok_read_id(g, "tokenizer.ggml.eot_token_id", t->n_vocab, &t->eot)) ||
+        (rc = tok_read_id(g, "tokenizer.ggml.eom_token_id", t->n_vocab, &t->eom)))
         goto fail;
     int flag = 0;
     rc = gguf_get_bool(g, "tokenizer.ggml.add_bos_token", &flag);
     if (rc && rc != KVS_ENOTFOUND) goto fail;
     t->add_bos = rc == 0 && flag;
-    t->im_start = vocab_lookup(t, "<|im_start|>", 12);
-    t->im_end = vocab_lookup(t, "<|im_end|>", 10);
-    t->endoftext = vocab_lookup(t, "<|endoftext|>", 13);
-    if (gguf_get_str(g, "tokenizer.chat_template", &s, &sl) == 0)
-        t->default_system = template_default_system(s, sl);
+    t->im_start = tok_vocab_lookup(t, "<|im_start|>", 12);
+    t->im_end = tok_vocab_lookup(t, "<|im_end|>", 10);
+    t->endoftext = tok_vocab_lookup(t, "<|endoftext|>", 13);
+    t->eot_id = tok_vocab_lookup(t, "<|eot_id|>", 10);
+    t->end_of_text = tok_vocab_lookup(t, "<|end_of_text|>", 15);
+    rc = gguf_get_str(g, "tokenizer.chat_template", &s, &sl);
+    if (rc && rc != KVS_ENOTFOUND) goto fail;
+    t->chat = rc == 0 ? tok_template_kind(s, sl, t->chat_head, sizeof t->chat_head)
+                      : t->im_start >= 0 && t->im_end >= 0 ? CHAT_CHATML : CHAT_NONE;
+    if (rc == 0 && t->chat == CHAT_CHATML) t->default_system = tok_template_default_system(s, sl);
+    rc = 0;
     *out = t;
     return 0;
 fail:
@@ -749,13 +457,13 @@ int tok_is_eog(const tok_ctx *t, int32_t id)
 {
     if (id < 0) return 0;
     return id == t->eos || id == t->eot || id == t->eom || id == t->im_end ||
-           id == t->endoftext;
+           id == t->endoftext || id == t->eot_id || id == t->end_of_text;
 }
 
 int32_t tok_find(const tok_ctx *t, const char *piece)
 {
     if (!t || !piece) return -1;
-    return vocab_lookup(t, piece, strlen(piece));
+    return tok_vocab_lookup(t, piece, strlen(piece));
 }
 
 int tok_piece(const tok_ctx *t, int32_t id, const char **bytes, size_t *len)
@@ -763,24 +471,13 @@ int tok_piece(const tok_ctx *t, int32_t id, const char **bytes, size_t *len)
     if (id < 0 || id >= t->n_vocab)
         return kvs_error(KVS_ERANGE, "token id %d is outside the vocabulary of %d tokens", id,
                          t->n_vocab);
-    *bytes = piece_ptr(t, id, len);
+    *bytes = tok_piece_ptr(t, id, len);
     return 0;
 }
 
 /* ---- encoding ---------------------------------------------------------------------------- */
 
-typedef struct {
-    const tok_ctx *t;
-    int32_t *ids;
-    int cap;
-    int64_t n;          /* ids produced so far (may exceed cap) */
-    /* BPE scratch, grown to the longest word seen: one symbol per byte of the word. */
-    size_t scap;
-    int32_t *sym, *prv, *nxt;
-    uint64_t *heap;     /* (rank << 32 | left position), min-heap; 3 entries per byte */
-} encoder;
-
-static void emit(encoder *e, int32_t id)
+void tok_emit(encoder *e, int32_t id)
 {
     if (e->n < e->cap) e->ids[e->n] = id;
     e->n++;
@@ -814,7 +511,7 @@ static uint64_t heap_pop(uint64_t *h, size_t *n)
     return top;
 }
 
-static int grow_scratch(encoder *e, size_t n)
+int tok_grow_scratch(encoder *e, size_t n)
 {
     if (n <= e->scap) return 0;
     size_t cap = KVS_MAX(n, 2 * e->scap);
@@ -837,27 +534,17 @@ static void push_pair(encoder *e, size_t *hn, int32_t left)
         heap_push(e->heap, hn, ((uint64_t)rank << 32) | (uint32_t)left);
 }
 
-/* BPE of one pre-tokenized word: start from one symbol per byte and apply the lowest-ranked
- * merge present, leftmost first, until none applies. Symbols form a linked list; the heap
- * holds candidate pairs and stale entries are skipped when popped. O(n log n). */
-static int bpe_word(encoder *e, const uint8_t *w, size_t n)
+/* BPE over the m symbols in e->sym[0..m): apply the lowest-ranked merge present, leftmost
+ * first, until none applies, and tok_emit the result. Symbols form a linked list; the heap holds
+ * candidate pairs and stale entries are skipped when popped. O(m log m). */
+void tok_bpe_run(encoder *e, size_t m)
 {
     const tok_ctx *t = e->t;
-    if (n == 1) {
-        if (t->byte_id[w[0]] >= 0) emit(e, t->byte_id[w[0]]);
-        return 0;
+    if (m == 0) return;
+    for (size_t i = 0; i < m; i++) {
+        e->prv[i] = (int32_t)i - 1;
+        e->nxt[i] = (int32_t)i + 1;
     }
-    if (grow_scratch(e, n)) return KVS_ENOMEM;
-    size_t m = 0; /* symbols: the bytes that have a token (the others are dropped) */
-    for (size_t i = 0; i < n; i++) {
-        int32_t id = t->byte_id[w[i]];
-        if (id < 0) continue;
-        e->sym[m] = id;
-        e->prv[m] = (int32_t)m - 1;
-        e->nxt[m] = (int32_t)m + 1;
-        m++;
-    }
-    if (m == 0) return 0;
     e->nxt[m - 1] = -1;
     size_t hn = 0;
     for (size_t i = 0; i + 1 < m; i++) push_pair(e, &hn, (int32_t)i);
@@ -877,83 +564,36 @@ static int bpe_word(encoder *e, const uint8_t *w, size_t n)
         if (e->prv[left] >= 0) push_pair(e, &hn, e->prv[left]);
         push_pair(e, &hn, left);
     }
-    for (int32_t i = 0; i >= 0; i = e->nxt[i]) emit(e, e->sym[i]);
+    for (int32_t i = 0; i >= 0; i = e->nxt[i]) tok_emit(e, e->sym[i]);
+}
+
+/* BPE of one pre-tokenized word of a byte-level vocabulary: one symbol per byte to start. */
+int tok_bpe_word(encoder *e, const uint8_t *w, size_t n)
+{
+    const tok_ctx *t = e->t;
+    if (n == 1) {
+        if (t->byte_id[w[0]] >= 0) tok_emit(e, t->byte_id[w[0]]);
+        return 0;
+    }
+    if (tok_grow_scratch(e, n)) return KVS_ENOMEM;
+    size_t m = 0; /* symbols: the bytes that have a token (the others are dropped) */
+    for (size_t i = 0; i < n; i++) {
+        int32_t id = t->byte_id[w[i]];
+        if (id >= 0) e->sym[m++] = id;
+    }
+    tok_bpe_run(e, m);
     return 0;
 }
 
-/* End of the GPT-2 regex match starting at byte i of s[.. end):
- *   's|'t|'re|'ve|'m|'ll|'d | ?\p{L}+ | ?\p{N}+ | ?[^\s\p{L}\p{N}]+ | \s+(?!\S) | \s+
- * Alternatives are tried in this order, as the regex engine does; none needs backtracking
- * except \s+(?!\S), which gives back the last whitespace character when a non-space follows. */
-static size_t gpt2_match(const uint8_t *s, size_t i, size_t end)
-{
-    if (s[i] == '\'' && i + 1 < end) {
-        uint8_t c1 = s[i + 1], c2 = i + 2 < end ? s[i + 2] : 0;
-        if (c1 == 's' || c1 == 't' || c1 == 'm' || c1 == 'd') return i + 2;
-        if ((c1 == 'r' && c2 == 'e') || (c1 == 'v' && c2 == 'e') || (c1 == 'l' && c2 == 'l'))
-            return i + 3;
-    }
-    size_t start = i;
-    uchar u = uchar_at(s, i, end);
-    if (s[i] == ' ' && i + 1 < end) { /* " ?" followed by a letter / number / other run */
-        uchar v = uchar_at(s, i + 1, end);
-        if (v.cls != CL_SPACE) { u = v; start = i + 1; }
-    }
-    if (u.cls != CL_SPACE) {
-        size_t j = start + u.len;
-        while (j < end) {
-            uchar v = uchar_at(s, j, end);
-            if (v.cls != u.cls) break;
-            j += v.len;
-        }
-        return j;
-    }
-    size_t j = i, last = i;
-    while (j < end) {
-        uchar v = uchar_at(s, j, end);
-        if (v.cls != CL_SPACE) break;
-        last = j;
-        j += v.len;
-    }
-    if (j == end) return end;  /* \s+(?!\S) up to the end */
-    if (last > i) return last; /* \s+(?!\S): all but the last, which goes with the next word */
-    return j;                  /* \s+: a single whitespace character before a non-space */
-}
-
-static int pretok_gpt2(encoder *e, const uint8_t *s, size_t a, size_t b)
-{
-    while (a < b) {
-        size_t j = gpt2_match(s, a, b);
-        int rc = bpe_word(e, s + a, j - a);
-        if (rc) return rc;
-        a = j;
-    }
-    return 0;
-}
-
-/* smollm: every \p{N} character alone (HF Digits(individual_digits=true)), then the GPT-2 regex
- * on each stretch between them, which therefore ends where a digit starts. */
-static int pretok_smollm(encoder *e, const uint8_t *s, size_t a, size_t b)
-{
-    size_t frag = a;
-    for (size_t i = a; i < b;) {
-        uchar u = uchar_at(s, i, b);
-        if (u.cls == CL_NUMBER) {
-            int rc = pretok_gpt2(e, s, frag, i);
-            if (!rc) rc = bpe_word(e, s + i, u.len);
-            if (rc) return rc;
-            frag = i + u.len;
-        }
-        i += u.len;
-    }
-    return pretok_gpt2(e, s, frag, b);
-}
-
-/* The special token starting at s[i], longest first; -1 if none. */
-static int32_t special_at(const tok_ctx *t, const uint8_t *s, size_t i, size_t len, size_t *l)
+/* The special token starting at s[i], longest first; -1 if none. Without parse_special only
+ * user-defined tokens count (Hugging Face's non-special added tokens, which llama.cpp and HF
+ * match whole in any text). */
+static int32_t special_at(const tok_ctx *t, const uint8_t *s, size_t i, size_t len,
+                          int parse_special, size_t *l)
 {
     for (int k = t->special_at[s[i]]; k < t->special_at[s[i] + 1]; k++) {
-        const char *p = piece_ptr(t, t->special[k], l);
+        if (!parse_special && t->type[t->special[k]] != TT_USER) continue;
+        const char *p = tok_piece_ptr(t, t->special[k], l);
         if (*l <= len - i && memcmp(p, s + i, *l) == 0) return t->special[k];
     }
     return -1;
@@ -970,16 +610,18 @@ int tok_encode(const tok_ctx *t, const char *text, size_t len, int parse_special
     encoder e = {.t = t, .ids = ids, .cap = cap};
     const uint8_t *s = (const uint8_t *)text;
     int (*pretok)(encoder *, const uint8_t *, size_t, size_t) =
-        t->pre == PRE_SMOLLM ? pretok_smollm : pretok_gpt2;
+        t->model == MODEL_SPM ? tok_spm_segment
+        : t->pre == PRE_SMOLLM ? tok_pretok_smollm
+        : t->pre == PRE_QWEN2 || t->pre == PRE_LLAMA3 ? tok_pretok_llama3 : tok_pretok_gpt2;
     int rc = 0;
     size_t seg = 0;
-    if (parse_special) {
+    if (parse_special || t->n_user) {
         for (size_t i = 0; i < len && !rc; i++) {
             size_t l;
-            int32_t id = special_at(t, s, i, len, &l);
+            int32_t id = special_at(t, s, i, len, parse_special, &l);
             if (id < 0) continue;
             if (seg < i) rc = pretok(&e, s, seg, i);
-            emit(&e, id);
+            tok_emit(&e, id);
             seg = i + l;
             i = seg - 1;
         }
@@ -992,15 +634,17 @@ int tok_encode(const tok_ctx *t, const char *text, size_t len, int parse_special
 
 /* ---- decoding ---------------------------------------------------------------------------- */
 
-typedef struct { char *out; size_t cap, n; } sink; /* counts everything, writes what fits */
-
-static void sink_put(sink *k, const void *p, size_t n)
+void tok_sink_put(sink *k, const void *p, size_t n)
 {
+    if (k->strip && n > 0) {
+        k->strip = 0;
+        if (*(const char *)p == ' ') { p = (const char *)p + 1; n--; }
+    }
     if (k->n < k->cap) memcpy(k->out + k->n, p, KVS_MIN(n, k->cap - k->n));
     k->n += n;
 }
 
-static const char REPLACEMENT[3] = {(char)0xEF, (char)0xBF, (char)0xBD};
+const char TOK_REPLACEMENT[3] = {(char)0xEF, (char)0xBF, (char)0xBD};
 
 /* Write the complete characters of pending ++ piece to k (invalid subparts as U+FFFD) and leave
  * a trailing incomplete character in newp/newn. */
@@ -1017,20 +661,20 @@ static void utf8_feed(const uint8_t *pend, int np, const uint8_t *p, size_t n, s
         memcpy(joint + np, p, extra);
         nj += extra;
         while (pos < (size_t)np) {
-            int st = utf8_seq(joint + pos, nj - pos, &l, &cp);
+            int st = tok_utf8_seq(joint + pos, nj - pos, &l, &cp);
             if (st == U8_INCOMPLETE) { /* only when joint holds all the input */
                 memcpy(newp, joint + pos, l);
                 *newn = (int)l;
                 return;
             }
-            if (st == U8_VALID) sink_put(k, joint + pos, l);
-            else sink_put(k, REPLACEMENT, 3);
+            if (st == U8_VALID) tok_sink_put(k, joint + pos, l);
+            else tok_sink_put(k, TOK_REPLACEMENT, 3);
             pos += l;
         }
         pos -= (size_t)np; /* now an offset into p */
     }
     while (pos < n) {
-        int st = utf8_seq(p + pos, n - pos, &l, &cp);
+        int st = tok_utf8_seq(p + pos, n - pos, &l, &cp);
         if (st == U8_INCOMPLETE) {
             memcpy(newp, p + pos, l);
             *newn = (int)l;
@@ -1039,10 +683,10 @@ static void utf8_feed(const uint8_t *pend, int np, const uint8_t *p, size_t n, s
         size_t run = pos;
         if (st == U8_VALID) { /* copy a run of valid characters at once */
             pos += l;
-            while (pos < n && utf8_seq(p + pos, n - pos, &l, &cp) == U8_VALID) pos += l;
-            sink_put(k, p + run, pos - run);
+            while (pos < n && tok_utf8_seq(p + pos, n - pos, &l, &cp) == U8_VALID) pos += l;
+            tok_sink_put(k, p + run, pos - run);
         } else {
-            sink_put(k, REPLACEMENT, 3);
+            tok_sink_put(k, TOK_REPLACEMENT, 3);
             pos += l;
         }
     }
@@ -1055,8 +699,9 @@ void tok_stream_init(tok_stream *s)
 
 size_t tok_stream_cap(const tok_ctx *t)
 {
-    /* Each input byte gives at most 3 output bytes (U+FFFD), input <= 3 pending + the piece. */
-    return 3 * (t->max_piece + 3);
+    /* Each input byte gives at most 3 output bytes (U+FFFD); the input is the piece and what
+     * was pending: <= 3 bytes of a character, or an SPM run of <= SPM_RUN_MAX byte tokens. */
+    return 3 * (t->max_piece + SPM_RUN_MAX);
 }
 
 int tok_stream_push(const tok_ctx *t, tok_stream *s, int32_t id, char *out, size_t cap)
@@ -1065,27 +710,46 @@ int tok_stream_push(const tok_ctx *t, tok_stream *s, int32_t id, char *out, size
     size_t n = 0;
     int rc = tok_piece(t, id, &p, &n);
     if (rc) return rc;
-    if (s->n_pending < 0 || s->n_pending > 3)
+    if (s->n_pending < 0 || s->n_pending > (t->model == MODEL_SPM ? SPM_RUN_MAX : 3))
         return kvs_error(KVS_EINVAL, "tok_stream_push: stream not initialised");
-    sink k = {out, cap, 0};
-    uint8_t newp[8];
+    sink k = {out, cap, 0, t->strip_lead && !s->begun};
+    uint8_t newp[sizeof s->pending];
     int newn;
-    utf8_feed(s->pending, s->n_pending, (const uint8_t *)p, n, &k, newp, &newn);
+    if (t->model == MODEL_SPM) {
+        memcpy(newp, s->pending, (size_t)s->n_pending);
+        newn = s->n_pending;
+        tok_spm_feed(t, id, newp, &newn, &k);
+        s->spm = 1;
+    } else {
+        utf8_feed(s->pending, s->n_pending, (const uint8_t *)p, n, &k, newp, &newn);
+    }
     if (k.n > cap)
         return kvs_error(KVS_ERANGE, "token %d decodes to %zu bytes; the buffer holds %zu "
                          "(tok_stream_cap() is always enough)", id, k.n, cap);
     memcpy(s->pending, newp, (size_t)newn);
     s->n_pending = newn;
+    s->strip = t->strip_lead;
+    if (!k.strip) s->begun = 1;
     return (int)k.n;
 }
 
 int tok_stream_flush(tok_stream *s, char *out, size_t cap)
 {
-    if (s->n_pending <= 0) { s->n_pending = 0; return 0; }
+    if (s->n_pending <= 0) { s->n_pending = 0; s->begun = 0; return 0; }
+    if (s->spm) {
+        sink k = {out, cap, 0, !s->begun && s->strip};
+        tok_spm_close_run(s->pending, s->n_pending, &k);
+        if (k.n > cap)
+            return kvs_error(KVS_ERANGE, "tok_stream_flush needs %zu bytes of output, got %zu",
+                             k.n, cap);
+        tok_stream_init(s);
+        return (int)k.n;
+    }
     if (cap < 3)
         return kvs_error(KVS_ERANGE, "tok_stream_flush needs 3 bytes of output, got %zu", cap);
-    memcpy(out, REPLACEMENT, 3);
+    memcpy(out, TOK_REPLACEMENT, 3);
     s->n_pending = 0;
+    s->begun = 0;
     return 3;
 }
 
@@ -1093,9 +757,20 @@ int tok_decode(const tok_ctx *t, const int32_t *ids, int n, char *out, size_t ca
 {
     if (!t || n < 0 || (n > 0 && !ids) || (cap > 0 && !out))
         return kvs_error(KVS_EINVAL, "tok_decode: bad arguments");
-    sink k = {out, cap ? cap - 1 : 0, 0};
-    uint8_t pend[8];
+    sink k = {out, cap ? cap - 1 : 0, 0, t->strip_lead};
+    uint8_t pend[SPM_RUN_MAX];
     int np = 0;
+    if (t->model == MODEL_SPM) {
+        for (int i = 0; i < n; i++) {
+            if (ids[i] < 0 || ids[i] >= t->n_vocab)
+                return kvs_error(KVS_ERANGE, "token id %d is outside the vocabulary of %d tokens",
+                                 ids[i], t->n_vocab);
+            tok_spm_feed(t, ids[i], pend, &np, &k);
+        }
+        tok_spm_close_run(pend, np, &k);
+        np = 0;
+        goto done;
+    }
     for (int i = 0; i < n; i++) {
         const char *p = NULL;
         size_t l = 0;
@@ -1107,33 +782,9 @@ int tok_decode(const tok_ctx *t, const int32_t *ids, int n, char *out, size_t ca
         memcpy(pend, newp, (size_t)newn);
         np = newn;
     }
-    if (np) sink_put(&k, REPLACEMENT, 3);
+    if (np) tok_sink_put(&k, TOK_REPLACEMENT, 3);
+done:
     if (k.n > (size_t)INT_MAX) return kvs_error(KVS_ERANGE, "decoded text is too long");
-    if (cap) out[KVS_MIN(k.n, cap - 1)] = 0;
-    return (int)k.n;
-}
-
-/* ---- chat template ----------------------------------------------------------------------- */
-
-int tok_chat_prompt(const tok_ctx *t, const char *system, const char *user, char *out,
-                    size_t cap)
-{
-    if (!t || !user || (cap > 0 && !out))
-        return kvs_error(KVS_EINVAL, "tok_chat_prompt: bad arguments");
-    if (t->im_start < 0 || t->im_end < 0)
-        return kvs_error(KVS_EUNSUPPORTED, "the vocabulary has no <|im_start|>/<|im_end|>: "
-                         "this model does not use the ChatML template");
-    if (!system) system = t->default_system;
-    sink k = {out, cap ? cap - 1 : 0, 0};
-    if (system) {
-        sink_put(&k, "<|im_start|>system\n", 19);
-        sink_put(&k, system, strlen(system));
-        sink_put(&k, "<|im_end|>\n", 11);
-    }
-    sink_put(&k, "<|im_start|>user\n", 17);
-    sink_put(&k, user, strlen(user));
-    sink_put(&k, "<|im_end|>\n<|im_start|>assistant\n", 33);
-    if (k.n > (size_t)INT_MAX) return kvs_error(KVS_ERANGE, "chat prompt is too long");
     if (cap) out[KVS_MIN(k.n, cap - 1)] = 0;
     return (int)k.n;
 }

@@ -1,11 +1,18 @@
 #!/usr/bin/env python3
-"""make_tokenizer_fixture.py — reference token ids for engine/tokenizer.c, and its Unicode table.
+"""make_tokenizer_fixture.py — reference token ids for the tokenizer (engine/tokenizer.c and
+the tok_*.c files), and its Unicode table.
 
     python3 tests/reference/make_tokenizer_fixture.py [--model PATH] [--out PATH]
-        writes tests/fixtures/tokenizer_cases.txt from Hugging Face's tokenizer built from the
-        same GGUF (transformers + tokenizers).
+        writes tests/fixtures/tokenizer_cases.txt (or PATH) from Hugging Face's tokenizer built
+        from the same GGUF (transformers + tokenizers + jinja2). The fixtures in the tree:
+          tokenizer_cases.txt            models/smollm2-135m-instruct-q4_1.gguf (default)
+          tokenizer_qwen2_cases.txt      tests/fixtures/gguf/tok_qwen2.gguf
+          tokenizer_llama_bpe_cases.txt  tests/fixtures/gguf/tok_llama_bpe.gguf
+          tokenizer_spm_cases.txt        tests/fixtures/gguf/tok_spm.gguf
+          tokenizer_qwen2.5_cases.txt    models/qwen2.5-coder-1.5b-instruct-q4_k_m.gguf
+        (the tok_*.gguf come from make_tokenizer_vocabs.py).
     python3 tests/reference/make_tokenizer_fixture.py --unicode-table
-        regenerates the \\p{L} / \\p{N} range table inside engine/tokenizer.c from the Unicode 16.0
+        regenerates the \\p{L} / \\p{N} range table inside engine/tok_unicode.c from the Unicode 16.0
         database (pip install unicodedata2==16.0.0) and checks every code point against the
         reference regex.
 
@@ -16,6 +23,11 @@ merges, control tokens as special tokens. Two things needed handling:
     tokenizer path does not use it, so a stand-in module is registered while it loads, and
     PreTrainedTokenizerFast(gguf_file=...) is used, the class AutoTokenizer ends in for GGUF
     files (AutoTokenizer itself wants torch to rebuild the model config).
+  * llama-bpe: Llama 3's own tokenizer.json sets the BPE model's ignore_merges (a piece that is
+    a token is taken whole; llama.cpp does the same); the GGUF loader leaves it off, so the
+    fixture sets it. qwen2 and llama-bpe otherwise load as they are (Split regex + ByteLevel);
+    SentencePiece files as LlamaTokenizer (Metaspace prepend_scheme "first", merges derived
+    from the scores, byte fallback).
   * It maps tokenizer.ggml.pre to a pre-tokenizer only for the names in its table, and "smollm"
     is not there: it falls back to GPT-2's ByteLevel regex. SmolLM2's own tokenizer.json (and
     llama.cpp, for pre = "smollm") first isolate every digit (Digits(individual_digits=True)),
@@ -44,7 +56,7 @@ import unicodedata
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DEFAULT_MODEL = os.path.join(ROOT, "models", "smollm2-135m-instruct-q4_1.gguf")
 DEFAULT_OUT = os.path.join(ROOT, "tests", "fixtures", "tokenizer_cases.txt")
-TOKENIZER_C = os.path.join(ROOT, "engine", "tokenizer.c")
+TOKENIZER_C = os.path.join(ROOT, "engine", "tok_unicode.c")
 
 # Unicode White_Space (PropList.txt; unchanged since 6.3): what \s matches in the regex.
 WHITE_SPACE = [0x09, 0x0A, 0x0B, 0x0C, 0x0D, 0x20, 0x85, 0xA0, 0x1680] + \
@@ -57,7 +69,7 @@ def load_reference(model_path):
     import transformers  # noqa: F401  (import before the stand-in: it probes for torch)
     from transformers import PreTrainedTokenizerFast
 
-    if importlib.util.find_spec("torch") is None and "torch" not in sys.modules:
+    if "torch" not in sys.modules and importlib.util.find_spec("torch") is None:
         class _NoTorch(types.ModuleType):
             def __getattr__(self, name):
                 if name.startswith("__"):
@@ -329,6 +341,41 @@ SPECIAL_TEXT = SPECIALS + [
 ]
 
 
+# Cases for the qwen2 / llama-bpe regexes and SentencePiece (added with them; every fixture has
+# them): contractions in any case, digit runs of every length against 1-by-1 and 1-3 splits,
+# newlines as their own pieces after spaces and punctuation, a word's one leading non-letter.
+EXTRA = [
+    "I'M", "YOU'RE", "WE'VE", "HE'LL", "SHE'D", "IT'S", "DON'T", "'S'T'RE'VE'M'LL'D",
+    "We'Re We'rE", "'ſ long s", "The Dog'S", "'LL be", "x'M", "I'd've", "it'S 'Tis",
+    "1", "22", "333", "4444", "55555", "666666", "7777777", "12345678901234567890", "a1234b",
+    " 1234", "  12345", "x 123 456 7890", "1.2345", "12,345,678", "٣٤٥٦٧", "१२३४५", "99 bottles",
+    "a\n", "a\n\n", "a \n", "a  \n\n  b", "}\n", "}\n\n", "};\r\n", ")\n    return",
+    "x\n\n\n   y", "\n \n \n", " \n", "\r", "\r\r\n\n", "a\r\nb\r\n\r\nc", ".\n.\n",
+    "\tword", "\t\tword", "\u00a0word", "\u3000word", ".com", "(abc)", "\"quote\"", "'word",
+    "#include", "@user", "$var", "-flag", "--long-flag", "__init__", "a_b", "...abc", "!!x",
+    " ?!x", " !x", "x  ?!", "a . b", "a\t.b", "\u2028x", "\x0bx", "\x0cx", "\x85x",
+    "zebra", " zebra", "zebras", "Zebra zebra  zebra", "a zebra",
+    "▁ already a meta space", "▁▁", "a▁b", "<0x41>", "<unk>", "<s>", "</s>", "<think>x</think>",
+    "x<think>y", " <think> ", "[INST] hi [/INST]",
+    "<|begin_of_text|>", "<|eot_id|>", "<|start_header_id|>user<|end_header_id|>\n\nhi<|eot_id|>",
+    "<tool_call>{}</tool_call>", "a<|im_end|>b", "<|im_start|> x", "<|im_start|>  x",
+    "text<|endoftext|> more", "<|endoftext|>\n<|endoftext|>",
+]
+
+
+def byte_spelling_table():
+    """GPT-2's byte-to-unicode spelling: byte -> character."""
+    bs = list(range(0x21, 0x7F)) + list(range(0xA1, 0xAD)) + list(range(0xAE, 0x100))
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return {b: chr(c) for b, c in zip(bs, cs)}
+
+
 def long_cases(rng):
     letters = "abcdefghijklmnopqrstuvwxyz"
     return [
@@ -388,7 +435,7 @@ CHAT = [
 ]
 
 
-def decode_cases(tok, rng):
+def decode_cases(tok, rng, byte_level=True):
     """Id sequences whose text must come back exactly as HF decodes it, incl. characters split
     over tokens and sequences that are not valid UTF-8."""
     seqs = []
@@ -402,7 +449,11 @@ def decode_cases(tok, rng):
     # reversed order, and lone continuation / lead bytes
     seqs.append(list(reversed(full)))
     v = tok.get_vocab()
-    byte_tokens = [v[c] for c in ("Ã", "Â", "ð", "Ł", "ł", "ĳ", "ĵ") if c in v]
+    if byte_level:
+        byte_tokens = [v[c] for c in ("Ã", "Â", "ð", "Ł", "ł", "ĳ", "ĵ") if c in v]
+    else:  # byte-fallback tokens: a lone lead byte, a lone continuation, a split character
+        byte_tokens = [v[c] for c in ("<0xE4>", "<0xB8>", "<0x41>", "<0xF0>", "<0x9F>", "<0x80>")
+                       if c in v]
     seqs.append(byte_tokens)
     for _ in range(30):
         seqs.append([rng.randrange(len(v)) for _ in range(rng.randint(1, 12))])
@@ -419,71 +470,120 @@ def ids_str(ids):
     return " ".join(str(i) for i in ids)
 
 
+def gguf_meta(model_path):
+    """(tokenizer.ggml.model, pre or None, chat template or None, [(text, type)] of the
+    control / user-defined tokens)."""
+    from gguf import GGUFReader
+    r = GGUFReader(model_path)
+    f = r.fields
+
+    def get(k):
+        return f[k].contents() if k in f else None
+
+    toks, types = get("tokenizer.ggml.tokens"), get("tokenizer.ggml.token_type") or []
+    specials = [(t, ty) for t, ty in zip(toks, types) if ty in (3, 4) and t]
+    return get("tokenizer.ggml.model"), get("tokenizer.ggml.pre"), \
+        get("tokenizer.chat_template"), specials
+
+
+def template_kind(tpl):
+    """The chat templates engine/tok_chat.c renders; None for the others (refused there)."""
+    if tpl is None:
+        return None
+    if "<|im_start|>" in tpl:
+        return "chatml"
+    if "<|start_header_id|>" in tpl and "Cutting Knowledge Date" not in tpl:
+        return "llama3"
+    return None
+
+
+def special_texts(specials):
+    """Texts around this vocabulary's own control / user-defined tokens."""
+    names = [t for t, _ in specials][:40]
+    out = list(names)
+    for i, n in enumerate(names[:12]):
+        m = names[(i + 1) % len(names)]
+        out += [f"a{n}b", f" {n} ", f"{n}{m}", f"{n}\n{m}\n", f"x {n}  y", f"{n}😀",
+                n[:-1], n[1:], f"<{n}>", n.upper()]
+    return out
+
+
 def make_fixture(model_path, out_path):
     import tokenizers
     import transformers
 
     tok = load_reference(model_path)
-    pre = gguf_pre_name(model_path)
+    kind, pre, template, specials = gguf_meta(model_path)
+    byte_level = kind == "gpt2"
     loaded_pre = tok.backend_tokenizer.pre_tokenizer.__class__.__name__
     print(f"reference: transformers {transformers.__version__}, tokenizers "
-          f"{tokenizers.__version__}; tokenizer.ggml.pre = {pre!r}; loader's pre-tokenizer: "
-          f"{loaded_pre}", file=sys.stderr)
+          f"{tokenizers.__version__}; tokenizer.ggml.model = {kind!r}, pre = {pre!r}; loader's "
+          f"pre-tokenizer: {loaded_pre}", file=sys.stderr)
     rng = random.Random(20240611)
+    specials_text = SPECIAL_TEXT if pre == "smollm" else special_texts(specials)
     texts = ([""] + PROSE + CONTRACTIONS + UNICODE + EMOJI + COMBINING + WHITESPACE + DIGITS +
-             CODE + PUNCT + URLS + SPECIAL_TEXT + long_cases(rng) + random_cases(rng, 120))
+             CODE + PUNCT + URLS + specials_text + EXTRA + long_cases(rng) +
+             random_cases(rng, 120))
     seen = set()
     texts = [t for t in texts if not (t in seen or seen.add(t))]
 
     def enc(t, split=False):
         return tok(t, add_special_tokens=False, split_special_tokens=split).input_ids
 
-    # the unpatched loader first (plain GPT-2 regex), then the pre-tokenizer the file names
-    gpt2_ids = {t: enc(t) for t in texts}
-    set_pre_tokenizer(tok, pre or "gpt2")
+    # the unpatched loader first, then the fixes it needs: smollm's digit split (the loader does
+    # not know the name), llama-bpe's ignore_merges (Llama 3's tokenizer.json sets it; the loader
+    # leaves the BPE default, off)
+    loader_ids = {t: enc(t) for t in texts}
+    if pre == "smollm" or pre is None and byte_level:
+        set_pre_tokenizer(tok, pre or "gpt2")
+    if pre == "llama-bpe":
+        tok.backend_tokenizer.model.ignore_merges = True
     lines = []
     n_diff = 0
     for t in texts:
         ids = enc(t)
         lines.append(f"{hexs(t)}\t{ids_str(ids)}")
-        if ids != gpt2_ids[t]:
+        if ids != loader_ids[t]:
             n_diff += 1
+            print(f"  differs from the unpatched loader: {t[:60]!r}", file=sys.stderr)
+    special_names = [n for n, ty in specials if ty == 3]
     for t in texts:
-        if any(s in t for s in SPECIALS):
+        if any(n in t for n in special_names):
             lines.append(f"plain:{hexs(t)}\t{ids_str(enc(t, split=True))}")
-    # plain gpt2 differs only around numbers: keep the texts that have one
-    has_number = re.compile(r"[0-9\u00b2\u00b3\u00b9\u00bc-\u00be\u0660-\u0669\u0966-\u096f"
-                            r"\u09e6-\u09ef\u2160-\u2188\u2460-\u249b\u3007\U0001d7ce-\U0001d7ff]")
-    gpt2_lines = [f"gpt2:{hexs(t)}\t{ids_str(gpt2_ids[t])}" for t in texts
-                  if has_number.search(t) or any(unicodedata.category(c)[0] == "N" for c in t)]
-    for t in texts:
-        if enc(t) != gpt2_ids[t]:
-            print(f"  differs under plain gpt2: {t[:60]!r}", file=sys.stderr)
-    for system, user in CHAT:
-        msgs = ([{"role": "system", "content": system}] if system is not None else []) + \
-            [{"role": "user", "content": user}]
-        r = tok.apply_chat_template(msgs, tokenize=True, add_generation_prompt=True)
-        ids = r["input_ids"] if hasattr(r, "keys") else r
-        sys_hex = "-" if system is None else hexs(system)
-        lines.append(f"chat:{sys_hex}\t{hexs(user)}\t{ids_str(ids)}")
-    for ids in decode_cases(tok, rng):
+    gpt2_lines = []
+    if pre == "smollm":
+        # plain gpt2 differs only around numbers: keep the texts that have one
+        gpt2_lines = [f"gpt2:{hexs(t)}\t{ids_str(loader_ids[t])}" for t in texts
+                      if any(unicodedata.category(c)[0] == "N" for c in t)]
+    n_chat = 0
+    if template_kind(template):
+        for system, user in CHAT:
+            msgs = ([{"role": "system", "content": system}] if system is not None else []) + \
+                [{"role": "user", "content": user}]
+            r = tok.apply_chat_template(msgs, tokenize=True, add_generation_prompt=True)
+            ids = r["input_ids"] if hasattr(r, "keys") else r
+            sys_hex = "-" if system is None else hexs(system)
+            lines.append(f"chat:{sys_hex}\t{hexs(user)}\t{ids_str(ids)}")
+            n_chat += 1
+    for ids in decode_cases(tok, rng, byte_level):
         text = tok.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
         lines.append(f"decode:{ids_str(ids)}\t{hexs(text)}")
 
     sha = hashlib.sha256(open(model_path, "rb").read()).hexdigest()
     head = [
-        "# tokenizer_cases.txt - generated by tests/reference/make_tokenizer_fixture.py; do not "
-        "edit.",
+        f"# {os.path.basename(out_path)} - generated by tests/reference/"
+        "make_tokenizer_fixture.py; do not edit.",
         f"# model {os.path.basename(model_path)} sha256 {sha}",
         f"# transformers {transformers.__version__}, tokenizers {tokenizers.__version__}; "
-        f"pre-tokenizer {pre}; {n_diff} of {len(texts)} texts differ under plain gpt2",
+        f"tokenizer {kind}, pre-tokenizer {pre}; {n_diff} of {len(texts)} texts differ from the "
+        "unpatched GGUF loader",
         "# <hex utf-8>\\t<ids> | plain:<hex>\\t<ids> | gpt2:<hex>\\t<ids> | "
         "chat:<hex system or ->\\t<hex user>\\t<ids> | decode:<ids>\\t<hex>",
     ]
     with open(out_path, "w") as f:
         f.write("\n".join(head + lines + gpt2_lines) + "\n")
-    print(f"wrote {out_path}: {len(texts)} texts ({n_diff} differ under plain gpt2), "
-          f"{sum(l.startswith('plain:') for l in lines)} plain, {len(CHAT)} chat, "
+    print(f"wrote {out_path}: {len(texts)} texts ({n_diff} differ from the loader), "
+          f"{sum(l.startswith('plain:') for l in lines)} plain, {n_chat} chat, "
           f"{sum(l.startswith('decode:') for l in lines)} decode cases", file=sys.stderr)
 
 
@@ -570,7 +670,7 @@ def main():
     ap.add_argument("--model", default=DEFAULT_MODEL)
     ap.add_argument("--out", default=DEFAULT_OUT)
     ap.add_argument("--unicode-table", action="store_true",
-                    help="regenerate the Unicode range table in engine/tokenizer.c")
+                    help="regenerate the Unicode range table in engine/tok_unicode.c")
     ap.add_argument("--skip-check", action="store_true",
                     help="with --unicode-table: skip the per-code-point check (about 10 s)")
     a = ap.parse_args()
