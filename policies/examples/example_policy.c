@@ -15,6 +15,10 @@
 
 /* The API version this plugin was written for. (The test build also compiles this file with
  * EXAMPLE_API_VERSION=99 to check that kvsieve refuses a plugin from the future.) */
+/* Its name (the test build also makes a version-1 copy named "example_v1"). */
+#ifndef EXAMPLE_NAME
+#define EXAMPLE_NAME "example"
+#endif
 #ifndef EXAMPLE_API_VERSION
 #define EXAMPLE_API_VERSION POL_API_VERSION
 #endif
@@ -68,7 +72,7 @@ static void example_score(void *state, int layer, int kv_head, const float *keys
 
 static const pol_vtable example_vtable = {
     .version = EXAMPLE_API_VERSION,
-    .name = "example",
+    .name = EXAMPLE_NAME,
     .description = "example plugin: score -scale * max|k_i| (keep keys without outliers)",
     .args_help = "scale=F",
     .create = example_create,

@@ -11,6 +11,7 @@
 
 #include <dlfcn.h>
 #include <math.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -130,11 +131,73 @@ static void test_bad_plugins(void)
     dlclose(h);
 }
 
+#ifndef KVS_EXAMPLE_PLUGIN_V1
+#define KVS_EXAMPLE_PLUGIN_V1 "build/libkvs_example_policy_v1.so"
+#endif
+
+static void v1_score(void *st, int layer, int kv_head, const float *k, const int32_t *pos, int n,
+                     float *out)
+{
+    (void)st; (void)layer; (void)kv_head; (void)k;
+    for (int i = 0; i < n; i++) out[i] = (float)(2 * pos[i]);
+}
+
+/* Policy API v2 appended device_score: a plugin written for v1 keeps loading and scoring on
+ * the host, and kvsieve never reads past the end of a v1 vtable (this one is allocated with
+ * exactly the v1 size, so ASan catches a read of the v2 member). */
+static void test_v1_plugins(void)
+{
+    const pol_vtable *vt = NULL;
+    int rc = pol_load_plugin(KVS_EXAMPLE_PLUGIN_V1, &vt);
+    if (rc) fprintf(stderr, "\n  %s\n", kvs_last_error());
+    CU_ASSERT_EQUAL_FATAL(rc, KVS_OK);
+    CU_ASSERT_EQUAL(vt->version, 1);
+    CU_ASSERT_STRING_EQUAL(vt->name, "example_v1");
+    pol_instance *inst = NULL;
+    CU_ASSERT_EQUAL_FATAL(pol_instance_create("example_v1", "budget=3,scale=2", &MI, &inst), KVS_OK);
+    CU_ASSERT_EQUAL(inst->dev.kind, POL_SCORE_HOST);
+    const float key[D] = {1, -4, 0, 0};
+    const int32_t pos = 0;
+    float sc = 0;
+    pol_score_keys(inst, 0, 0, key, &pos, 1, &sc);
+    CU_ASSERT_DOUBLE_EQUAL(sc, -8, 1e-6);
+    pol_instance_destroy(inst);
+
+    const size_t v1_size = offsetof(pol_vtable, device_score);
+    pol_vtable *short_vt = malloc(v1_size);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(short_vt);
+    memset(short_vt, 0, v1_size);
+    short_vt->version = 1;
+    short_vt->name = "short_v1";
+    short_vt->description = "a version-1 vtable of the version-1 size";
+    short_vt->score_keys = v1_score;
+    CU_ASSERT_EQUAL_FATAL(pol_register(short_vt), KVS_OK);
+    CU_ASSERT_EQUAL_FATAL(pol_instance_create("short_v1", "ratio=0.5", &MI, &inst), KVS_OK);
+    CU_ASSERT_EQUAL(inst->dev.kind, POL_SCORE_HOST);
+    CU_ASSERT_PTR_NULL(inst->dev.u);
+    pol_score_keys(inst, 0, 0, key, &pos, 1, &sc);
+    CU_ASSERT_DOUBLE_EQUAL(sc, 0, 1e-6);
+    pol_instance_destroy(inst);
+    /* the registry keeps the vtable for the life of the process (like a plugin's) */
+
+    /* a v2 built-in hands its device score over: knorm -> negative norm, qfilters' u below */
+    CU_ASSERT_EQUAL_FATAL(pol_instance_create("knorm", "ratio=0.5", &MI, &inst), KVS_OK);
+    CU_ASSERT_EQUAL(inst->dev.kind, POL_SCORE_NEG_NORM);
+    pol_instance_destroy(inst);
+    CU_ASSERT_EQUAL_FATAL(pol_instance_create("streaming", "ratio=0.5", &MI, &inst), KVS_OK);
+    CU_ASSERT_EQUAL(inst->dev.kind, POL_SCORE_POS);
+    pol_instance_destroy(inst);
+    CU_ASSERT_EQUAL_FATAL(pol_instance_create("h2o", "ratio=0.5", &MI, &inst), KVS_OK);
+    CU_ASSERT_EQUAL(inst->dev.kind, POL_SCORE_ZERO);
+    pol_instance_destroy(inst);
+}
+
 int main(void)
 {
     static const kvs_test tests[] = {
         { "load_and_use", test_load_and_use },
         { "bad_plugins", test_bad_plugins },
+        { "v1 plugins and v1-sized vtables keep working (API v2)", test_v1_plugins },
     };
     return kvs_test_main("plugin", tests, (int)(sizeof tests / sizeof tests[0]));
 }
