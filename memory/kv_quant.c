@@ -37,6 +37,40 @@ static inline float clampf16(float x)
     return x < -KVQ_F16_MAX ? -KVQ_F16_MAX : x > KVQ_F16_MAX ? KVQ_F16_MAX : x;
 }
 
+int kvq_range(const float *x, int n, float *lo, float *hi)
+{
+    /* 8 lanes of min / max / exponent-all-ones flags, so that the loop vectorises */
+    float l8[8], h8[8];
+    uint32_t bad8[8];
+    for (int j = 0; j < 8; j++) { l8[j] = INFINITY; h8[j] = -INFINITY; bad8[j] = 0; }
+    int i = 0;
+    for (; i + 8 <= n; i += 8)
+        for (int j = 0; j < 8; j++) {
+            uint32_t u;
+            memcpy(&u, &x[i + j], sizeof u);
+            bad8[j] |= (u & 0x7f800000u) == 0x7f800000u;
+            float v = clampf16(x[i + j]);
+            l8[j] = v < l8[j] ? v : l8[j];
+            h8[j] = v > h8[j] ? v : h8[j];
+        }
+    for (; i < n; i++) {
+        bad8[0] |= !isfinite(x[i]);
+        float v = clampf16(x[i]);
+        l8[0] = v < l8[0] ? v : l8[0];
+        h8[0] = v > h8[0] ? v : h8[0];
+    }
+    float l = l8[0], h = h8[0];
+    uint32_t bad = bad8[0];
+    for (int j = 1; j < 8; j++) {
+        l = l8[j] < l ? l8[j] : l;
+        h = h8[j] > h ? h8[j] : h;
+        bad |= bad8[j];
+    }
+    *lo = l;
+    *hi = h;
+    return bad != 0;
+}
+
 void kvq_pack(uint8_t *codes, const float *src, int n, int bits, uint16_t scale, uint16_t zero)
 {
     const float s = kv_f16_to_f32(scale), z = kv_f16_to_f32(zero);
@@ -46,9 +80,10 @@ void kvq_pack(uint8_t *codes, const float *src, int n, int bits, uint16_t scale,
     for (int at = 0; at < n; at += 64) { /* codes of 64 elements (one loop the compiler vectorises), then packed */
         int m = n - at < 64 ? n - at : 64;
         for (int i = 0; i < m; i++) {
-            float v = floorf((clampf16(src[at + i]) - z) * inv + 0.5f);
+            /* clamped to [0, top] first, so truncation is floor: round half up */
+            float v = (clampf16(src[at + i]) - z) * inv + 0.5f;
             v = v < 0.0f ? 0.0f : v > top ? top : v;
-            c[i] = (uint8_t)v;
+            c[i] = (uint8_t)(int)v;
         }
         uint8_t *d = codes + (size_t)at * bits / 8;
         int i = 0;
@@ -127,14 +162,8 @@ void kvq_row_encode(void *dst, const float *src, int hd, int bits, int group)
     for (int g = 0; g < ng; g++) {
         const float *x = src + (size_t)g * group;
         int n = (hd - g * group < group ? hd - g * group : group);
-        float lo = INFINITY, hi = -INFINITY;
-        int bad = 0;
-        for (int i = 0; i < n; i++) {
-            if (!isfinite(x[i])) bad = 1;
-            float v = clampf16(x[i]);
-            lo = v < lo ? v : lo;
-            hi = v > hi ? v : hi;
-        }
+        float lo, hi;
+        int bad = kvq_range(x, n, &lo, &hi);
         uint16_t sz[2];
         uint8_t *c = codes + (size_t)g * group * bits / 8;
         if (bad) {

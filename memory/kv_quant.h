@@ -35,6 +35,10 @@ uint16_t kvq_f16_up(float x);
  * within +-65504), for codes of `bits` bits (1..8). */
 void kvq_params(float lo, float hi, int bits, uint16_t *scale, uint16_t *zero);
 
+/* lo / hi of x[n] clamped to +-65504; returns 1 if x holds a NaN or an infinity (lo / hi are
+ * then meaningless), else 0. */
+int kvq_range(const float *x, int n, float *lo, float *hi);
+
 /* Quantise src[n] with the given scale/zero into the bit stream at codes (which starts on a
  * byte); src must be finite and within +-65504. */
 void kvq_pack(uint8_t *codes, const float *src, int n, int bits, uint16_t scale, uint16_t zero);
