@@ -138,7 +138,7 @@ static void cost(int rows, double min_secs)
         fill(x, rows, hd, DIST_GAUSS);
         for (int it = 0; it < ni; it++) {
             const bench_item *b = &items[it];
-            size_t rb = b->fmt ? b->fmt->row_bytes(hd) : qaq_record_max_bytes(hd, b->qaq_bits, 2);
+            size_t rb = b->fmt ? b->fmt->row_bytes(hd) : qaq_record_max_bytes(hd, b->qaq_bits, 1);
             uint8_t *store = malloc(rb * rows);
             long nw = 0, nr = 0;
             double t0 = kvs_now(), tw, tr;

@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "core/common.h"
+#include "memory/kv_format.h"
 
 #define QAQ_OUTLIER_MAX_HD 4096
 
@@ -116,7 +117,7 @@ int qaq_window_init(qaq_window *w, int n)
 
 void qaq_window_push(qaq_window *w, float score)
 {
-    w->s[w->at] = score;
+    w->s[w->at] = kv_f32_to_f16(score);
     w->at = (uint8_t)((w->at + 1) % w->n);
     if (w->count < w->n) w->count++;
 }
@@ -125,9 +126,11 @@ int qaq_window_ready(const qaq_window *w) { return w->n > 0 && w->count >= w->n;
 
 float qaq_window_max(const qaq_window *w)
 {
-    if (!w->count) return 0.0f;
-    float m = w->s[0];
-    for (int i = 1; i < w->count; i++) m = w->s[i] > m ? w->s[i] : m;
+    float m = 0.0f;
+    for (int i = 0; i < w->count; i++) {
+        float v = fabsf(kv_f16_to_f32(w->s[i]));
+        m = v > m ? v : m;
+    }
     return m;
 }
 

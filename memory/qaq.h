@@ -62,12 +62,14 @@ int qaq_qnorm2_quantile(const float *q, int n, int d, double upper, double *out)
 
 /* ---- the attention window (value bits) ----------------------------------------------------- */
 
-#define QAQ_WINDOW_MAX 16
+#define QAQ_WINDOW_MAX 8
 /* The last n attention scores one token received (n = 5 in the paper); S_t = their max. With
- * GQA, push the max over the query heads that read this KV head. */
+ * GQA, push the max over the query heads that read this KV head. Scores are kept as fp16
+ * (a softmax weight in [0, 1] to 2^-11 relative, subnormals below 2^-14): 20 bytes a token,
+ * meant to sit beside a slot like the pool's score. */
 typedef struct qaq_window {
-    float s[QAQ_WINDOW_MAX];
-    uint8_t n, count, at; /* window length, scores seen (saturates at n), next slot */
+    uint16_t s[QAQ_WINDOW_MAX]; /* fp16 bits */
+    uint8_t n, count, at;       /* window length, scores seen (saturates at n), next slot */
 } qaq_window;
 
 /* KVS_EINVAL unless 1 <= n <= QAQ_WINDOW_MAX. */
@@ -75,7 +77,7 @@ int qaq_window_init(qaq_window *w, int n);
 void qaq_window_push(qaq_window *w, float score);
 /* 1 once n scores have been seen: before that the token stays at the largest width. */
 int qaq_window_ready(const qaq_window *w);
-/* The max of the scores in the window (0 before the first push). */
+/* The max of the scores in the window, as stored (fp16-rounded; 0 before the first push). */
 float qaq_window_max(const qaq_window *w);
 
 /* Bits of a key row whose non-outlier range is `range`, with T tokens in context. */

@@ -184,47 +184,51 @@ static void test_qnorm_quantile(void)
 static void test_window(void)
 {
     qaq_window w;
+    CU_ASSERT(sizeof w <= 20);
     CU_ASSERT_EQUAL(qaq_window_init(&w, 0), KVS_EINVAL);
     CU_ASSERT_EQUAL(qaq_window_init(&w, QAQ_WINDOW_MAX + 1), KVS_EINVAL);
     CU_ASSERT_EQUAL_FATAL(qaq_window_init(&w, 5), 0);
     CU_ASSERT_EQUAL(qaq_window_max(&w), 0.0f);
     CU_ASSERT(!qaq_window_ready(&w));
-    for (int i = 0; i < 4; i++) qaq_window_push(&w, 0.1f);
+    for (int i = 0; i < 4; i++) qaq_window_push(&w, 0.125f);
     CU_ASSERT(!qaq_window_ready(&w));
-    CU_ASSERT_EQUAL(qaq_window_max(&w), 0.1f);
-    qaq_window_push(&w, 0.1f);
+    CU_ASSERT_EQUAL(qaq_window_max(&w), 0.125f);
+    qaq_window_push(&w, 0.125f);
     CU_ASSERT(qaq_window_ready(&w));
     /* persistence: a steady score stays the prediction */
     for (int i = 0; i < 20; i++) {
-        qaq_window_push(&w, 0.1f);
-        CU_ASSERT_EQUAL(qaq_window_max(&w), 0.1f);
+        qaq_window_push(&w, 0.125f);
+        CU_ASSERT_EQUAL(qaq_window_max(&w), 0.125f);
     }
     /* a jump is the prediction for exactly n = 5 scores, then forgotten */
-    qaq_window_push(&w, 0.9f);
-    CU_ASSERT_EQUAL(qaq_window_max(&w), 0.9f);
+    qaq_window_push(&w, 0.875f);
+    CU_ASSERT_EQUAL(qaq_window_max(&w), 0.875f);
     for (int i = 0; i < 4; i++) {
-        qaq_window_push(&w, 0.02f);
-        CU_ASSERT_EQUAL(qaq_window_max(&w), 0.9f);
+        qaq_window_push(&w, 0.015625f);
+        CU_ASSERT_EQUAL(qaq_window_max(&w), 0.875f);
     }
-    qaq_window_push(&w, 0.02f); /* the jump was 5 scores ago: out of the window */
-    CU_ASSERT_EQUAL(qaq_window_max(&w), 0.02f);
+    qaq_window_push(&w, 0.015625f); /* the jump was 5 scores ago: out of the window */
+    CU_ASSERT_EQUAL(qaq_window_max(&w), 0.015625f);
+    /* scores are kept to fp16 */
+    qaq_window_push(&w, 0.1f);
+    CU_ASSERT(fabsf(qaq_window_max(&w) - 0.1f) <= 0.1f * 0x1p-11f);
 }
 
 static void test_window_exact(void)
 {
     qaq_window w;
     CU_ASSERT_EQUAL_FATAL(qaq_window_init(&w, 3), 0);
-    const float s[] = {0.5f, 0.1f, 0.2f, 0.3f, 0.05f, 0.04f, 0.03f, 0.7f};
-    const float want[] = {0.5f, 0.5f, 0.5f, 0.3f, 0.3f, 0.3f, 0.05f, 0.7f};
+    const float s[] = {0.5f, 0.125f, 0.25f, 0.375f, 0.0625f, 0.046875f, 0.03125f, 0.75f};
+    const float want[] = {0.5f, 0.5f, 0.5f, 0.375f, 0.375f, 0.375f, 0.0625f, 0.75f};
     for (int i = 0; i < 8; i++) {
         qaq_window_push(&w, s[i]);
         CU_ASSERT_EQUAL(qaq_window_max(&w), want[i]);
         CU_ASSERT_EQUAL(qaq_window_ready(&w), i >= 2);
     }
     CU_ASSERT_EQUAL_FATAL(qaq_window_init(&w, 1), 0);
-    qaq_window_push(&w, 0.4f);
-    qaq_window_push(&w, 0.1f);
-    CU_ASSERT_EQUAL(qaq_window_max(&w), 0.1f);
+    qaq_window_push(&w, 0.5f);
+    qaq_window_push(&w, 0.125f);
+    CU_ASSERT_EQUAL(qaq_window_max(&w), 0.125f);
 }
 
 /* value bits: the largest width until the window is full, then from S_t. R = 1, T = 100,
@@ -240,7 +244,8 @@ static void test_value_bits(void)
     qaq_window_push(&w, 0.5f);
     CU_ASSERT_EQUAL(qaq_value_bits(1.0, 100, sx, &w, QAQ_WIDTHS_248), 4);
     CU_ASSERT_EQUAL(qaq_value_bits(1.0, 100, sx, &w, QAQ_WIDTHS_2348), 4);
-    for (int i = 0; i < 5; i++) qaq_window_push(&w, 0.05f); /* 10x less attention: q = 1 */
+    for (int i = 0; i < 5; i++) qaq_window_push(&w, 0.0625f); /* 8x less attention: q = 1.25 */
+    CU_ASSERT_EQUAL(qaq_bits_needed(1.0, qaq_value_sigma(100, sx, 0.0625)), 2);
     CU_ASSERT_EQUAL(qaq_value_bits(1.0, 100, sx, &w, QAQ_WIDTHS_248), 2);
     qaq_window_push(&w, 1.0f); /* a jump: q = 20 -> 5 bits -> 8 */
     CU_ASSERT_EQUAL(qaq_value_bits(1.0, 100, sx, &w, QAQ_WIDTHS_248), 8);
