@@ -1,6 +1,7 @@
 /* kvquant_bench.c — cost and error of the quantised KV formats (not a test; docs/QAQ-DESIGN.md).
  *
  *   build/kvquant_bench [--rows N] [--seconds S]
+ *   build/kvquant_bench --kv FILE.kvd        (real K/V from bench/kv_dump.py, part 3 only)
  *
  * 1. Error: random rows (Gaussian, Student-t with 3 degrees of freedom, Gaussian with two
  *    "outlier channels" x20 as keys have) quantised with groups of 32 and with one group per
@@ -8,7 +9,9 @@
  *    the rows' RMS.
  * 2. Cost: ns per row to write (quantise) and to read (dequantise, in tiles of 16 rows as
  *    attention reads them) for every built-in format and for the QAQ record, head_dim 64
- *    and 128, single thread. */
+ *    and 128, single thread.
+ * 3. (--kv) On real post-RoPE K/V/Q: element and attention errors of each storage, and QAQ's
+ *    per-token widths from its sigma bounds: mean bits, ratio, attention errors. */
 #include <math.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -173,19 +176,224 @@ static void cost(int rows, double min_secs)
     }
 }
 
+
+/* ---- real K/V (bench/kv_dump.py) --------------------------------------------------------- */
+
+typedef struct {
+    int L, Hkv, Hq, d, n;
+    float *k, *v, *q; /* [L][Hkv][n][d], [L][Hkv][n][d], [L][Hq][n][d] */
+} kv_dump;
+
+static int dump_load(const char *path, kv_dump *D)
+{
+    FILE *f = fopen(path, "rb");
+    char magic[4];
+    int32_t h[5];
+    if (!f || fread(magic, 1, 4, f) != 4 || memcmp(magic, "KVD1", 4) || fread(h, 4, 5, f) != 5) {
+        fprintf(stderr, "%s: not a KVD1 file\n", path);
+        if (f) fclose(f);
+        return -1;
+    }
+    D->L = h[0]; D->Hkv = h[1]; D->Hq = h[2]; D->d = h[3]; D->n = h[4];
+    size_t nkv = (size_t)D->L * D->Hkv * D->n * D->d, nq = (size_t)D->L * D->Hq * D->n * D->d;
+    D->k = malloc(nkv * 4); D->v = malloc(nkv * 4); D->q = malloc(nq * 4);
+    int ok = D->k && D->v && D->q && fread(D->k, 4, nkv, f) == nkv &&
+             fread(D->v, 4, nkv, f) == nkv && fread(D->q, 4, nq, f) == nq;
+    fclose(f);
+    if (!ok) fprintf(stderr, "%s: short file\n", path);
+    return ok ? 0 : -1;
+}
+
+/* A way of storing a row: a group quantiser (bits, group) or the QAQ record (group 0,
+ * fixed bits, k outliers per side). */
+typedef struct { const char *name; int bits, group, k; } variant;
+
+static size_t variant_bytes(const variant *x, int d)
+{
+    return x->group ? kvq_row_bytes(d, x->bits, x->group) : qaq_record_max_bytes(d, x->bits, x->k);
+}
+
+static void variant_rt(const variant *x, const float *src, float *dst, int d)
+{
+    uint8_t buf[1024];
+    if (x->group) {
+        kvq_row_encode(buf, src, d, x->bits, x->group);
+        kvq_row_decode(dst, buf, d, x->bits, x->group);
+    } else {
+        qaq_encode(buf, sizeof buf, src, d, x->bits, x->k, NULL);
+        qaq_decode(buf, sizeof buf, d, dst);
+    }
+}
+
+static void softmax_row(const float *q, const float *k, int n, int d, double *p)
+{
+    double mx = -INFINITY, sum = 0, sc = 1.0 / sqrt((double)d);
+    for (int t = 0; t < n; t++) {
+        double s = 0;
+        for (int j = 0; j < d; j++) s += (double)q[j] * k[(size_t)t * d + j];
+        p[t] = s * sc;
+        mx = p[t] > mx ? p[t] : mx;
+    }
+    for (int t = 0; t < n; t++) sum += (p[t] = exp(p[t] - mx));
+    for (int t = 0; t < n; t++) p[t] /= sum;
+}
+
+/* Errors of the last query of every query head against all n tokens: attention weights
+ * (RMS over tokens of p^ - p) and output (RMS over dims of x^ - x, relative to RMS of x). */
+typedef struct { double se_p, n_p, se_x, ss_x, bytes, rows; } att_err;
+
+static void att_compare(const kv_dump *D, int l, int h, const float *kq, const float *vq,
+                        double *p, double *ph, att_err *e)
+{
+    int n = D->n, d = D->d, G = D->Hq / D->Hkv;
+    const float *K = D->k + ((size_t)l * D->Hkv + h) * n * d;
+    const float *V = D->v + ((size_t)l * D->Hkv + h) * n * d;
+    for (int g = 0; g < G; g++) {
+        const float *q = D->q + (((size_t)l * D->Hq + h * G + g) * n + (n - 1)) * d;
+        softmax_row(q, K, n, d, p);
+        softmax_row(q, kq, n, d, ph);
+        for (int t = 0; t < n; t++) e->se_p += (ph[t] - p[t]) * (ph[t] - p[t]);
+        e->n_p += n;
+        for (int j = 0; j < d; j++) {
+            double x = 0, xh = 0;
+            for (int t = 0; t < n; t++) {
+                x += p[t] * V[(size_t)t * d + j];
+                xh += ph[t] * vq[(size_t)t * d + j];
+            }
+            e->se_x += (xh - x) * (xh - x);
+            e->ss_x += x * x;
+        }
+    }
+}
+
+static void real_study(const char *path)
+{
+    kv_dump D;
+    if (dump_load(path, &D)) return;
+    const int n = D.n, d = D.d, G = D.Hq / D.Hkv;
+    printf("## real K/V: %s (%d layers, %d/%d heads, d %d, %d tokens)\n\n", path, D.L, D.Hkv,
+           D.Hq, d, n);
+    const variant vs[] = {
+        {"int8 (g32)", 8, 32, 0}, {"int8 row", 8, 64, 0}, {"int4 (g32)", 4, 32, 0},
+        {"int4 row", 4, 64, 0},   {"int2 (g32)", 2, 32, 0}, {"int2 row", 2, 64, 0},
+        {"qaq rec 4b k1", 4, 0, 1}, {"qaq rec 3b k1", 3, 0, 1}, {"qaq rec 2b k1", 2, 0, 1},
+        {"qaq rec 2b k0", 2, 0, 0},
+    };
+    const int nv = (int)(sizeof vs / sizeof vs[0]);
+    float *kq = malloc(sizeof(float) * n * d), *vq = malloc(sizeof(float) * n * d);
+    double *p = malloc(sizeof(double) * n), *ph = malloc(sizeof(double) * n);
+    printf("Element error: RMS(x^ - x) / RMS(x) over every row; attention: the last query of "
+           "each query head against all %d tokens, K and V both stored that way: RMS of the "
+           "attention-weight error (x 1e-4) and output error RMS / output RMS.\n\n", n);
+    printf("| storage | bytes/row (d %d) | x fp16 | K err | V err | weight err e-4 | output err |\n", d);
+    printf("|---|---|---|---|---|---|---|\n");
+    for (int vi = 0; vi < nv; vi++) {
+        double sek = 0, ssk = 0, sev = 0, ssv = 0;
+        att_err e = {0};
+        for (int l = 0; l < D.L; l++)
+            for (int h = 0; h < D.Hkv; h++) {
+                const float *K = D.k + ((size_t)l * D.Hkv + h) * n * d;
+                const float *V = D.v + ((size_t)l * D.Hkv + h) * n * d;
+                for (int t = 0; t < n; t++) {
+                    variant_rt(&vs[vi], K + (size_t)t * d, kq + (size_t)t * d, d);
+                    variant_rt(&vs[vi], V + (size_t)t * d, vq + (size_t)t * d, d);
+                }
+                for (size_t i = 0; i < (size_t)n * d; i++) {
+                    sek += (kq[i] - K[i]) * (double)(kq[i] - K[i]); ssk += (double)K[i] * K[i];
+                    sev += (vq[i] - V[i]) * (double)(vq[i] - V[i]); ssv += (double)V[i] * V[i];
+                }
+                att_compare(&D, l, h, kq, vq, p, ph, &e);
+            }
+        size_t b = variant_bytes(&vs[vi], d);
+        printf("| %s | %zu | %.2f | %.4f | %.4f | %.2f | %.4f |\n", vs[vi].name, b,
+               2.0 * d / b, sqrt(sek / ssk), sqrt(sev / ssv), 1e4 * sqrt(e.se_p / e.n_p),
+               sqrt(e.se_x / e.ss_x));
+    }
+
+    /* QAQ with per-token widths: keys from the sigma_K bound (|q|^2: the upper 10% of the
+     * group's squared query norms over all positions, divided by d since logits are
+     * q.k / sqrt(d)), values from the sigma_V bound with S_t = the max weight token t got
+     * from the 5 queries n-6..n-2 of the group (tokens they did not all see stay at the
+     * largest width); evaluated on the query n-1, which is not in the window. */
+    printf("\nQAQ per-token widths (one outlier per side, widths {2,4,8} unless noted; sigma_S = "
+           "sigma_X = target; T = %d): mean bits, ratio (fp16 bytes / record bytes, K and V "
+           "together), errors as above.\n\n", n);
+    printf("| target | widths | mean K bits | mean V bits | x fp16 | weight err e-4 | output err |\n");
+    printf("|---|---|---|---|---|---|---|\n");
+    const double targets[] = {1e-4, 3e-4, 1e-3, 3e-3, 1e-2};
+    const unsigned wsets[] = {QAQ_WIDTHS_248, QAQ_WIDTHS_2348};
+    double *qn = malloc(sizeof(double) * D.L * D.Hkv);
+    float *win = malloc(sizeof(float) * (size_t)n * 5); /* unused placeholder for clarity */
+    for (int l = 0; l < D.L; l++)
+        for (int h = 0; h < D.Hkv; h++)
+            qaq_qnorm2_quantile(D.q + ((size_t)l * D.Hq + h * G) * n * d, G * n, d, 0.1,
+                                &qn[l * D.Hkv + h]);
+    qaq_window *w = malloc(sizeof(qaq_window) * n);
+    for (int ti = 0; ti < 5; ti++)
+        for (int ws = 0; ws < 2; ws++) {
+            double tgt = targets[ti], bk = 0, bv = 0, bytes = 0;
+            att_err e = {0};
+            for (int l = 0; l < D.L; l++)
+                for (int h = 0; h < D.Hkv; h++) {
+                    const float *K = D.k + ((size_t)l * D.Hkv + h) * n * d;
+                    const float *V = D.v + ((size_t)l * D.Hkv + h) * n * d;
+                    for (int t = 0; t < n; t++) qaq_window_init(&w[t], 5);
+                    for (int qi = n - 6; qi <= n - 2; qi++) { /* the window's 5 queries */
+                        double *mx = ph;
+                        for (int t = 0; t < n; t++) mx[t] = 0;
+                        for (int g = 0; g < G; g++) {
+                            softmax_row(D.q + (((size_t)l * D.Hq + h * G + g) * n + qi) * d, K,
+                                        qi + 1, d, p);
+                            for (int t = 0; t <= qi; t++) mx[t] = p[t] > mx[t] ? p[t] : mx[t];
+                        }
+                        for (int t = 0; t <= qi; t++) qaq_window_push(&w[t], (float)mx[t]);
+                    }
+                    double q2 = qn[l * D.Hkv + h] / d;
+                    for (int t = 0; t < n; t++) {
+                        int idx[4];
+                        float lo, hi;
+                        uint8_t buf[512];
+                        qaq_outliers(K + (size_t)t * d, d, 1, idx, &lo, &hi);
+                        int b1 = qaq_key_bits(hi - lo, n, tgt, q2, wsets[ws]);
+                        int n1 = qaq_encode(buf, sizeof buf, K + (size_t)t * d, d, b1, 1, NULL);
+                        qaq_decode(buf, sizeof buf, d, kq + (size_t)t * d);
+                        qaq_outliers(V + (size_t)t * d, d, 1, idx, &lo, &hi);
+                        int b2 = qaq_value_bits(hi - lo, n, tgt, &w[t], wsets[ws]);
+                        int n2 = qaq_encode(buf, sizeof buf, V + (size_t)t * d, d, b2, 1, NULL);
+                        qaq_decode(buf, sizeof buf, d, vq + (size_t)t * d);
+                        bk += b1; bv += b2; bytes += n1 + n2;
+                    }
+                    att_compare(&D, l, h, kq, vq, p, ph, &e);
+                }
+            double rows = (double)D.L * D.Hkv * n;
+            printf("| %.0e | %s | %.2f | %.2f | %.2f | %.2f | %.4f |\n", tgt,
+                   ws ? "{2,3,4,8}" : "{2,4,8}", bk / rows, bv / rows, 4.0 * d * rows / bytes,
+                   1e4 * sqrt(e.se_p / e.n_p), sqrt(e.se_x / e.ss_x));
+        }
+    printf("\n");
+    free(w); free(win); free(qn); free(kq); free(vq); free(p); free(ph);
+    free(D.k); free(D.v); free(D.q);
+}
+
 int main(int argc, char **argv)
 {
     int rows = 4096;
     double secs = 0.3;
+    const char *kv = NULL;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--rows") && i + 1 < argc) rows = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--seconds") && i + 1 < argc) secs = atof(argv[++i]);
+        else if (!strcmp(argv[i], "--kv") && i + 1 < argc) kv = argv[++i];
         else {
-            fprintf(stderr, "usage: %s [--rows N] [--seconds S]\n", argv[0]);
+            fprintf(stderr, "usage: %s [--rows N] [--seconds S] [--kv FILE.kvd]\n", argv[0]);
             return 2;
         }
     }
     if (rows < 16) rows = 16;
+    if (kv) { /* only the real-K/V study */
+        real_study(kv);
+        return 0;
+    }
     error_study(rows);
     cost(rows, secs);
     return 0;
