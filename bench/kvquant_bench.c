@@ -370,6 +370,77 @@ static void real_study(const char *path)
                    ws ? "{2,3,4,8}" : "{2,4,8}", bk / rows, bv / rows, 4.0 * d * rows / bytes,
                    1e4 * sqrt(e.se_p / e.n_p), sqrt(e.se_x / e.ss_x));
         }
+    /* Over time: every query position in turn pushes its weights (max over the group) into
+     * the windows; a ready token's value width follows (T = position + 1) at target 1e-3 and
+     * widths {2,4,8}. A "rise": the width goes above the lowest it has had (with a
+     * lower-only store that token is then held at fewer bits than the bound asks). Also the
+     * joint (key, value) widths at the end, for width classes. */
+    {
+        const double tgt = 1e-3;
+        long tokens = 0, risen = 0, rises = 0, steps_above = 0, steps = 0;
+        long joint[9][9] = {{0}};
+        int *lowest = malloc(sizeof(int) * n), *prev = malloc(sizeof(int) * n);
+        for (int l = 0; l < D.L; l++)
+            for (int h = 0; h < D.Hkv; h++) {
+                const float *K = D.k + ((size_t)l * D.Hkv + h) * n * d;
+                const float *V = D.v + ((size_t)l * D.Hkv + h) * n * d;
+                float *vr = (float *)kq; /* value ranges without outliers */
+                for (int t = 0; t < n; t++) {
+                    int idx[4];
+                    float lo, hi;
+                    qaq_outliers(V + (size_t)t * d, d, 1, idx, &lo, &hi);
+                    vr[t] = hi - lo;
+                    qaq_window_init(&w[t], 5);
+                    lowest[t] = prev[t] = 99;
+                }
+                for (int qi = 0; qi < n; qi++) {
+                    double *mx = ph;
+                    for (int t = 0; t <= qi; t++) mx[t] = 0;
+                    for (int g = 0; g < G; g++) {
+                        softmax_row(D.q + (((size_t)l * D.Hq + h * G + g) * n + qi) * d, K, qi + 1,
+                                    d, p);
+                        for (int t = 0; t <= qi; t++) mx[t] = p[t] > mx[t] ? p[t] : mx[t];
+                    }
+                    for (int t = 0; t <= qi; t++) {
+                        qaq_window_push(&w[t], (float)mx[t]);
+                        if (!qaq_window_ready(&w[t])) continue;
+                        int b = qaq_value_bits(vr[t], qi + 1, tgt, &w[t], QAQ_WIDTHS_248);
+                        if (b > lowest[t] && b > prev[t]) rises++;
+                        if (b > lowest[t]) steps_above++;
+                        steps++;
+                        if (b < lowest[t]) lowest[t] = b;
+                        prev[t] = b;
+                    }
+                }
+                double q2 = qn[l * D.Hkv + h] / d;
+                for (int t = 0; t < n; t++) {
+                    if (prev[t] == 99) continue; /* never ready */
+                    tokens++;
+                    int idx[4];
+                    float lo, hi;
+                    qaq_outliers(K + (size_t)t * d, d, 1, idx, &lo, &hi);
+                    int bk = qaq_key_bits(hi - lo, n, tgt, q2, QAQ_WIDTHS_248);
+                    joint[bk][prev[t]]++;
+                }
+                /* tokens whose width ever rose above their lowest */
+                (void)risen;
+            }
+        printf("\nValue widths over time (target %.0e, {2,4,8}, %ld ready token-steps): %ld "
+               "rises above a token's lowest width so far (%.3f per token), %.2f%% of "
+               "token-steps above the lowest.\n\n", tgt, steps, rises,
+               (double)rises / (tokens ? tokens : 1), 100.0 * steps_above / (steps ? steps : 1));
+        printf("Joint widths at T = %d (rows: key bits, columns: value bits; %% of tokens):\n\n", n);
+        printf("| K \\ V | 2 | 4 | 8 |\n|---|---|---|---|\n");
+        const int ws3[3] = {2, 4, 8};
+        for (int a = 0; a < 3; a++) {
+            printf("| %d |", ws3[a]);
+            for (int b = 0; b < 3; b++)
+                printf(" %.1f |", 100.0 * joint[ws3[a]][ws3[b]] / (tokens ? tokens : 1));
+            printf("\n");
+        }
+        free(lowest);
+        free(prev);
+    }
     printf("\n");
     free(w); free(qn); free(kq); free(vq); free(p); free(ph);
     free(D.k); free(D.v); free(D.q);
