@@ -7,7 +7,8 @@
 
 #include "core/common.h"
 
-static const kv_format *const kv_formats[] = {&kv_fmt_f32, &kv_fmt_f16, &kv_fmt_bf16};
+static const kv_format *const kv_formats[] = {&kv_fmt_f32, &kv_fmt_f16, &kv_fmt_bf16,
+                                              &kv_fmt_int8, &kv_fmt_int4, &kv_fmt_int2};
 #define N_FORMATS ((int)(sizeof kv_formats / sizeof kv_formats[0]))
 
 const kv_format *const *kv_format_list(int *n)

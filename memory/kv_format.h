@@ -42,6 +42,8 @@ const char *kv_format_names(void);
 int kv_format_parse(const char *name, const kv_format **out);
 
 extern const kv_format kv_fmt_f32, kv_fmt_f16, kv_fmt_bf16;
+/* Per-token uniform quantisation, groups of 32 with fp16 scale + zero (kv_quant.h). */
+extern const kv_format kv_fmt_int8, kv_fmt_int4, kv_fmt_int2;
 
 /* Scalar conversions shared by the 16-bit formats (and by the CUDA twins): round to nearest
  * even, NaN stays NaN, overflow to infinity as IEEE does. */
