@@ -122,6 +122,9 @@ int kvs_loop_submit(kvs_loop *l, const char *tenant, const int32_t *prompt, int3
     if (p->max_tokens < 1 || p->max_tokens > c->n_ctx)
         return kvs_error(KVS_ERANGE, "max_tokens %d is out of range [1, %d]", p->max_tokens,
                          c->n_ctx);
+    if (p->top_logprobs < 0 || p->top_logprobs > SCHED_MAX_TOP_LOGPROBS)
+        return kvs_error(KVS_EINVAL, "top_logprobs %d is out of range [0, %d]", p->top_logprobs,
+                         SCHED_MAX_TOP_LOGPROBS);
     if (p->n_stop_ids < 0 || p->n_stop_ids > SCHED_MAX_STOP || p->n_stop_strings < 0 ||
         p->n_stop_strings > SCHED_MAX_STOP)
         return kvs_error(KVS_EINVAL, "at most %d stop ids and %d stop strings", SCHED_MAX_STOP,
@@ -458,7 +461,9 @@ int kvs_loop_run(kvs_loop *l)
         for (int i = l->n_running - 1; i >= 0; i--) {
             req *r = l->running[i];
             if (row_of[i] < 0) continue;
-            int32_t tok = smp_sample(&r->smp, logits + (size_t)row_of[i] * e->m->cfg.n_vocab);
+            const float *row = logits + (size_t)row_of[i] * e->m->cfg.n_vocab;
+            int32_t tok = smp_sample(&r->smp, row);
+            if (r->p.logprobs) sched_logprobs(r, row, e->m->cfg.n_vocab, tok);
             /* take_token may finish (and free) the request */
             req *keep = r;
             sched_remove_at(l->running, &l->n_running, i);

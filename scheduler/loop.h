@@ -21,6 +21,7 @@
 #define SCHED_MAX_STOP 8
 #define SCHED_NAME_MAX 64
 #define SCHED_ARGS_MAX 256
+#define SCHED_MAX_TOP_LOGPROBS 20
 
 /* A tenant as the scheduler sees it (auth lives in the server). Limits of 0 = unlimited. */
 typedef struct sched_tenant {
@@ -46,6 +47,9 @@ typedef struct sched_params {
     char policy[SCHED_NAME_MAX];    /* KV eviction policy; "" = server default */
     char policy_args[SCHED_ARGS_MAX]; /* e.g. "ratio=0.875,window=64" */
     double deadline;        /* absolute time on kvs_now()'s clock; 0 = none */
+    int logprobs;           /* TOKEN events carry the token's log-probability (the model's
+                             * distribution, before temperature / top-k / top-p) */
+    int top_logprobs;       /* ... and the n most likely alternatives, 0..SCHED_MAX_TOP_LOGPROBS */
 } sched_params;
 
 enum sched_finish {
@@ -66,6 +70,11 @@ typedef struct sched_event {
     int32_t token;
     const char *text;        /* decoded text piece (complete UTF-8 only; may be empty) */
     size_t text_len;
+    int has_logprob;         /* sched_params.logprobs was set */
+    float logprob;
+    int n_top;               /* alternatives, most likely first */
+    int32_t top_ids[SCHED_MAX_TOP_LOGPROBS];
+    float top_logprobs[SCHED_MAX_TOP_LOGPROBS];
     /* SCHED_EV_FINISH */
     int finish_reason;       /* enum sched_finish */
     int status;              /* 0, or a KVS_E* code for SCHED_FINISH_ERROR */

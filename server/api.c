@@ -536,7 +536,7 @@ void srv_api_model_info(srv_call *c)
     Kvsieve__V1__GetModelInfoResponse r = KVSIEVE__V1__GET_MODEL_INFO_RESPONSE__INIT;
     char path[sizeof e->m->path];
     snprintf(path, sizeof path, "%s", e->m->path);
-    r.name = (char *)cfg->name;
+    r.name = (char *)(s->o.model_name ? s->o.model_name : cfg->name);
     r.file = basename(path);
     r.architecture = (char *)"llama";
     r.n_vocab = cfg->n_vocab;
