@@ -256,31 +256,38 @@ int srv_call_auth(srv_call *c)
         c->tenant = 0;
         return 0;
     }
-    const char *key = NULL;
-    size_t klen = 0;
-    int seen = 0;
+    const char *key = NULL, *akey = NULL, *xkey = NULL;
+    size_t klen = 0, aklen = 0, xklen = 0;
+    int n_auth = 0, n_x = 0;
     for (size_t i = 0; i < c->md.count; i++) {
         const grpc_metadata *m = &c->md.metadata[i];
         const char *v = (const char *)GRPC_SLICE_START_PTR(m->value);
         size_t vlen = GRPC_SLICE_LENGTH(m->value);
         if (!grpc_slice_str_cmp(m->key, "authorization")) {
-            seen = 1;
-            size_t kl;
-            const char *k = srv_key_from_authorization(v, vlen, &kl);
-            if (k) key = k, klen = kl;
-        } else if (!grpc_slice_str_cmp(m->key, "x-api-key") && !key) {
-            seen = 1;
-            while (vlen && (*v == ' ')) v++, vlen--;
-            while (vlen && v[vlen - 1] == ' ') vlen--;
-            if (vlen) key = v, klen = vlen;
+            n_auth++;
+            akey = srv_key_from_authorization(v, vlen, &aklen);
+        } else if (!grpc_slice_str_cmp(m->key, "x-api-key")) {
+            n_x++;
+            xkey = srv_key_is_clean(v, vlen) ? v : NULL;
+            xklen = vlen;
         }
     }
+    /* One header, exactly one form: several (a later right key after a wrong one) or a value
+     * with spaces around the key is refused, not guessed at. */
+    if (n_auth > 1 || (!n_auth && n_x > 1)) {
+        srv_call_fail(c, GRPC_STATUS_UNAUTHENTICATED,
+                      "more than one %s header: send exactly one",
+                      n_auth > 1 ? "authorization" : "x-api-key");
+        return -1;
+    }
+    if (n_auth) key = akey, klen = aklen;
+    else if (n_x) key = xkey, klen = xklen;
     if (!key) {
         srv_call_fail(c, GRPC_STATUS_UNAUTHENTICATED,
-                      seen ? "malformed API key header: send 'authorization: Bearer <key>' or "
-                             "'x-api-key: <key>'"
-                           : "missing API key: send 'authorization: Bearer <key>' or "
-                             "'x-api-key: <key>'");
+                      n_auth || n_x ? "malformed API key header: send exactly 'authorization: "
+                                      "Bearer <key>' or 'x-api-key: <key>'"
+                                    : "missing API key: send 'authorization: Bearer <key>' or "
+                                      "'x-api-key: <key>'");
         return -1;
     }
     int t = srv_auth_find(s->o.tenants, key, klen);

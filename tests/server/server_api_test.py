@@ -219,6 +219,17 @@ class AuthTest(unittest.TestCase):
         self.check((("x-api-key", ALICE + "x"),), grpc.StatusCode.UNAUTHENTICATED)
         self.check((("authorization", "Basic " + ALICE),), grpc.StatusCode.UNAUTHENTICATED)
 
+    def test_strict_headers(self):
+        # one header, exactly "Bearer KEY": a later right key does not win over a wrong one,
+        # and spaces around the key are refused
+        self.check((("authorization", "Bearer wrong"), ("authorization", "Bearer " + ALICE)),
+                   grpc.StatusCode.UNAUTHENTICATED)
+        self.check((("authorization", "Bearer  " + ALICE),), grpc.StatusCode.UNAUTHENTICATED)
+        self.check((("authorization", "Bearer " + ALICE + " "),),
+                   grpc.StatusCode.UNAUTHENTICATED)
+        self.check((("x-api-key", "wrong"), ("x-api-key", ALICE)),
+                   grpc.StatusCode.UNAUTHENTICATED)
+
     def test_good_keys(self):
         self.check(md(ALICE), None)
         self.check((("x-api-key", BOB),), None)
