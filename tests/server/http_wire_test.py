@@ -278,5 +278,52 @@ class Garbage(unittest.TestCase):
         serving(self)
 
 
+class Draining(unittest.TestCase):
+    """SIGTERM: /health turns 503, new requests get 503, a running stream ends with the
+    shutdown error event and data: [DONE] after the grace period; the server exits 0."""
+
+    def test_drain(self):
+        srv = kvs_server.Server("--http-listen", "127.0.0.1:0", grace=2.0)
+        try:
+            h, p = srv.http.rsplit(":", 1)
+            s = socket.create_connection((h, int(p)), timeout=60)
+            body = json.dumps({"prompt": "Tell me a story.", "max_tokens": 4000, "stream": True,
+                               "kvsieve": {"ignore_eos": True}}).encode()
+            s.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+                      b"Content-Length: %d\r\n\r\n" % len(body) + body)
+            data = s.recv(65536)
+            self.assertIn(b" 200 ", data.split(b"\r\n")[0])
+            srv.proc.send_signal(__import__("signal").SIGTERM)
+            t0 = time.time()
+            code = None
+            while time.time() - t0 < 2.0:
+                try:
+                    code = urllib.request.urlopen("http://%s/health" % srv.http, timeout=5).status
+                except urllib.error.HTTPError as e:
+                    code = e.code
+                    break
+                time.sleep(0.05)
+            self.assertEqual(code, 503)
+            req = urllib.request.Request("http://%s/v1/completions" % srv.http, method="POST",
+                                         data=b'{"prompt": "hi", "max_tokens": 1}')
+            with self.assertRaises(urllib.error.HTTPError) as cm:
+                urllib.request.urlopen(req, timeout=10)
+            self.assertEqual(cm.exception.code, 503)
+            while True:
+                d = s.recv(65536)
+                if not d:
+                    break
+                data += d
+            s.close()
+            self.assertIn(b'"status":503', data)
+            self.assertIn(b"server shutting down", data)
+            self.assertTrue(data.rstrip().endswith(b"0"), data[-100:])  # last chunk of chunked
+            self.assertIn(b"data: [DONE]", data)
+            rc, took = srv.terminate()
+            self.assertEqual(rc, 0)
+        finally:
+            srv.close()
+
+
 if __name__ == "__main__":
     unittest.main(verbosity=2)
