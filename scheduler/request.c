@@ -53,6 +53,13 @@ void sched_finish(kvs_loop *l, req *r, int reason, int status, const char *msg)
         if (f > 0) n_tail += (size_t)f;
     }
     double now = kvs_now();
+    /* A request whose deadline passed (during the step that made its last token) ends as
+     * DEADLINE: its client has given up, it did not get a complete answer in time. */
+    if ((reason == SCHED_FINISH_STOP || reason == SCHED_FINISH_LENGTH) && r->p.deadline > 0 &&
+        now > r->p.deadline) {
+        reason = SCHED_FINISH_DEADLINE;
+        msg = "deadline exceeded";
+    }
     int64_t ev_now = r->seq ? r->seq->evicted : 0;
     sched_event ev = {
         .type = SCHED_EV_FINISH, .request_id = r->id, .token = -1, .text = tail,

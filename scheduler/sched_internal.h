@@ -55,7 +55,11 @@ typedef struct tenant_rt {
     int64_t prompt_tokens, generated_tokens, evicted_tokens, finished, preemptions;
 } tenant_rt;
 
-typedef struct abort_msg { uint64_t id; char tenant[SCHED_NAME_MAX]; } abort_msg;
+typedef struct abort_msg {
+    uint64_t id;
+    int reason;               /* SCHED_FINISH_ABORTED or SCHED_FINISH_DEADLINE */
+    char tenant[SCHED_NAME_MAX];
+} abort_msg;
 
 struct kvs_loop {
     kvs_engine *e;
