@@ -35,6 +35,8 @@ static int policy_allowed(const char *list, const char *name)
     return 0;
 }
 
+static void publish_stats(kvs_loop *l);
+
 int kvs_loop_create(kvs_engine *e, const kvs_loop_opts *o, kvs_loop **out)
 {
     *out = NULL;
@@ -88,6 +90,7 @@ int kvs_loop_create(kvs_engine *e, const kvs_loop_opts *o, kvs_loop **out)
     pthread_mutex_init(&l->mu, NULL);
     pthread_cond_init(&l->cv, NULL);
     l->next_id = 1;
+    publish_stats(l); /* a fresh server reports its pool before the first request */
     *out = l;
     return 0;
 }
@@ -122,6 +125,16 @@ int kvs_loop_submit(kvs_loop *l, const char *tenant, const int32_t *prompt, int3
     if (p->max_tokens < 1 || p->max_tokens > c->n_ctx)
         return kvs_error(KVS_ERANGE, "max_tokens %d is out of range [1, %d]", p->max_tokens,
                          c->n_ctx);
+    for (int i = 0; i < p->n_stop_ids && i < SCHED_MAX_STOP; i++)
+        if (p->stop_ids[i] < 0 || p->stop_ids[i] >= c->n_vocab)
+            return kvs_error(KVS_ERANGE, "stop token id %d is outside the vocabulary [0, %d)",
+                             p->stop_ids[i], c->n_vocab);
+    if (p->deadline > 0 && p->deadline <= kvs_now())
+        return kvs_error(KVS_ERANGE, "the deadline already passed before the request was "
+                         "queued");
+    if (p->top_logprobs < 0 || p->top_logprobs > SCHED_MAX_TOP_LOGPROBS)
+        return kvs_error(KVS_EINVAL, "top_logprobs %d is out of range [0, %d]", p->top_logprobs,
+                         SCHED_MAX_TOP_LOGPROBS);
     if (p->n_stop_ids < 0 || p->n_stop_ids > SCHED_MAX_STOP || p->n_stop_strings < 0 ||
         p->n_stop_strings > SCHED_MAX_STOP)
         return kvs_error(KVS_EINVAL, "at most %d stop ids and %d stop strings", SCHED_MAX_STOP,
@@ -193,7 +206,7 @@ int kvs_loop_submit(kvs_loop *l, const char *tenant, const int32_t *prompt, int3
     return rc;
 }
 
-int kvs_loop_abort(kvs_loop *l, uint64_t request_id, const char *tenant)
+int kvs_loop_cancel(kvs_loop *l, uint64_t request_id, const char *tenant, int reason)
 {
     int rc = KVS_ENOTFOUND;
     pthread_mutex_lock(&l->mu);
@@ -202,6 +215,8 @@ int kvs_loop_abort(kvs_loop *l, uint64_t request_id, const char *tenant)
         if (l->live[i].id == request_id && (!tenant || l->live[i].tenant == ti)) {
             if (!sched_grow((void **)&l->aborts, &l->cap_aborts, l->n_aborts + 1, sizeof(abort_msg))) {
                 l->aborts[l->n_aborts].id = request_id;
+                l->aborts[l->n_aborts].reason =
+                    reason == SCHED_FINISH_DEADLINE ? SCHED_FINISH_DEADLINE : SCHED_FINISH_ABORTED;
                 l->aborts[l->n_aborts++].tenant[0] = 0;
                 pthread_cond_signal(&l->cv);
                 rc = 0;
@@ -215,6 +230,11 @@ int kvs_loop_abort(kvs_loop *l, uint64_t request_id, const char *tenant)
                                        (unsigned long long)request_id,
                                        tenant ? " of this tenant" : "");
     return rc;
+}
+
+int kvs_loop_abort(kvs_loop *l, uint64_t request_id, const char *tenant)
+{
+    return kvs_loop_cancel(l, request_id, tenant, SCHED_FINISH_ABORTED);
 }
 
 void kvs_loop_stop(kvs_loop *l, double grace_s)
@@ -304,9 +324,10 @@ static void publish_stats(kvs_loop *l)
 }
 
 /* Finish every request matching an abort, a passed deadline, or the end of the grace period. */
-static void reap(kvs_loop *l, const abort_msg *ab, int n_ab, int shutdown_now)
+static int reap(kvs_loop *l, const abort_msg *ab, int n_ab, int shutdown_now)
 {
     double now = kvs_now();
+    int n_reaped = 0;
     for (int pass = 0; pass < 2; pass++) {
         req **arr = pass ? l->waiting : l->running;
         int *n = pass ? &l->n_waiting : &l->n_running;
@@ -314,7 +335,7 @@ static void reap(kvs_loop *l, const abort_msg *ab, int n_ab, int shutdown_now)
             req *r = arr[i];
             int reason = 0;
             for (int k = 0; k < n_ab && !reason; k++)
-                if (ab[k].id == r->id) reason = SCHED_FINISH_ABORTED;
+                if (ab[k].id == r->id) reason = ab[k].reason;
             if (!reason && r->p.deadline > 0 && now > r->p.deadline) reason = SCHED_FINISH_DEADLINE;
             if (!reason && shutdown_now) reason = SCHED_FINISH_SHUTDOWN;
             if (!reason) { i++; continue; }
@@ -323,8 +344,10 @@ static void reap(kvs_loop *l, const abort_msg *ab, int n_ab, int shutdown_now)
                    reason == SCHED_FINISH_ABORTED ? "aborted" :
                    reason == SCHED_FINISH_DEADLINE ? "deadline exceeded" :
                    "the server shut down before the request finished");
+            n_reaped++;
         }
     }
+    return n_reaped;
 }
 
 int kvs_loop_run(kvs_loop *l)
@@ -358,7 +381,9 @@ int kvs_loop_run(kvs_loop *l)
 
         for (req *r = in, *nx; r; r = nx) { nx = r->next; r->next = NULL; sched_enqueue_new(l, r); }
         int shutdown_now = stopping && kvs_now() >= stop_deadline;
-        reap(l, ab, n_ab, shutdown_now);
+        /* Cancelled, expired and killed requests give their pages back here, before the next
+         * step, and the stats say so at once (not only after that step). */
+        if (reap(l, ab, n_ab, shutdown_now)) publish_stats(l);
         if (stopping && !l->n_running && !l->n_waiting) {
             pthread_mutex_lock(&l->mu);
             int more = l->inbox_head != NULL;
@@ -458,7 +483,9 @@ int kvs_loop_run(kvs_loop *l)
         for (int i = l->n_running - 1; i >= 0; i--) {
             req *r = l->running[i];
             if (row_of[i] < 0) continue;
-            int32_t tok = smp_sample(&r->smp, logits + (size_t)row_of[i] * e->m->cfg.n_vocab);
+            const float *row = logits + (size_t)row_of[i] * e->m->cfg.n_vocab;
+            int32_t tok = smp_sample(&r->smp, row);
+            if (r->p.logprobs) sched_logprobs(r, row, e->m->cfg.n_vocab, tok);
             /* take_token may finish (and free) the request */
             req *keep = r;
             sched_remove_at(l->running, &l->n_running, i);

@@ -21,6 +21,7 @@
 #define SCHED_MAX_STOP 8
 #define SCHED_NAME_MAX 64
 #define SCHED_ARGS_MAX 256
+#define SCHED_MAX_TOP_LOGPROBS 20
 
 /* A tenant as the scheduler sees it (auth lives in the server). Limits of 0 = unlimited. */
 typedef struct sched_tenant {
@@ -46,6 +47,9 @@ typedef struct sched_params {
     char policy[SCHED_NAME_MAX];    /* KV eviction policy; "" = server default */
     char policy_args[SCHED_ARGS_MAX]; /* e.g. "ratio=0.875,window=64" */
     double deadline;        /* absolute time on kvs_now()'s clock; 0 = none */
+    int logprobs;           /* TOKEN events carry the token's log-probability (the model's
+                             * distribution, before temperature / top-k / top-p) */
+    int top_logprobs;       /* ... and the n most likely alternatives, 0..SCHED_MAX_TOP_LOGPROBS */
 } sched_params;
 
 enum sched_finish {
@@ -66,6 +70,11 @@ typedef struct sched_event {
     int32_t token;
     const char *text;        /* decoded text piece (complete UTF-8 only; may be empty) */
     size_t text_len;
+    int has_logprob;         /* sched_params.logprobs was set */
+    float logprob;
+    int n_top;               /* alternatives, most likely first */
+    int32_t top_ids[SCHED_MAX_TOP_LOGPROBS];
+    float top_logprobs[SCHED_MAX_TOP_LOGPROBS];
     /* SCHED_EV_FINISH */
     int finish_reason;       /* enum sched_finish */
     int status;              /* 0, or a KVS_E* code for SCHED_FINISH_ERROR */
@@ -128,16 +137,22 @@ int kvs_loop_run(kvs_loop *l);
  * accepted request later gets exactly one FINISH event through cb. On refusal returns a
  * negative status with a message (kvs_last_error on the caller's thread) and calls nothing:
  * KVS_EINVAL (empty prompt, bad params, unknown policy, bad policy args), KVS_ERANGE (prompt
- * over the context, token id out of range, max_tokens out of range), KVS_ENOTFOUND (unknown
+ * over the context, token id or stop id out of range, max_tokens out of range, a deadline
+ * that already passed), KVS_ENOTFOUND (unknown
  * tenant), KVS_EUNSUPPORTED (policy not allowed for tenant), KVS_ENOMEM (tenant queue full /
  * prompt can never fit in KV memory), KVS_EIO (shutting down). */
 int kvs_loop_submit(kvs_loop *l, const char *tenant, const int32_t *prompt, int32_t n_prompt,
                     const sched_params *p, sched_event_fn cb, void *user, uint64_t *request_id);
 
-/* Thread-safe. Ask to abort a request; honoured at the next step (its pages are freed and it
- * gets FINISH/ABORTED). If tenant is non-NULL, only that tenant's requests can be aborted.
+/* Thread-safe. Ask to abort a request; honoured as soon as the engine thread sees it (before
+ * its next step; during a step, after that step): its pages are freed, the stats show it, and
+ * it gets FINISH/ABORTED. If tenant is non-NULL, only that tenant's requests can be aborted.
  * Returns 0, or KVS_ENOTFOUND if no such (unfinished) request is visible to the tenant. */
 int kvs_loop_abort(kvs_loop *l, uint64_t request_id, const char *tenant);
+/* The same with the finish reason: SCHED_FINISH_ABORTED (kvs_loop_abort), or
+ * SCHED_FINISH_DEADLINE when the caller saw the request's deadline pass (a gRPC deadline
+ * cancels the call before the loop's own check). */
+int kvs_loop_cancel(kvs_loop *l, uint64_t request_id, const char *tenant, int reason);
 
 /* Thread-safe: begin shutdown. New submits are refused (KVS_EIO). Running and waiting requests
  * continue until grace_s seconds have passed, then get FINISH/SHUTDOWN; then kvs_loop_run

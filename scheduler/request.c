@@ -2,6 +2,7 @@
  * (holding back possible stop-string prefixes) and its single FINISH event. */
 #include "sched_internal.h"
 
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -52,6 +53,13 @@ void sched_finish(kvs_loop *l, req *r, int reason, int status, const char *msg)
         if (f > 0) n_tail += (size_t)f;
     }
     double now = kvs_now();
+    /* A request whose deadline passed (during the step that made its last token) ends as
+     * DEADLINE: its client has given up, it did not get a complete answer in time. */
+    if ((reason == SCHED_FINISH_STOP || reason == SCHED_FINISH_LENGTH) && r->p.deadline > 0 &&
+        now > r->p.deadline) {
+        reason = SCHED_FINISH_DEADLINE;
+        msg = "deadline exceeded";
+    }
     int64_t ev_now = r->seq ? r->seq->evicted : 0;
     sched_event ev = {
         .type = SCHED_EV_FINISH, .request_id = r->id, .token = -1, .text = tail,
@@ -73,6 +81,30 @@ void sched_finish(kvs_loop *l, req *r, int reason, int status, const char *msg)
         if (l->live[i].id == r->id) { l->live[i] = l->live[--l->n_live]; break; }
     pthread_mutex_unlock(&l->mu);
     sched_req_free(l, r);
+}
+
+void sched_logprobs(req *r, const float *x, int n_vocab, int32_t tok)
+{
+    float m = x[0];
+    for (int i = 1; i < n_vocab; i++) m = x[i] > m ? x[i] : m;
+    double sum = 0;
+    for (int i = 0; i < n_vocab; i++) sum += exp((double)(x[i] - m));
+    double lse = m + log(sum);
+    r->lp = (float)(x[tok] - lse);
+    int k = r->p.top_logprobs, n = 0;
+    if (k > SCHED_MAX_TOP_LOGPROBS) k = SCHED_MAX_TOP_LOGPROBS;
+    /* insertion into a sorted list of the k largest (k <= 20; ties: lower id first) */
+    for (int i = 0; i < n_vocab && k > 0; i++) {
+        if (n == k && x[i] <= x[r->top_ids[n - 1]]) continue;
+        int j = n < k ? n++ : n - 1;
+        while (j > 0 && x[r->top_ids[j - 1]] < x[i]) {
+            r->top_ids[j] = r->top_ids[j - 1];
+            j--;
+        }
+        r->top_ids[j] = i;
+    }
+    for (int i = 0; i < n; i++) r->top_lp[i] = (float)(x[r->top_ids[i]] - lse);
+    r->n_top = n;
 }
 
 /* Emit text, holding back a suffix that may begin a stop string. Returns 1 if a stop string
@@ -105,6 +137,13 @@ static int emit_text(req *r, int32_t token, const char *piece, size_t n)
     if (matched) emit = cut;
     sched_event ev = {.type = SCHED_EV_TOKEN, .request_id = r->id, .token = token,
                       .text = r->pending, .text_len = emit};
+    if (r->p.logprobs) {
+        ev.has_logprob = 1;
+        ev.logprob = r->lp;
+        ev.n_top = r->n_top;
+        memcpy(ev.top_ids, r->top_ids, (size_t)r->n_top * sizeof *ev.top_ids);
+        memcpy(ev.top_logprobs, r->top_lp, (size_t)r->n_top * sizeof *ev.top_logprobs);
+    }
     r->cb(r->user, &ev);
     memmove(r->pending, r->pending + emit, r->n_pending - emit);
     r->n_pending -= emit;

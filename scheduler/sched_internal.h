@@ -39,6 +39,11 @@ typedef struct req {
     int64_t evicted;          /* across preemptions */
     int32_t preemptions;
     int charged;              /* prompt already charged to the tenant's virtual counter */
+    /* log-probabilities of the token being taken (p.logprobs), for its TOKEN event */
+    float lp;
+    int n_top;
+    int32_t top_ids[SCHED_MAX_TOP_LOGPROBS];
+    float top_lp[SCHED_MAX_TOP_LOGPROBS];
     struct req *next;
 } req;
 
@@ -50,7 +55,11 @@ typedef struct tenant_rt {
     int64_t prompt_tokens, generated_tokens, evicted_tokens, finished, preemptions;
 } tenant_rt;
 
-typedef struct abort_msg { uint64_t id; char tenant[SCHED_NAME_MAX]; } abort_msg;
+typedef struct abort_msg {
+    uint64_t id;
+    int reason;               /* SCHED_FINISH_ABORTED or SCHED_FINISH_DEADLINE */
+    char tenant[SCHED_NAME_MAX];
+} abort_msg;
 
 struct kvs_loop {
     kvs_engine *e;
@@ -94,6 +103,9 @@ void sched_finish(kvs_loop *l, req *r, int reason, int status, const char *msg);
 int sched_take_token(kvs_loop *l, req *r, int32_t tok);
 /* Build the sequence of a request being (re)admitted. */
 int sched_start_seq(kvs_loop *l, req *r);
+
+/* Fill r->lp / r->top_* for token tok from the step's logits row. */
+void sched_logprobs(req *r, const float *logits, int n_vocab, int32_t tok);
 
 /* pressure.c */
 int64_t sched_pages_needed(kvs_loop *l, const int32_t *lim);

@@ -20,7 +20,7 @@ if [ "${KVS_SKIP_APT:-0}" != 1 ]; then
         # gRPC server: C core, protobuf-c, health/reflection protos, metrics HTTP, tenants YAML,
         # key hashing; Debian's grpcio for the Python integration tests (/usr/bin/python3)
         libgrpc-dev libprotobuf-c-dev protobuf-c-compiler protobuf-compiler grpc-proto
-        libmicrohttpd-dev libyaml-dev libssl-dev
+        libmicrohttpd-dev libyaml-dev libssl-dev libjansson-dev
         python3-grpcio python3-grpc-tools python3-protobuf
         # public-domain texts: calibration (King James Bible) and evaluation (US Constitution)
         bible-kjv bible-kjv-text miscfiles)

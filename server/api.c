@@ -254,7 +254,12 @@ static void gen_on_cancel(srv_call *c)
     int submitted = g->submitted, done = g->have_final;
     uint64_t id = g->request_id;
     pthread_mutex_unlock(&c->mu);
-    if (submitted && !done) kvs_loop_abort(c->s->o.loop, id, NULL);
+    if (!submitted || done) return;
+    /* gRPC cancels a call whose deadline passed before the loop's own check sees it: record
+     * that as DEADLINE, not as an abort. */
+    int expired = gpr_time_cmp(c->deadline, gpr_inf_future(c->deadline.clock_type)) != 0 &&
+                  gpr_time_cmp(gpr_now(c->deadline.clock_type), c->deadline) >= 0;
+    kvs_loop_cancel(c->s->o.loop, id, NULL, expired ? SCHED_FINISH_DEADLINE : SCHED_FINISH_ABORTED);
 }
 
 static int copy_field(char *dst, size_t cap, const char *src)
@@ -269,14 +274,9 @@ void srv_api_generate(srv_call *c)
 {
     srv *s = c->s;
     if (srv_call_auth(c)) return;
-    Kvsieve__V1__GenerateRequest *q = (Kvsieve__V1__GenerateRequest *)srv_unpack(
-        &kvsieve__v1__generate_request__descriptor, c->payload);
-    if (!q) {
-        srv_call_fail(c, GRPC_STATUS_INVALID_ARGUMENT,
-                      c->payload ? "malformed GenerateRequest (the message bytes do not parse)"
-                                 : "missing GenerateRequest message");
-        return;
-    }
+    Kvsieve__V1__GenerateRequest *q = (Kvsieve__V1__GenerateRequest *)srv_unpack_call(
+        c, &kvsieve__v1__generate_request__descriptor, "GenerateRequest");
+    if (!q) return;
     const model_config *cfg = &s->o.engine->m->cfg;
     int32_t *ids = NULL;
     int n_ids = 0;
@@ -429,7 +429,10 @@ void srv_api_generate(srv_call *c)
     if (rc) {
         atomic_fetch_sub(&c->refs, 1); /* no event will come; we still hold the arrival's */
         const char *why = kvs_last_error();
-        srv_call_fail(c, srv_status_from_kvs(rc), "%s", why && *why ? why : kvs_strerror(rc));
+        grpc_status_code sc = srv_status_from_kvs(rc);
+        if (rc == KVS_ERANGE && p.deadline > 0 && kvs_now() >= p.deadline)
+            sc = GRPC_STATUS_DEADLINE_EXCEEDED;
+        srv_call_fail(c, sc, "%s", why && *why ? why : kvs_strerror(rc));
         return;
     }
     pthread_mutex_lock(&c->mu);
@@ -447,12 +450,9 @@ void srv_api_generate(srv_call *c)
 void srv_api_abort(srv_call *c)
 {
     if (srv_call_auth(c)) return;
-    Kvsieve__V1__AbortRequest *q = (Kvsieve__V1__AbortRequest *)srv_unpack(
-        &kvsieve__v1__abort_request__descriptor, c->payload);
-    if (!q) {
-        srv_call_fail(c, GRPC_STATUS_INVALID_ARGUMENT, "malformed AbortRequest");
-        return;
-    }
+    Kvsieve__V1__AbortRequest *q = (Kvsieve__V1__AbortRequest *)srv_unpack_call(
+        c, &kvsieve__v1__abort_request__descriptor, "AbortRequest");
+    if (!q) return;
     uint64_t id = q->request_id;
     kvsieve__v1__abort_request__free_unpacked(q, NULL);
     int rc = kvs_loop_abort(c->s->o.loop, id, tenant_name(c));
@@ -473,12 +473,9 @@ void srv_api_tokenize(srv_call *c)
 {
     srv *s = c->s;
     if (srv_call_auth(c)) return;
-    Kvsieve__V1__TokenizeRequest *q = (Kvsieve__V1__TokenizeRequest *)srv_unpack(
-        &kvsieve__v1__tokenize_request__descriptor, c->payload);
-    if (!q) {
-        srv_call_fail(c, GRPC_STATUS_INVALID_ARGUMENT, "malformed TokenizeRequest");
-        return;
-    }
+    Kvsieve__V1__TokenizeRequest *q = (Kvsieve__V1__TokenizeRequest *)srv_unpack_call(
+        c, &kvsieve__v1__tokenize_request__descriptor, "TokenizeRequest");
+    if (!q) return;
     if (q->system[0] && !q->chat) {
         srv_call_fail(c, GRPC_STATUS_INVALID_ARGUMENT, "system only applies with chat = true");
         kvsieve__v1__tokenize_request__free_unpacked(q, NULL);
@@ -524,19 +521,16 @@ void srv_api_model_info(srv_call *c)
 {
     srv *s = c->s;
     if (srv_call_auth(c)) return;
-    Kvsieve__V1__GetModelInfoRequest *q = (Kvsieve__V1__GetModelInfoRequest *)srv_unpack(
-        &kvsieve__v1__get_model_info_request__descriptor, c->payload);
-    if (!q) {
-        srv_call_fail(c, GRPC_STATUS_INVALID_ARGUMENT, "malformed GetModelInfoRequest");
-        return;
-    }
+    Kvsieve__V1__GetModelInfoRequest *q = (Kvsieve__V1__GetModelInfoRequest *)srv_unpack_call(
+        c, &kvsieve__v1__get_model_info_request__descriptor, "GetModelInfoRequest");
+    if (!q) return;
     kvsieve__v1__get_model_info_request__free_unpacked(q, NULL);
     const kvs_engine *e = s->o.engine;
     const model_config *cfg = &e->m->cfg;
     Kvsieve__V1__GetModelInfoResponse r = KVSIEVE__V1__GET_MODEL_INFO_RESPONSE__INIT;
     char path[sizeof e->m->path];
     snprintf(path, sizeof path, "%s", e->m->path);
-    r.name = (char *)cfg->name;
+    r.name = (char *)(s->o.model_name ? s->o.model_name : cfg->name);
     r.file = basename(path);
     r.architecture = (char *)"llama";
     r.n_vocab = cfg->n_vocab;
@@ -574,12 +568,9 @@ void srv_api_server_info(srv_call *c)
 {
     srv *s = c->s;
     if (srv_call_auth(c)) return;
-    Kvsieve__V1__GetServerInfoRequest *q = (Kvsieve__V1__GetServerInfoRequest *)srv_unpack(
-        &kvsieve__v1__get_server_info_request__descriptor, c->payload);
-    if (!q) {
-        srv_call_fail(c, GRPC_STATUS_INVALID_ARGUMENT, "malformed GetServerInfoRequest");
-        return;
-    }
+    Kvsieve__V1__GetServerInfoRequest *q = (Kvsieve__V1__GetServerInfoRequest *)srv_unpack_call(
+        c, &kvsieve__v1__get_server_info_request__descriptor, "GetServerInfoRequest");
+    if (!q) return;
     kvsieve__v1__get_server_info_request__free_unpacked(q, NULL);
     kvs_loop_stats st;
     memset(&st, 0, sizeof st);

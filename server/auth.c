@@ -79,17 +79,22 @@ int srv_key_generate(char *out, size_t cap)
 
 const char *srv_key_from_authorization(const char *value, size_t len, size_t *key_len)
 {
-    if (len > 7 && !strncasecmp(value, "Bearer ", 7)) {
-        value += 7;
-        len -= 7;
-        while (len && *value == ' ') value++, len--;
-    } else {
-        return NULL;
-    }
-    while (len && value[len - 1] == ' ') len--;
-    if (!len) return NULL;
+    if (len <= 7 || strncasecmp(value, "Bearer ", 7)) return NULL;
+    value += 7;
+    len -= 7;
+    if (!srv_key_is_clean(value, len)) return NULL;
     *key_len = len;
     return value;
+}
+
+int srv_key_is_clean(const char *key, size_t len)
+{
+    if (!len) return 0;
+    for (size_t i = 0; i < len; i++) {
+        unsigned char c = (unsigned char)key[i];
+        if (c <= 0x20 || c >= 0x7f) return 0; /* no spaces, controls or non-ASCII */
+    }
+    return 1;
 }
 
 int srv_auth_find(const srv_tenants *t, const char *key, size_t len)

@@ -24,10 +24,12 @@ int srv_key_hash_parse(const char *s, unsigned char out[SRV_KEY_HASH_LEN]);
 /* A new random key ("kvs-" + 43 base64url characters = 256 bits) into out[64]. */
 int srv_key_generate(char *out, size_t cap);
 
-/* The key in request metadata values: `authorization: Bearer <key>` (scheme case-insensitive)
- * or `x-api-key: <key>`. Returns a pointer into value (not NUL-terminated) and its length, or
- * NULL if the value does not hold a key. */
+/* The key of an `authorization: Bearer <key>` value: exactly one space after the scheme (which
+ * is case-insensitive), the key printable ASCII without spaces. Returns a pointer into value
+ * (not NUL-terminated) and its length, or NULL if the value is not exactly that. */
 const char *srv_key_from_authorization(const char *value, size_t len, size_t *key_len);
+/* 1 if len bytes of key are a possible key (printable ASCII, no spaces), e.g. x-api-key's. */
+int srv_key_is_clean(const char *key, size_t len);
 
 /* Index of the tenant whose hashes include the key's hash, or -1. Constant time in the key
  * and in which hash matches. */

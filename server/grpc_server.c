@@ -21,6 +21,7 @@
 #include <unistd.h>
 
 #include "core/common.h"
+#include "proto_check.h"
 #include "srv_internal.h"
 
 /* Requests kept armed per method per cq; one is re-armed as each call arrives. Calls beyond
@@ -58,14 +59,27 @@ grpc_byte_buffer *srv_pack(const ProtobufCMessage *m)
     return bb;
 }
 
-ProtobufCMessage *srv_unpack(const ProtobufCMessageDescriptor *d, grpc_byte_buffer *bb)
+ProtobufCMessage *srv_unpack_call(srv_call *c, const ProtobufCMessageDescriptor *d,
+                                  const char *what)
 {
     grpc_byte_buffer_reader r;
-    if (!bb || !grpc_byte_buffer_reader_init(&r, bb)) return NULL;
+    if (!c->payload || !grpc_byte_buffer_reader_init(&r, c->payload)) {
+        srv_call_fail(c, GRPC_STATUS_INVALID_ARGUMENT, "missing %s message", what);
+        return NULL;
+    }
     grpc_slice s = grpc_byte_buffer_reader_readall(&r);
     grpc_byte_buffer_reader_destroy(&r);
-    ProtobufCMessage *m =
-        protobuf_c_message_unpack(d, NULL, GRPC_SLICE_LENGTH(s), GRPC_SLICE_START_PTR(s));
+    char why[256];
+    ProtobufCMessage *m = NULL;
+    if (srv_proto_check_strings(d, GRPC_SLICE_START_PTR(s), GRPC_SLICE_LENGTH(s), why,
+                                sizeof why)) {
+        srv_call_fail(c, GRPC_STATUS_INVALID_ARGUMENT, "%s: %s", what, why);
+    } else {
+        m = protobuf_c_message_unpack(d, NULL, GRPC_SLICE_LENGTH(s), GRPC_SLICE_START_PTR(s));
+        if (!m)
+            srv_call_fail(c, GRPC_STATUS_INVALID_ARGUMENT,
+                          "malformed %s (the message bytes do not parse)", what);
+    }
     grpc_slice_unref(s);
     return m;
 }
@@ -256,31 +270,38 @@ int srv_call_auth(srv_call *c)
         c->tenant = 0;
         return 0;
     }
-    const char *key = NULL;
-    size_t klen = 0;
-    int seen = 0;
+    const char *key = NULL, *akey = NULL, *xkey = NULL;
+    size_t klen = 0, aklen = 0, xklen = 0;
+    int n_auth = 0, n_x = 0;
     for (size_t i = 0; i < c->md.count; i++) {
         const grpc_metadata *m = &c->md.metadata[i];
         const char *v = (const char *)GRPC_SLICE_START_PTR(m->value);
         size_t vlen = GRPC_SLICE_LENGTH(m->value);
         if (!grpc_slice_str_cmp(m->key, "authorization")) {
-            seen = 1;
-            size_t kl;
-            const char *k = srv_key_from_authorization(v, vlen, &kl);
-            if (k) key = k, klen = kl;
-        } else if (!grpc_slice_str_cmp(m->key, "x-api-key") && !key) {
-            seen = 1;
-            while (vlen && (*v == ' ')) v++, vlen--;
-            while (vlen && v[vlen - 1] == ' ') vlen--;
-            if (vlen) key = v, klen = vlen;
+            n_auth++;
+            akey = srv_key_from_authorization(v, vlen, &aklen);
+        } else if (!grpc_slice_str_cmp(m->key, "x-api-key")) {
+            n_x++;
+            xkey = srv_key_is_clean(v, vlen) ? v : NULL;
+            xklen = vlen;
         }
     }
+    /* One header, exactly one form: several (a later right key after a wrong one) or a value
+     * with spaces around the key is refused, not guessed at. */
+    if (n_auth > 1 || (!n_auth && n_x > 1)) {
+        srv_call_fail(c, GRPC_STATUS_UNAUTHENTICATED,
+                      "more than one %s header: send exactly one",
+                      n_auth > 1 ? "authorization" : "x-api-key");
+        return -1;
+    }
+    if (n_auth) key = akey, klen = aklen;
+    else if (n_x) key = xkey, klen = xklen;
     if (!key) {
         srv_call_fail(c, GRPC_STATUS_UNAUTHENTICATED,
-                      seen ? "malformed API key header: send 'authorization: Bearer <key>' or "
-                             "'x-api-key: <key>'"
-                           : "missing API key: send 'authorization: Bearer <key>' or "
-                             "'x-api-key: <key>'");
+                      n_auth || n_x ? "malformed API key header: send exactly 'authorization: "
+                                      "Bearer <key>' or 'x-api-key: <key>'"
+                                    : "missing API key: send 'authorization: Bearer <key>' or "
+                                      "'x-api-key: <key>'");
         return -1;
     }
     int t = srv_auth_find(s->o.tenants, key, klen);
@@ -380,6 +401,41 @@ static void on_close(srv_call *c, int ok)
     srv_call_unref(c);
 }
 
+static void dispatch(srv_call *c)
+{
+    switch (c->method) {
+    case SRV_M_GENERATE: srv_api_generate(c); break;
+    case SRV_M_ABORT: srv_api_abort(c); break;
+    case SRV_M_TOKENIZE: srv_api_tokenize(c); break;
+    case SRV_M_MODEL_INFO: srv_api_model_info(c); break;
+    case SRV_M_SERVER_INFO: srv_api_server_info(c); break;
+    case SRV_M_HEALTH_CHECK: srv_health_check(c); break;
+    case SRV_M_HEALTH_WATCH: srv_health_watch(c); break;
+    case SRV_M_REFLECT_V1:
+    case SRV_M_REFLECT_V1ALPHA: refl_read(c); break;
+    default: {
+        char *m = grpc_slice_to_c_string(c->details.method);
+        srv_call_fail(c, GRPC_STATUS_UNIMPLEMENTED, "unknown method %s", m);
+        gpr_free(m);
+        break;
+    }
+    }
+}
+
+static void on_extra_msg(srv_call *c, int ok)
+{
+    if (ok && c->r_bb) {
+        grpc_byte_buffer_destroy(c->r_bb);
+        c->r_bb = NULL;
+        srv_call_fail(c, GRPC_STATUS_INVALID_ARGUMENT,
+                      "more than one request message on a method that takes one");
+    } else if (ok) {
+        dispatch(c);
+    }
+    /* !ok: the call failed or was cancelled; RECV_CLOSE_ON_SERVER reports it */
+    srv_call_unref(c);
+}
+
 static void on_new(srv_call *c, int ok)
 {
     srv *s = c->s;
@@ -411,22 +467,21 @@ static void on_new(srv_call *c, int ok)
         srv_call_unref(c);
         return;
     }
-    switch (c->method) {
-    case SRV_M_GENERATE: srv_api_generate(c); break;
-    case SRV_M_ABORT: srv_api_abort(c); break;
-    case SRV_M_TOKENIZE: srv_api_tokenize(c); break;
-    case SRV_M_MODEL_INFO: srv_api_model_info(c); break;
-    case SRV_M_SERVER_INFO: srv_api_server_info(c); break;
-    case SRV_M_HEALTH_CHECK: srv_health_check(c); break;
-    case SRV_M_HEALTH_WATCH: srv_health_watch(c); break;
-    case SRV_M_REFLECT_V1:
-    case SRV_M_REFLECT_V1ALPHA: refl_read(c); break;
-    default: {
-        char *m = grpc_slice_to_c_string(c->details.method);
-        srv_call_fail(c, GRPC_STATUS_UNIMPLEMENTED, "unknown method %s", m);
-        gpr_free(m);
-        break;
-    }
+    if (c->method != SRV_M_UNKNOWN && !is_bidi(c->method)) {
+        /* One request message on a single-request method: read on to the client's half-close
+         * and refuse a second message instead of ignoring it. */
+        grpc_op rop;
+        memset(&rop, 0, sizeof rop);
+        rop.op = GRPC_OP_RECV_MESSAGE;
+        rop.data.recv_message.recv_message = &c->r_bb;
+        c->t_read = (srv_tag){on_extra_msg, c};
+        srv_call_ref(c);
+        if (grpc_call_start_batch(c->call, &rop, 1, &c->t_read, NULL) != GRPC_CALL_OK) {
+            srv_call_unref(c);
+            dispatch(c);
+        }
+    } else {
+        dispatch(c);
     }
     srv_call_unref(c); /* the arrival's reference */
 }

@@ -31,12 +31,9 @@ static grpc_byte_buffer *status_msg(int known, int serving)
 
 void srv_health_check(srv_call *c)
 {
-    Grpc__Health__V1__HealthCheckRequest *q = (Grpc__Health__V1__HealthCheckRequest *)srv_unpack(
-        &grpc__health__v1__health_check_request__descriptor, c->payload);
-    if (!q) {
-        srv_call_fail(c, GRPC_STATUS_INVALID_ARGUMENT, "malformed HealthCheckRequest");
-        return;
-    }
+    Grpc__Health__V1__HealthCheckRequest *q = (Grpc__Health__V1__HealthCheckRequest *)srv_unpack_call(
+        c, &grpc__health__v1__health_check_request__descriptor, "HealthCheckRequest");
+    if (!q) return;
     if (!known_service(q->service)) {
         srv_call_fail(c, GRPC_STATUS_NOT_FOUND, "unknown service '%.200s'", q->service);
     } else {
@@ -65,12 +62,9 @@ static void watch_cancel(srv_call *c)
 void srv_health_watch(srv_call *c)
 {
     srv *s = c->s;
-    Grpc__Health__V1__HealthCheckRequest *q = (Grpc__Health__V1__HealthCheckRequest *)srv_unpack(
-        &grpc__health__v1__health_check_request__descriptor, c->payload);
-    if (!q) {
-        srv_call_fail(c, GRPC_STATUS_INVALID_ARGUMENT, "malformed HealthCheckRequest");
-        return;
-    }
+    Grpc__Health__V1__HealthCheckRequest *q = (Grpc__Health__V1__HealthCheckRequest *)srv_unpack_call(
+        c, &grpc__health__v1__health_check_request__descriptor, "HealthCheckRequest");
+    if (!q) return;
     c->watch_known = known_service(q->service);
     grpc__health__v1__health_check_request__free_unpacked(q, NULL);
     c->on_cancel = watch_cancel;

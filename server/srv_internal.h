@@ -111,8 +111,10 @@ void srv_call_reply(srv_call *c, const ProtobufCMessage *msg, grpc_status_code c
 void srv_call_fail(srv_call *c, grpc_status_code code, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 grpc_byte_buffer *srv_pack(const ProtobufCMessage *m);
-/* The request message, or NULL (malformed or missing: the caller replies INVALID_ARGUMENT). */
-ProtobufCMessage *srv_unpack(const ProtobufCMessageDescriptor *d, grpc_byte_buffer *bb);
+/* The call's request message, strings checked (UTF-8, no NUL); on failure the call gets
+ * INVALID_ARGUMENT naming the field (what = the message type) and NULL is returned. */
+ProtobufCMessage *srv_unpack_call(srv_call *c, const ProtobufCMessageDescriptor *d,
+                                  const char *what);
 /* Authenticate: sets c->tenant and returns 0, or replies UNAUTHENTICATED and returns -1. */
 int srv_call_auth(srv_call *c);
 grpc_status_code srv_status_from_kvs(int rc);

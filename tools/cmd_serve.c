@@ -15,6 +15,7 @@
 #include "engine.h"
 #include "memory/policy.h"
 #include "scheduler/loop.h"
+#include "server/http.h"
 #include "server/metrics.h"
 #include "server/server.h"
 #include "server/tenants.h"
@@ -24,13 +25,21 @@ static void usage(FILE *f)
     fprintf(f,
         "usage: kvsieve serve [options]\n\n"
         "Serve the model over gRPC (kvsieve.v1.Kvsieve, grpc.health.v1.Health, server reflection)\n"
-        "until SIGTERM or SIGINT. Prints 'kvsieve serve: ready grpc=HOST:PORT metrics=...' on stdout\n"
+        "and optionally the OpenAI HTTP API, until SIGTERM or SIGINT. Prints\n"
+        "'kvsieve serve: ready grpc=HOST:PORT metrics=... http=...' on stdout\n"
         "once it accepts calls. See docs/OPERATIONS.md and docs/API.md.\n\n"
         "  --model PATH            GGUF model (default: $KVSIEVE_MODEL, else " KVS_DEFAULT_MODEL_REL ")\n"
         "  --listen HOST:PORT      gRPC address (default 127.0.0.1:50051; port 0 = any free port)\n"
         "  --metrics-listen HOST:PORT\n"
         "                          serve Prometheus metrics at http://HOST:PORT/metrics\n"
         "                          (default: off; port 0 = any free port)\n"
+        "  --http-listen HOST:PORT serve the OpenAI-compatible HTTP API (/v1/completions,\n"
+        "                          /v1/chat/completions, /v1/models, /health, /tokenize,\n"
+        "                          /detokenize) on the same engine and tenants (default: off)\n"
+        "  --http-metrics          also serve GET /metrics on the --http-listen port\n"
+        "  --served-model-name NAME\n"
+        "                          the model name both APIs report and the HTTP API expects in\n"
+        "                          \"model\" (default: the GGUF's general.name)\n"
         "  --tenants FILE          tenants file (YAML: names, API key hashes, weights, limits,\n"
         "                          allowed policies). Without it the server is open: no API key,\n"
         "                          one tenant 'default' without limits\n"
@@ -66,7 +75,8 @@ int cmd_serve(int argc, char **argv)
 {
     const char *cmd = "serve";
     const char *model_path = NULL, *listen = "127.0.0.1:50051", *metrics_listen = NULL;
-    const char *tenants_path = NULL;
+    const char *tenants_path = NULL, *http_listen = NULL, *served_name = NULL;
+    int http_metrics = 0;
     cli_policy pol = {0};
     int verbose = 0;
     size_t kv_bytes = 0;
@@ -74,12 +84,15 @@ int cmd_serve(int argc, char **argv)
     long long max_batch = 512, max_running = 64, chunk = 256, threads = 1;
     double grace = 15.0;
     enum { O_MODEL = 256, O_LISTEN, O_METRICS, O_TENANTS, O_KV, O_POLICY, O_BATCH, O_RUNNING,
-           O_CHUNK, O_GRACE, O_THREADS, O_DEVICE };
+           O_CHUNK, O_GRACE, O_THREADS, O_DEVICE, O_HTTP, O_HTTP_METRICS, O_SERVED };
     static const struct option opts[] = {
         {"model", required_argument, 0, O_MODEL},
         {"listen", required_argument, 0, O_LISTEN},
         {"metrics-listen", required_argument, 0, O_METRICS},
         {"tenants", required_argument, 0, O_TENANTS},
+        {"http-listen", required_argument, 0, O_HTTP},
+        {"http-metrics", no_argument, 0, O_HTTP_METRICS},
+        {"served-model-name", required_argument, 0, O_SERVED},
         {"kv-memory", required_argument, 0, O_KV},
         {"policy", required_argument, 0, O_POLICY},
         {"ratio", required_argument, 0, O_POLICY},
@@ -105,6 +118,15 @@ int cmd_serve(int argc, char **argv)
         case O_LISTEN: listen = optarg; break;
         case O_METRICS: metrics_listen = optarg; break;
         case O_TENANTS: tenants_path = optarg; break;
+        case O_HTTP: http_listen = optarg; break;
+        case O_HTTP_METRICS: http_metrics = 1; break;
+        case O_SERVED:
+            if (!*optarg || strlen(optarg) > 200) {
+                fprintf(stderr, "kvsieve serve: --served-model-name must be 1 to 200 bytes\n");
+                return 2;
+            }
+            served_name = optarg;
+            break;
         case O_KV: if (cli_size(cmd, "--kv-memory", optarg, &kv_bytes)) return 2; break;
         case O_DEVICE:
             if (kvs_device_parse(optarg, &device)) {
@@ -128,6 +150,10 @@ int cmd_serve(int argc, char **argv)
     }
     if (optind < argc) {
         fprintf(stderr, "kvsieve serve: unexpected argument '%s'\n", argv[optind]);
+        return 2;
+    }
+    if (http_metrics && !http_listen) {
+        fprintf(stderr, "kvsieve serve: --http-metrics needs --http-listen\n");
         return 2;
     }
     if (!model_path) model_path = cli_default_model();
@@ -162,6 +188,8 @@ int cmd_serve(int argc, char **argv)
     kvs_loop *loop = NULL;
     srv_metrics *metrics = NULL;
     srv *server = NULL;
+    srv_http *http = NULL;
+    int http_port = 0;
     pthread_t engine_thread;
     int engine_started = 0, rc = 1;
 
@@ -203,7 +231,8 @@ int cmd_serve(int argc, char **argv)
     if (!names) goto done;
     for (int i = 0; i < tenants.n; i++) names[i] = tenants.v[i].st.name;
     if (!tenants.n) names[0] = "default";
-    int mrc = srv_metrics_create(loop, e->m->cfg.name, names, tenants.n ? tenants.n : 1, &metrics);
+    const char *model_name = served_name ? served_name : e->m->cfg.name;
+    int mrc = srv_metrics_create(loop, model_name, names, tenants.n ? tenants.n : 1, &metrics);
     free(names);
     if (mrc) {
         fprintf(stderr, "kvsieve serve: %s\n", kvs_last_error());
@@ -224,10 +253,27 @@ int cmd_serve(int argc, char **argv)
                    .default_policy = policy,
                    .default_policy_args = policy_args,
                    .qfilters_path = qf_path[0] ? qf_path : NULL,
+                   .model_name = model_name,
                    .verbose = verbose};
     if (srv_create(&so, &server)) {
         fprintf(stderr, "kvsieve serve: --listen: %s\n", kvs_last_error());
         goto done;
+    }
+    if (http_listen) {
+        srv_http_opts ho = {.listen = http_listen,
+                            .engine = e,
+                            .loop = loop,
+                            .tenants = tenants_path ? &tenants : NULL,
+                            .metrics = metrics,
+                            .model_name = model_name,
+                            .default_policy = policy,
+                            .qfilters_path = qf_path[0] ? qf_path : NULL,
+                            .serve_metrics = http_metrics,
+                            .verbose = verbose};
+        if (srv_http_start(&ho, &http, &http_port)) {
+            fprintf(stderr, "kvsieve serve: %s\n", kvs_last_error());
+            goto done;
+        }
     }
     if (pthread_create(&engine_thread, NULL, engine_main, loop)) {
         fprintf(stderr, "kvsieve serve: cannot start the engine thread\n");
@@ -235,7 +281,8 @@ int cmd_serve(int argc, char **argv)
     }
     engine_started = 1;
 
-    char gaddr[300], maddr[300] = "off";
+    char gaddr[300], maddr[300] = "off", haddr[300] = "off";
+    if (http_listen) bound_addr(http_listen, http_port, haddr, sizeof haddr);
     bound_addr(listen, srv_port(server), gaddr, sizeof gaddr);
     if (metrics_listen) bound_addr(metrics_listen, metrics_port, maddr, sizeof maddr);
     fprintf(stderr,
@@ -243,7 +290,7 @@ int cmd_serve(int argc, char **argv)
             e->m->cfg.name, model_path, (long long)e->pool->n_pages, e->pool->page_slots, policy,
             *policy_args ? " " : "", policy_args,
             tenants_path ? "tenants from file" : "open (no API key; tenant 'default')");
-    printf("kvsieve serve: ready grpc=%s metrics=%s\n", gaddr, maddr);
+    printf("kvsieve serve: ready grpc=%s metrics=%s http=%s\n", gaddr, maddr, haddr);
     fflush(stdout);
 
     int sig = 0;
@@ -251,10 +298,13 @@ int cmd_serve(int argc, char **argv)
     fprintf(stderr, "kvsieve serve: %s: shutting down (grace %.1fs)\n",
             sig == SIGINT ? "SIGINT" : "SIGTERM", grace);
     srv_begin_shutdown(server);   /* health NOT_SERVING, no new calls, stop listening */
+    srv_http_begin_shutdown(http); /* /health 503, new generation requests 503 */
     kvs_loop_stop(loop, grace);   /* running requests get the grace period, then SHUTDOWN */
     pthread_join(engine_thread, NULL);
     engine_started = 0;
     srv_finish(server, 5.0);      /* final statuses flushed; what is left is cancelled */
+    srv_http_stop(http);          /* every response ended with its FINISH; close connections */
+    http = NULL;
     fprintf(stderr, "kvsieve serve: stopped\n");
     rc = 0;
 
@@ -263,6 +313,7 @@ done:
         kvs_loop_stop(loop, 0);
         pthread_join(engine_thread, NULL);
     }
+    srv_http_stop(http);
     srv_destroy(server);
     srv_metrics_destroy(metrics);
     kvs_loop_destroy(loop);

@@ -230,6 +230,16 @@ static void test_bad_requests(void)
     snprintf(p.policy, sizeof p.policy, "streaming");
     p.policy_args[0] = 0;
     CU_ASSERT_EQUAL(kvs_loop_submit(l, "a", ids, 4, &p, on_event, &ctxs[0], &id), KVS_EUNSUPPORTED);
+    p = params(4); /* stop ids must lie in the vocabulary */
+    p.stop_ids[0] = E->m->cfg.n_vocab;
+    p.n_stop_ids = 1;
+    CU_ASSERT_EQUAL(kvs_loop_submit(l, "b", ids, 4, &p, on_event, &ctxs[0], &id), KVS_ERANGE);
+    p.stop_ids[0] = -1;
+    CU_ASSERT_EQUAL(kvs_loop_submit(l, "b", ids, 4, &p, on_event, &ctxs[0], &id), KVS_ERANGE);
+    p = params(4); /* a deadline that already passed: refused at once, never queued */
+    p.deadline = kvs_now() - 0.001;
+    CU_ASSERT_EQUAL(kvs_loop_submit(l, "b", ids, 4, &p, on_event, &ctxs[0], &id), KVS_ERANGE);
+    CU_ASSERT(strstr(kvs_last_error(), "deadline") != NULL);
     p = params(4);
     CU_ASSERT_EQUAL(kvs_loop_submit(l, "nobody", ids, 4, &p, on_event, &ctxs[0], &id), KVS_ENOTFOUND);
     /* queue limit 1 for tenant a (the loop is not running, so nothing is dequeued) */
@@ -247,6 +257,47 @@ static void test_bad_requests(void)
     CU_ASSERT_EQUAL(r->finished[0], 1);
     CU_ASSERT_EQUAL(kvs_loop_submit(l, "b", ids, 4, &p, on_event, &ctxs[0], &id), KVS_EIO);
     kvs_loop_destroy(l);
+    free(r);
+}
+
+/* A fresh loop reports its pool before any request (GetServerInfo and metrics read this). */
+static void test_fresh_stats(void)
+{
+    kvs_loop_opts o = {0};
+    kvs_loop *l;
+    CU_ASSERT_FATAL(kvs_loop_create(E, &o, &l) == 0);
+    kvs_loop_stats st;
+    kvs_loop_get_stats(l, &st);
+    CU_ASSERT_EQUAL(st.kv_pages_total, E->pool->n_pages);
+    CU_ASSERT_EQUAL(st.kv_pages_free, E->pool->n_pages);
+    CU_ASSERT_EQUAL(st.kv_pages_used, 0);
+    kvs_loop_destroy(l);
+}
+
+/* A deadline that passes during the step that makes the last token: the request ends as
+ * DEADLINE, not LENGTH (the client has given up by then). One prefill step of a long prompt
+ * takes far longer than the 20 ms deadline. */
+static void test_deadline_beats_length(void)
+{
+    rec *r = rec_new();
+    kvs_loop_opts o = {.max_batch_tokens = 2048, .prefill_chunk = 2048};
+    CU_ASSERT_FATAL(kvs_loop_create(E, &o, &r->loop) == 0);
+    pthread_t th;
+    pthread_create(&th, NULL, run_thread, r->loop);
+    usleep(100000); /* the loop is idle and waiting */
+    static int32_t ids[400];
+    for (int i = 0; i < 400; i++) ids[i] = 100 + (i * 37) % 5000;
+    sched_params p = params(1);
+    p.deadline = kvs_now() + 0.02;
+    uint64_t id;
+    double t0 = kvs_now();
+    CU_ASSERT_EQUAL(kvs_loop_submit(r->loop, NULL, ids, 400, &p, on_event, &ctxs[0], &id), 0);
+    wait_finished(r, 1, 120);
+    printf("\n  400-token prefill step: %.3fs; reason %d\n", kvs_now() - t0, r->reason[0]);
+    CU_ASSERT_EQUAL(r->reason[0], SCHED_FINISH_DEADLINE);
+    kvs_loop_stop(r->loop, 0);
+    pthread_join(th, NULL);
+    kvs_loop_destroy(r->loop);
     free(r);
 }
 
@@ -358,6 +409,8 @@ int main(void)
         {"greedy streams equal direct engine runs", test_stream_matches_engine},
         {"abort, stop string, deadline", test_stops_abort_deadline},
         {"bad requests refused with the right status", test_bad_requests},
+        {"a fresh loop reports its pool", test_fresh_stats},
+        {"a deadline passed during the last step wins over length", test_deadline_beats_length},
         {"pool too small: compress, compact, preempt; all finish", test_pressure},
         {"VTC fairness between weighted tenants", test_vtc_fairness},
     };

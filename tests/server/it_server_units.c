@@ -51,12 +51,17 @@ static void test_key_hash(void)
 static void test_authorization_header(void)
 {
     size_t n = 0;
-    const char *k = srv_key_from_authorization("Bearer  abc ", 12, &n);
+    const char *k = srv_key_from_authorization("Bearer abc", 10, &n);
     CU_ASSERT_PTR_NOT_NULL_FATAL(k);
     CU_ASSERT_EQUAL(n, 3);
     CU_ASSERT(!strncmp(k, "abc", 3));
     k = srv_key_from_authorization("bearer xyz", 10, &n);
     CU_ASSERT_PTR_NOT_NULL(k);
+    /* exactly one space after the scheme, nothing around or inside the key */
+    CU_ASSERT_PTR_NULL(srv_key_from_authorization("Bearer  abc", 11, &n));
+    CU_ASSERT_PTR_NULL(srv_key_from_authorization("Bearer abc ", 11, &n));
+    CU_ASSERT_PTR_NULL(srv_key_from_authorization("Bearer a bc", 11, &n));
+    CU_ASSERT_PTR_NULL(srv_key_from_authorization("Bearer\tabc", 10, &n));
     CU_ASSERT_PTR_NULL(srv_key_from_authorization("Basic abc", 9, &n));
     CU_ASSERT_PTR_NULL(srv_key_from_authorization("Bearer ", 7, &n));
     CU_ASSERT_PTR_NULL(srv_key_from_authorization("Bearer    ", 10, &n));

@@ -35,6 +35,18 @@ def check_prerequisites():
         sys.exit(1)
 
 
+def check_prerequisites_http():
+    """What the HTTP API tests need: the model and the binary (no gRPC protos)."""
+    missing = []
+    if not os.path.exists(MODEL):
+        missing.append("the default model %s (run scripts/fetch-model)" % MODEL)
+    if not os.access(BIN, os.X_OK):
+        missing.append("%s (build it first)" % BIN)
+    if missing:
+        print("FAIL: missing " + "; ".join(missing))
+        sys.exit(1)
+
+
 def make_stubs():
     """Compile the protos; returns (kvsieve_pb2, kvsieve_pb2_grpc, health_pb2, refl_v1_pb2,
     refl_v1alpha_pb2) modules."""
@@ -72,14 +84,14 @@ class Server:
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=self.log,
                                      env=dict(os.environ, OMP_NUM_THREADS="2"))
         deadline = time.time() + 60
-        self.grpc = self.metrics = None
+        self.grpc = self.metrics = self.http = None
         while time.time() < deadline:
             line = self.proc.stdout.readline().decode()
             if not line:
                 break
-            m = re.search(r"ready grpc=(\S+) metrics=(\S+)", line)
+            m = re.search(r"ready grpc=(\S+) metrics=(\S+)(?: http=(\S+))?", line)
             if m:
-                self.grpc, self.metrics = m.group(1), m.group(2)
+                self.grpc, self.metrics, self.http = m.group(1), m.group(2), m.group(3)
                 break
         if not self.grpc:
             self.kill()

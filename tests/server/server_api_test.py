@@ -154,6 +154,21 @@ class GenerateTest(unittest.TestCase):
         self.assertLess(time.time() - t0, 3)
         self.assertIsNotNone(wait_idle(ALICE), "KV pages not returned after the deadline")
 
+    def test_deadline_counts_as_deadline(self):
+        def finished(reason):
+            text = urllib.request.urlopen("http://%s/metrics" % SRV.metrics, timeout=5).read()
+            return sum(float(l.rsplit(" ", 1)[1]) for l in text.decode().splitlines()
+                       if l.startswith("vllm:request_success_total{") and 'tenant="alice"' in l
+                       and 'finished_reason="%s"' % reason in l)
+        d0, a0 = finished("deadline"), finished("abort")
+        _, _, _, _, err = collect(stub().Generate(
+            pb.GenerateRequest(text="Count to a thousand:", max_tokens=2000, ignore_eos=True),
+            metadata=md(ALICE), timeout=0.6))
+        self.assertEqual(err.code(), grpc.StatusCode.DEADLINE_EXCEEDED)
+        self.assertIsNotNone(wait_idle(ALICE))
+        self.assertEqual(finished("deadline"), d0 + 1)  # not recorded as an abort
+        self.assertEqual(finished("abort"), a0)
+
     def test_cancel_returns_pages(self):
         call = stub().Generate(pb.GenerateRequest(text="Tell a story:", max_tokens=2000,
                                                   ignore_eos=True), metadata=md(ALICE))
@@ -219,6 +234,17 @@ class AuthTest(unittest.TestCase):
         self.check((("x-api-key", ALICE + "x"),), grpc.StatusCode.UNAUTHENTICATED)
         self.check((("authorization", "Basic " + ALICE),), grpc.StatusCode.UNAUTHENTICATED)
 
+    def test_strict_headers(self):
+        # one header, exactly "Bearer KEY": a later right key does not win over a wrong one,
+        # and spaces around the key are refused
+        self.check((("authorization", "Bearer wrong"), ("authorization", "Bearer " + ALICE)),
+                   grpc.StatusCode.UNAUTHENTICATED)
+        self.check((("authorization", "Bearer  " + ALICE),), grpc.StatusCode.UNAUTHENTICATED)
+        self.check((("authorization", "Bearer " + ALICE + " "),),
+                   grpc.StatusCode.UNAUTHENTICATED)
+        self.check((("x-api-key", "wrong"), ("x-api-key", ALICE)),
+                   grpc.StatusCode.UNAUTHENTICATED)
+
     def test_good_keys(self):
         self.check(md(ALICE), None)
         self.check((("x-api-key", BOB),), None)
@@ -230,6 +256,63 @@ def raw_generate(data, key=ALICE):
     call = CH.unary_stream("/kvsieve.v1.Kvsieve/Generate", request_serializer=lambda b: b,
                            response_deserializer=pb.GenerateResponse.FromString)
     return list(call(data, metadata=md(key), timeout=10))
+
+
+class StrictInputTest(unittest.TestCase):
+    def test_nul_in_strings(self):
+        INVALID = grpc.StatusCode.INVALID_ARGUMENT
+        for req in [pb.GenerateRequest(text="hi\0there", max_tokens=1),
+                    pb.GenerateRequest(text="hi", max_tokens=1, policy="knorm\0junk",
+                                       policy_args="ratio=0.5"),
+                    pb.GenerateRequest(text="hi", max_tokens=1, stop=["a\0b"]),
+                    pb.GenerateRequest(text="hi", chat=True, system="s\0", max_tokens=1)]:
+            with self.subTest(req=req):
+                with self.assertRaises(grpc.RpcError) as cm:
+                    list(stub().Generate(req, metadata=md(ALICE), timeout=10))
+                self.assertEqual(cm.exception.code(), INVALID)
+                self.assertIn("NUL", cm.exception.details())
+        with self.assertRaises(grpc.RpcError) as cm:
+            stub().Tokenize(pb.TokenizeRequest(text="a\0b"), metadata=md(ALICE))
+        self.assertEqual(cm.exception.code(), INVALID)
+
+    def test_invalid_utf8(self):
+        # field 1 (text), field 6 (max_tokens) = 1: text with bytes that are not UTF-8
+        bad = b"\x0a\x04hi\xff\xfe" + b"\x30\x01"
+        with self.assertRaises(grpc.RpcError) as cm:
+            raw_generate(bad)
+        self.assertEqual(cm.exception.code(), grpc.StatusCode.INVALID_ARGUMENT)
+        self.assertIn("UTF-8", cm.exception.details())
+        self.assertNotIn("\ufffd", cm.exception.details())
+        call = CH.unary_unary("/kvsieve.v1.Kvsieve/Tokenize", request_serializer=lambda b: b,
+                              response_deserializer=pb.TokenizeResponse.FromString)
+        with self.assertRaises(grpc.RpcError) as cm:
+            call(b"\x0a\x02\xc3\x28", metadata=md(ALICE), timeout=10)
+        self.assertEqual(cm.exception.code(), grpc.StatusCode.INVALID_ARGUMENT)
+
+    def test_several_messages_on_single_request_method(self):
+        for path, req, resp in [
+                ("/kvsieve.v1.Kvsieve/Tokenize", pb.TokenizeRequest(text="x"),
+                 pb.TokenizeResponse),
+                ("/kvsieve.v1.Kvsieve/Generate", pb.GenerateRequest(text="x", max_tokens=1),
+                 pb.GenerateResponse)]:
+            call = CH.stream_stream(path, request_serializer=lambda m: m.SerializeToString(),
+                                    response_deserializer=resp.FromString)
+            with self.assertRaises(grpc.RpcError) as cm:
+                list(call(iter([req, req]), metadata=md(ALICE), timeout=10))
+            self.assertEqual(cm.exception.code(), grpc.StatusCode.INVALID_ARGUMENT)
+            # one message through the same streaming stub is fine
+            self.assertTrue(list(call(iter([req]), metadata=md(ALICE), timeout=10)))
+
+    def test_stop_token_ids_in_vocabulary(self):
+        with self.assertRaises(grpc.RpcError) as cm:
+            list(stub().Generate(pb.GenerateRequest(text="x", max_tokens=1,
+                                                    stop_token_ids=[10 ** 8]),
+                                 metadata=md(ALICE), timeout=10))
+        self.assertEqual(cm.exception.code(), grpc.StatusCode.INVALID_ARGUMENT)
+        with self.assertRaises(grpc.RpcError):
+            list(stub().Generate(pb.GenerateRequest(text="x", max_tokens=1,
+                                                    stop_token_ids=[-1]),
+                                 metadata=md(ALICE), timeout=10))
 
 
 class BadRequestTest(unittest.TestCase):

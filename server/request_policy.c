@@ -1,0 +1,61 @@
+/* request_policy.c — see request_policy.h. */
+#include "request_policy.h"
+
+#include <stdio.h>
+#include <string.h>
+
+#include "core/common.h"
+#include "memory/policy.h"
+
+int srv_request_policy(const char *name, const char *args, const char *qfilters_path,
+                       sched_params *p, char *err, size_t errsz)
+{
+    size_t nl = strlen(name), al = strlen(args);
+    if (nl >= sizeof p->policy) {
+        snprintf(err, errsz, "policy name longer than %zu bytes", sizeof p->policy - 1);
+        return KVS_EINVAL;
+    }
+    if (al >= sizeof p->policy_args) {
+        snprintf(err, errsz, "policy_args longer than %zu bytes", sizeof p->policy_args - 1);
+        return KVS_EINVAL;
+    }
+    if (!nl && al) {
+        snprintf(err, errsz, "policy options need a policy (the server's default policy keeps "
+                 "the server's options)");
+        return KVS_EINVAL;
+    }
+    memcpy(p->policy, name, nl + 1);
+    memcpy(p->policy_args, args, al + 1);
+    if (!nl) return 0;
+    const char *cur = args;
+    char key[64], val[SCHED_ARGS_MAX];
+    int r, sized = 0;
+    while ((r = pol_args_next(&cur, key, sizeof key, val, sizeof val)) > 0) {
+        if (!strcmp(key, "filters")) {
+            snprintf(err, errsz, "policy_args: filters= cannot be set by a request; the server "
+                     "uses its own filters file");
+            return KVS_EINVAL;
+        }
+        if (!strcmp(key, "ratio") || !strcmp(key, "budget")) sized = 1;
+    }
+    if (strcmp(name, "full") && !sized && pol_find(name)) {
+        snprintf(err, errsz, "policy '%s' needs ratio (fraction of tokens evicted, e.g. "
+                 "ratio=0.5) or budget (tokens kept per head, e.g. budget=256): without either "
+                 "it evicts nothing", name);
+        return KVS_EINVAL;
+    }
+    if (!strcmp(name, "qfilters")) {
+        if (!qfilters_path || !*qfilters_path) {
+            snprintf(err, errsz, "policy qfilters needs a filters file on the server "
+                     "(<model>.kvsqf from `kvsieve calibrate`, or the server's --policy-args); "
+                     "this server has none");
+            return KVS_EINVAL;
+        }
+        if (snprintf(p->policy_args + al, sizeof p->policy_args - al, "%sfilters=%s",
+                     al ? "," : "", qfilters_path) >= (int)(sizeof p->policy_args - al)) {
+            snprintf(err, errsz, "policy_args too long");
+            return KVS_EINVAL;
+        }
+    }
+    return 0;
+}
