@@ -11,10 +11,11 @@ Output, in tests/fixtures/gguf/ (deterministic: fixed seed, fixed order):
   all_types.gguf           metadata of every value type (scalars, strings, arrays of each
                            type, arrays of strings, nested arrays) and small tensors of every
                            type the engine dequantises (F32, F16, BF16, Q8_0, Q4_0, Q4_1,
-                           Q4_K, Q6_K), 1-D to 4-D, alignment 64.
+                           Q4_K, Q6_K, Q5_0, Q5_1, Q5_K, Q8_K), 1-D to 4-D, alignment 64.
   all_types.expected.bin   for each tensor in file order, its values as the `gguf` package
                            dequantises them: little-endian float32, n_elems of them, back
-                           to back.
+                           to back. gguf has no Q8_K dequantiser: that one comes from
+                           dequantize_q8_k() below, a transcription of ggml's block layout.
   all_types.layout.txt     byte offsets of header fields, found by an independent walk of
                            the written file, so the C test can corrupt specific fields.
                            One "name value..." record per line (see write_layout()).
@@ -37,6 +38,9 @@ OUT = os.path.normpath(os.path.join(HERE, "..", "fixtures", "gguf"))
 ALIGN = 64
 
 rng = np.random.default_rng(20240611)
+# The tensors added later (Q5_0, Q5_1, Q5_K, Q8_K) draw from their own generator, so that every
+# value made before them stays as it was.
+rng5 = np.random.default_rng(20261204)
 
 
 def f16_bits(x):
@@ -73,6 +77,44 @@ def random_q6_k(n_rows, row_len):
     return blocks.reshape(n_rows, row_len // 256 * 210), QT.Q6_K
 
 
+def random_q5_k(n_rows, row_len):
+    """gguf cannot quantise Q5_K: random blocks with valid fp16 d / dmin.
+    Block (176 bytes) = f16 d | f16 dmin | 12 scale bytes | 32 qh bytes | 128 nibble bytes."""
+    nb = n_rows * row_len // 256
+    blocks = rng5.integers(0, 256, size=(nb, 176), dtype=np.uint8)
+    d = rng5.uniform(-0.05, 0.05, size=nb).astype(np.float16)
+    dmin = rng5.uniform(0.0, 0.05, size=nb).astype(np.float16)
+    blocks[:, 0:2] = d.view(np.uint8).reshape(nb, 2)
+    blocks[:, 2:4] = dmin.view(np.uint8).reshape(nb, 2)
+    return blocks.reshape(n_rows, row_len // 256 * 176), QT.Q5_K
+
+
+def random_q8_k(n_rows, row_len):
+    """Q8_K (ggml's intermediate type for dot products; no quantiser in gguf): random blocks.
+    Block (292 bytes) = f32 d | 256 int8 q | 16 int16 bsums (sums of groups of 16 q)."""
+    nb = n_rows * row_len // 256
+    d = rng5.uniform(-0.01, 0.01, size=nb).astype("<f4")
+    q = rng5.integers(-128, 128, size=(nb, 256)).astype(np.int8)
+    bsums = q.astype(np.int16).reshape(nb, 16, 16).sum(axis=-1).astype("<i2")
+    blocks = np.concatenate([d.view(np.uint8).reshape(nb, 4), q.view(np.uint8),
+                             bsums.view(np.uint8).reshape(nb, 32)], axis=-1)
+    return blocks.reshape(n_rows, row_len // 256 * 292), QT.Q8_K
+
+
+def dequantize_q8_k(raw):
+    """x = d * q per 256-element block (ggml's dequantize_row_q8_K), in float32."""
+    blocks = np.ascontiguousarray(raw).view(np.uint8).reshape(-1, 292)
+    d = blocks[:, 0:4].copy().view("<f4").astype(np.float32)        # (nb, 1)
+    q = blocks[:, 4:260].copy().view(np.int8).astype(np.float32)    # (nb, 256)
+    return (d * q).reshape(-1)
+
+
+def dequantize(data, qtype):
+    if qtype == QT.Q8_K:
+        return dequantize_q8_k(data)
+    return quants.dequantize(data, qtype).astype(np.float32).reshape(-1)
+
+
 def make_tensors():
     t = []
     # F32, 2-D: numpy shape (rows, row_len) -> GGUF ne = {row_len, rows}
@@ -98,6 +140,16 @@ def make_tensors():
     t.append(("t.f32_1d", rng.standard_normal(32).astype(np.float32), None))
     t.append(("t.q8_3d",) + quantized(rng.standard_normal((2, 3, 32)).astype(np.float32), QT.Q8_0))
     t.append(("t.f32_4d", rng.standard_normal((2, 3, 2, 32)).astype(np.float32), None))
+    # 5-bit types through gguf's own quantiser (with a zero block and a constant one) and the
+    # K-quants gguf cannot quantise as random blocks
+    for name, qt in (("t.q5_0", QT.Q5_0), ("t.q5_1", QT.Q5_1)):
+        x = rng5.standard_normal((4, 64)).astype(np.float32) * 0.2
+        x[1, :32] = 0.0
+        x[2, 32:] = -0.75
+        t.append((name,) + quantized(x, qt))
+    t.append(("t.q8_k",) + random_q8_k(2, 512))
+    # last: its 704 bytes are a multiple of the alignment, so the file ends where its data does
+    t.append(("t.q5_k",) + random_q5_k(2, 512))
     return t
 
 
@@ -223,7 +275,7 @@ def write_layout(gguf_path, layout_path, expected_path):
     lines = []
     for i, (rt, ti) in enumerate(zip(reader.tensors, tinfo)):
         assert rt.data_offset == data_start + ti["offset"]
-        vals = quants.dequantize(rt.data, rt.tensor_type).astype(np.float32).reshape(-1)
+        vals = dequantize(rt.data, rt.tensor_type)
         assert vals.size == int(np.prod(ti["ne"]))
         expected += vals.astype("<f4").tobytes()
         data_end = max(data_end, rt.data_offset + rt.n_bytes)
