@@ -25,6 +25,15 @@ int engine_create(const engine_opts *o, kvs_engine **out)
     kvs_device_kind dev;
     if ((rc = kvs_device_resolve(o->device, &dev))) goto fail;
     if (dev == KVS_DEVICE_CUDA) {
+        /* The CUDA forward implements the original llama computation only (issue 12: a model
+         * that needs more is refused here rather than run wrong). */
+        char why[128];
+        if (model_needs_extensions(e->m, why, sizeof why)) {
+            rc = kvs_error(KVS_EUNSUPPORTED, "%s: the CUDA backend does not implement what this "
+                           "'%s' model needs (%s); use --device cpu", o->model_path,
+                           e->m->cfg.arch->name, why);
+            goto fail;
+        }
         if ((rc = fwd_cuda_create(e->m, P, o->kv_bytes, 0.0, &e->cuda))) goto fail;
         if ((rc = kvs_meta_pool_create(P, e->m->cfg.head_dim, fwd_cuda_n_pages(e->cuda),
                                        &e->pool))) goto fail;
