@@ -339,6 +339,12 @@ fail:
     free(jobs);
     free(cl.t);
     model_free(m);
+    /* every message names the file */
+    if (strncmp(kvs_last_error(), path, strlen(path)) != 0) {
+        char why[1024];
+        snprintf(why, sizeof why, "%s", kvs_last_error());
+        kvs_error(rc, "%s: %s", path, why);
+    }
     return rc;
 }
 

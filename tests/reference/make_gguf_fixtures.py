@@ -24,6 +24,13 @@ Output, in tests/fixtures/gguf/ (deterministic: fixed seed, fixed order):
                            (5 values), b[i] = i - 3 (7 values).
   f32_to_f16.bin           pairs (u32 float32 bits, u16 half bits, u16 0) giving numpy's
                            round-to-nearest-even float32 -> float16 conversion.
+  model_*.gguf             tiny whole models (1 layer, d_model 16, 2 query heads / 1 KV head,
+                           head dim 8, FFN 16, vocab 8, all F32) for tests/engine/test_model.c:
+                           good llama / llama3 (rope_freqs) / qwen2 files and bad variants
+                           (unknown architecture, a tensor the engine would not use, a
+                           missing bias, rope_freqs on qwen2, YaRN RoPE scaling). Weight value
+                           k of tensor j (in file order) is (j + 1) + k / 1024 and a bias
+                           value k is 0.25 * k, so the test can check where each one landed.
 """
 import os
 import struct
@@ -354,6 +361,84 @@ def write_f16_pairs(path):
     rec.tofile(path)
 
 
+# --------------------------------------------------------------------------------------------
+# tiny whole models for the loader tests (test_model.c hard-codes these shapes and values)
+
+M_D, M_HEADS, M_KV, M_FF, M_VOCAB = 16, 2, 1, 16, 8
+M_HD = M_D // M_HEADS
+
+
+def model_tensors(arch, bias=True, rope_freqs=False, output=None, extra=()):
+    """(name, numpy array) in file order; numpy shape (rows, row_len) = GGUF ne reversed."""
+    kv = M_KV * M_HD
+    t = [("token_embd.weight", (M_VOCAB, M_D)), ("output_norm.weight", (M_D,))]
+    if output if output is not None else arch == "qwen2":
+        t.append(("output.weight", (M_VOCAB, M_D)))
+    if rope_freqs:
+        t.append(("rope_freqs.weight", (M_HD // 2,)))
+    t += [("blk.0.attn_norm.weight", (M_D,)), ("blk.0.attn_q.weight", (M_D, M_D)),
+          ("blk.0.attn_k.weight", (kv, M_D)), ("blk.0.attn_v.weight", (kv, M_D)),
+          ("blk.0.attn_output.weight", (M_D, M_D)), ("blk.0.ffn_norm.weight", (M_D,)),
+          ("blk.0.ffn_gate.weight", (M_FF, M_D)), ("blk.0.ffn_up.weight", (M_FF, M_D)),
+          ("blk.0.ffn_down.weight", (M_D, M_FF))]
+    if bias is True:
+        bias = ("attn_q", "attn_k", "attn_v")
+    for b in bias or ():
+        t.append((f"blk.0.{b}.bias", (M_D if b == "attn_q" else kv,)))
+    t += list(extra)
+    out = []
+    for j, (name, shape) in enumerate(t):
+        n = int(np.prod(shape))
+        if name.endswith(".bias"):
+            v = 0.25 * np.arange(n)
+        elif name == "rope_freqs.weight":
+            v = 1.0 + np.arange(n)           # 1, 2, 3, 4
+        else:
+            v = (j + 1) + np.arange(n) / 1024.0
+        out.append((name, v.astype(np.float32).reshape(shape), None))
+    return out
+
+
+def model_meta(arch, extra=None):
+    def add(w):
+        w.add_name(f"kvsieve {arch} loader fixture")
+        w.add_uint32(f"{arch}.block_count", 1)
+        w.add_uint32(f"{arch}.context_length", 64)
+        w.add_uint32(f"{arch}.embedding_length", M_D)
+        w.add_uint32(f"{arch}.feed_forward_length", M_FF)
+        w.add_uint32(f"{arch}.attention.head_count", M_HEADS)
+        w.add_uint32(f"{arch}.attention.head_count_kv", M_KV)
+        w.add_float32(f"{arch}.rope.freq_base", 1000000.0 if arch == "qwen2" else 10000.0)
+        w.add_float32(f"{arch}.attention.layer_norm_rms_epsilon", 1e-6)
+        if extra:
+            extra(w)
+    return add
+
+
+def write_models(p):
+    yarn = lambda w: (w.add_string("qwen2.rope.scaling.type", "yarn"),  # noqa: E731
+                      w.add_float32("qwen2.rope.scaling.factor", 4.0))
+    models = [
+        ("model_llama.gguf", "llama", model_meta("llama"), model_tensors("llama", bias=False)),
+        ("model_llama3.gguf", "llama", model_meta("llama"),
+         model_tensors("llama", bias=False, rope_freqs=True)),
+        ("model_qwen2.gguf", "qwen2", model_meta("qwen2"), model_tensors("qwen2")),
+        ("model_gemma3.gguf", "gemma3", model_meta("gemma3"), model_tensors("llama", bias=False)),
+        ("model_llama_bias.gguf", "llama", model_meta("llama"),
+         model_tensors("llama", bias=("attn_q",))),
+        ("model_llama_stray.gguf", "llama", model_meta("llama"),
+         model_tensors("llama", bias=False, extra=[("blk.0.attn_rot_embd", (4,)),
+                                                   ("mystery.weight", (4,))])),
+        ("model_qwen2_no_k_bias.gguf", "qwen2", model_meta("qwen2"),
+         model_tensors("qwen2", bias=("attn_q", "attn_v"))),
+        ("model_qwen2_rope_freqs.gguf", "qwen2", model_meta("qwen2"),
+         model_tensors("qwen2", rope_freqs=True)),
+        ("model_qwen2_yarn.gguf", "qwen2", model_meta("qwen2", yarn), model_tensors("qwen2")),
+    ]
+    for name, arch, meta, tensors in models:
+        write_gguf(p(name), arch, meta, tensors)
+
+
 def main():
     os.makedirs(OUT, exist_ok=True)
     p = lambda n: os.path.join(OUT, n)
@@ -366,6 +451,7 @@ def main():
     write_gguf(p("minimal.gguf"), "llama", lambda w: None, minimal)
 
     write_f16_pairs(p("f32_to_f16.bin"))
+    write_models(p)
 
     total = sum(os.path.getsize(p(n)) for n in os.listdir(OUT))
     print("wrote %s (%d bytes in all)" % (OUT, total))
