@@ -75,6 +75,12 @@ int kvs_backend_cuda_create(const model *m, const kvs_backend_opts *o, kvs_backe
     if (o->kv_format && o->kv_format != &kv_fmt_f16 && o->kv_format != &kv_fmt_bf16)
         return kvs_error(KVS_EUNSUPPORTED, "the CUDA backend stores KV as f16 or bf16 (its "
                          "build's 16-bit type), not %s", o->kv_format->name);
+    /* The CUDA forward implements the original llama computation only: a model that needs
+     * more (biases, NEOX RoPE, rope_freqs) is refused here rather than run wrong. */
+    char why[128];
+    if (model_needs_extensions(m, why, sizeof why))
+        return kvs_error(KVS_EUNSUPPORTED, "the CUDA backend does not implement what this '%s' "
+                         "model needs (%s); use --device cpu", m->cfg.arch->name, why);
     fwd_cuda_state *st;
     int rc = fwd_cuda_create(m, o->page_slots ? o->page_slots : 16, o->kv_bytes, 0.0, &st);
     if (rc) return rc;

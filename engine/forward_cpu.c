@@ -93,9 +93,12 @@ int fwd_create(const model *m, fwd_state **out)
     int half = m->cfg.head_dim / 2;
     st->inv_freq = calloc((size_t)half, sizeof(double));
     if (!st->inv_freq) { free(st); return kvs_error(KVS_ENOMEM, "out of memory"); }
-    /* GGML "normal" RoPE: pair (x[2i], x[2i+1]) turns by pos * base^(-2i/hd). */
+    /* Pair i (which dims: rope_apply) turns by pos * base^(-2i/hd). */
     for (int i = 0; i < half; i++)
         st->inv_freq[i] = pow((double)m->cfg.rope_base, -2.0 * i / m->cfg.head_dim);
+    /* [issue 12: model families] rope_freqs.weight (llama3 RoPE scaling): theta_i / f_i. */
+    if (m->rope_freqs)
+        for (int i = 0; i < half; i++) st->inv_freq[i] /= (double)m->rope_freqs[i];
     *out = st;
     return 0;
 }
@@ -131,8 +134,18 @@ static void gemm_xwt(float *Y, const float *X, const float *W, int T, int N, int
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, N, K, 1.0f, X, K, W, K, beta, Y, N);
 }
 
-static void rope_apply(float *v, const float *cs, const float *sn, int half)
+static void rope_apply(float *v, const float *cs, const float *sn, int half, arch_rope type)
 {
+    /* [issue 12: model families] NEOX RoPE (qwen2): pair (x[i], x[i + hd/2]). */
+    if (type == ARCH_ROPE_NEOX) {
+        for (int i = 0; i < half; i++) {
+            float a = v[i], b = v[i + half];
+            v[i] = a * cs[i] - b * sn[i];
+            v[i + half] = a * sn[i] + b * cs[i];
+        }
+        return;
+    }
+    /* GGML "normal" RoPE (llama): pair (x[2i], x[2i+1]). */
     for (int i = 0; i < half; i++) {
         float a = v[2 * i], b = v[2 * i + 1];
         v[2 * i] = a * cs[i] - b * sn[i];
@@ -450,13 +463,22 @@ int fwd_cpu(fwd_state *st, const model *m, mem_pool *pool, kv_store *kv, const k
         t1 = kvs_now(); st->timing.other += t1 - t0; t0 = t1;
         gemm_xwt(st->qkv, st->h, ly->wqkv, T, QKV, D, 0.0f);
         t1 = kvs_now(); st->timing.gemm += t1 - t0; t0 = t1;
+        /* [issue 12: model families] Q/K/V biases (qwen2), before RoPE. */
+        if (ly->bqkv) {
+#pragma omp parallel for schedule(static) if (T > 1)
+            for (int t = 0; t < T; t++) {
+                float *row = st->qkv + (size_t)t * QKV;
+                for (int i = 0; i < QKV; i++) row[i] += ly->bqkv[i];
+            }
+        }
 
         /* RoPE on every query and key head. */
 #pragma omp parallel for schedule(static) if (T > 1)
         for (int t = 0; t < T; t++) {
             float *row = st->qkv + (size_t)t * QKV;
             const float *cs = st->rope_cos + (size_t)t * half, *sn = st->rope_sin + (size_t)t * half;
-            for (int h = 0; h < Hq + Hkv; h++) rope_apply(row + (size_t)h * hd, cs, sn, half);
+            for (int h = 0; h < Hq + Hkv; h++)
+                rope_apply(row + (size_t)h * hd, cs, sn, half, c->rope_type);
         }
         t1 = kvs_now(); st->timing.other += t1 - t0; t0 = t1;
 

@@ -20,8 +20,9 @@ enum gguf_vtype {
 
 /* Tensor element types (ggml numbering). */
 enum gguf_ttype {
-    GGUF_T_F32 = 0, GGUF_T_F16 = 1, GGUF_T_Q4_0 = 2, GGUF_T_Q4_1 = 3, GGUF_T_Q8_0 = 8,
-    GGUF_T_Q4_K = 12, GGUF_T_Q6_K = 14, GGUF_T_BF16 = 30
+    GGUF_T_F32 = 0, GGUF_T_F16 = 1, GGUF_T_Q4_0 = 2, GGUF_T_Q4_1 = 3, GGUF_T_Q5_0 = 6,
+    GGUF_T_Q5_1 = 7, GGUF_T_Q8_0 = 8, GGUF_T_Q4_K = 12, GGUF_T_Q5_K = 13, GGUF_T_Q6_K = 14,
+    GGUF_T_Q8_K = 15, GGUF_T_BF16 = 30
 };
 
 typedef struct gguf_ctx gguf_ctx;
@@ -84,7 +85,7 @@ float gguf_f16_to_f32(uint16_t h);
 float gguf_bf16_to_f32(uint16_t h);
 uint16_t gguf_f32_to_f16(float f);
 
-/* 1 if gguf_dequantize supports `type`, else 0 (known-but-unsupported types such as Q5_K open
+/* 1 if gguf_dequantize supports `type`, else 0 (known-but-unsupported types such as Q3_K open
  * fine, they just cannot be converted). */
 int gguf_type_can_dequantize(uint32_t type);
 /* Name of a metadata value type ("uint32", "string", ...), or "?" if unknown. */

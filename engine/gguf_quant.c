@@ -6,8 +6,8 @@
  * two roundings), so results match exactly as long as the compiler does not contract a*b+c
  * into an FMA; the build uses -std=c11, where GCC's default is -ffp-contract=off.
  *
- * All block data is read byte-wise (memcpy for the fp16 scales): blocks are 18, 20, 34,
- * 144 or 210 bytes long, so scales are not aligned and a cast would be undefined
+ * All block data is read byte-wise (memcpy for the fp16 scales): blocks are 18 to 292 bytes
+ * long, so scales are not aligned and a cast would be undefined
  * behaviour. GGUF is little-endian; so is every host we build for (checked below). */
 #include "gguf.h"
 #include "core/common.h"
@@ -19,7 +19,7 @@
 #error "gguf_quant.c assumes a little-endian host (GGUF data is little-endian)"
 #endif
 
-#define GGUF_QK 32   /* elements per block in Q4_0, Q4_1, Q8_0 */
+#define GGUF_QK 32   /* elements per block in Q4_0, Q4_1, Q5_0, Q5_1, Q8_0 */
 #define GGUF_QK_K 256 /* elements per super-block in the K-quants */
 
 /* ---- fp16 / bf16 -------------------------------------------------------------------------- */
@@ -162,6 +162,17 @@ static void gguf_deq_q4_1(const uint8_t *src, float *dst, uint64_t nb)
     }
 }
 
+/* The eight 6-bit scales and mins of a Q4_K / Q5_K super-block (12 bytes, layout below). */
+static void gguf_k_scale_min(const uint8_t *s, uint8_t sc[8], uint8_t mn[8])
+{
+    for (int j = 0; j < 4; j++) {
+        sc[j] = s[j] & 0x3f;
+        mn[j] = s[j + 4] & 0x3f;
+        sc[j + 4] = (uint8_t)((s[j + 8] & 0x0f) | ((s[j] >> 2) & 0x30));
+        mn[j + 4] = (uint8_t)((s[j + 8] >> 4) | ((s[j + 4] >> 2) & 0x30));
+    }
+}
+
 /* Q4_K super-block (144 bytes, 256 elements = 8 sub-blocks of 32):
  *   fp16 d | fp16 dmin | scales[12] | qs[128]
  * The 12 scale bytes pack eight 6-bit scales sc[j] and eight 6-bit mins mn[j]:
@@ -178,12 +189,7 @@ static void gguf_deq_q4_k(const uint8_t *src, float *dst, uint64_t nb)
         const uint8_t *s = src + 4;
         const uint8_t *qs = src + 16;
         uint8_t sc[8], mn[8];
-        for (int j = 0; j < 4; j++) {
-            sc[j] = s[j] & 0x3f;
-            mn[j] = s[j + 4] & 0x3f;
-            sc[j + 4] = (uint8_t)((s[j + 8] & 0x0f) | ((s[j] >> 2) & 0x30));
-            mn[j + 4] = (uint8_t)((s[j + 8] >> 4) | ((s[j + 4] >> 2) & 0x30));
-        }
+        gguf_k_scale_min(s, sc, mn);
         for (int g = 0; g < 4; g++) {
             const uint8_t *q = qs + 32 * g;
             float dl = d * (float)sc[2 * g], ml = dmin * (float)mn[2 * g];
@@ -196,6 +202,86 @@ static void gguf_deq_q4_k(const uint8_t *src, float *dst, uint64_t nb)
                 y[l + 32] = hi - mh;
             }
         }
+    }
+}
+
+/* Q5_0 block (22 bytes): fp16 d | qh (32 bits, little-endian) | uint8 qs[16]. Element i < 16
+ * is the low nibble of qs[i], element 16 + i the high nibble; bit e of qh is bit 4 of element
+ * e. x = d * (q - 16). */
+static void gguf_deq_q5_0(const uint8_t *src, float *dst, uint64_t nb)
+{
+    for (uint64_t b = 0; b < nb; b++, src += 22, dst += GGUF_QK) {
+        float d = gguf_rd_f16(src);
+        uint32_t qh = (uint32_t)src[2] | (uint32_t)src[3] << 8 | (uint32_t)src[4] << 16 |
+                      (uint32_t)src[5] << 24;
+        const uint8_t *qs = src + 6;
+        for (int i = 0; i < GGUF_QK / 2; i++) {
+            int lo = (int)(qs[i] & 0x0f) | (int)((qh >> i) & 1u) << 4;
+            int hi = (int)(qs[i] >> 4) | (int)((qh >> (i + GGUF_QK / 2)) & 1u) << 4;
+            dst[i] = d * (float)(lo - 16);
+            dst[i + GGUF_QK / 2] = d * (float)(hi - 16);
+        }
+    }
+}
+
+/* Q5_1 block (24 bytes): fp16 d | fp16 m | qh (32 bits) | uint8 qs[16]; the 5-bit q as in
+ * Q5_0 (unsigned); x = d*q + m (two roundings, as in Q4_1). */
+static void gguf_deq_q5_1(const uint8_t *src, float *dst, uint64_t nb)
+{
+    for (uint64_t b = 0; b < nb; b++, src += 24, dst += GGUF_QK) {
+        float d = gguf_rd_f16(src);
+        float m = gguf_rd_f16(src + 2);
+        uint32_t qh = (uint32_t)src[4] | (uint32_t)src[5] << 8 | (uint32_t)src[6] << 16 |
+                      (uint32_t)src[7] << 24;
+        const uint8_t *qs = src + 8;
+        for (int i = 0; i < GGUF_QK / 2; i++) {
+            int lo = (int)(qs[i] & 0x0f) | (int)((qh >> i) & 1u) << 4;
+            int hi = (int)(qs[i] >> 4) | (int)((qh >> (i + GGUF_QK / 2)) & 1u) << 4;
+            float vlo = d * (float)lo, vhi = d * (float)hi;
+            dst[i] = vlo + m;
+            dst[i + GGUF_QK / 2] = vhi + m;
+        }
+    }
+}
+
+/* Q5_K super-block (176 bytes, 256 elements = 8 sub-blocks of 32):
+ *   fp16 d | fp16 dmin | scales[12] (as Q4_K) | qh[32] | qs[128]
+ * Sub-block j = 2g + h takes nibble h of qs[32g .. 32g+31] as its low 4 bits and bit j of
+ * qh[0..31] as bit 4. x = (d * sc[j]) * q - (dmin * mn[j]). */
+static void gguf_deq_q5_k(const uint8_t *src, float *dst, uint64_t nb)
+{
+    for (uint64_t b = 0; b < nb; b++, src += 176, dst += GGUF_QK_K) {
+        float d = gguf_rd_f16(src);
+        float dmin = gguf_rd_f16(src + 2);
+        const uint8_t *qh = src + 16;
+        const uint8_t *qs = src + 48;
+        uint8_t sc[8], mn[8];
+        gguf_k_scale_min(src + 4, sc, mn);
+        for (int j = 0; j < 8; j++) {
+            const uint8_t *q = qs + 32 * (j / 2);
+            const int shift = 4 * (j % 2);
+            float dl = d * (float)sc[j], ml = dmin * (float)mn[j];
+            float *y = dst + 32 * j;
+            for (int l = 0; l < 32; l++) {
+                int v = (int)((q[l] >> shift) & 0x0f) | (int)((qh[l] >> j) & 1u) << 4;
+                float t = dl * (float)v;
+                y[l] = t - ml;
+            }
+        }
+    }
+}
+
+/* Q8_K super-block (292 bytes, 256 elements): fp32 d | int8 qs[256] | int16 bsums[16] (sums
+ * of groups of 16 q, used only by ggml's dot products); x = d * q. gguf-py has no dequantiser
+ * for it: the fixture script checks it with its own numpy transcription of this layout. */
+static void gguf_deq_q8_k(const uint8_t *src, float *dst, uint64_t nb)
+{
+    for (uint64_t b = 0; b < nb; b++, src += 292, dst += GGUF_QK_K) {
+        float d;
+        memcpy(&d, src, sizeof d);
+        const int8_t *q = (const int8_t *)(src + 4);
+        for (int i = 0; i < GGUF_QK_K; i++)
+            dst[i] = d * (float)q[i];
     }
 }
 
@@ -252,16 +338,16 @@ static const gguf_type_info gguf_types[] = {
     [1] = {"F16", 1, 2, gguf_deq_f16},
     [2] = {"Q4_0", 32, 18, gguf_deq_q4_0},
     [3] = {"Q4_1", 32, 20, gguf_deq_q4_1},
-    [6] = {"Q5_0", 32, 22, NULL},
-    [7] = {"Q5_1", 32, 24, NULL},
+    [6] = {"Q5_0", 32, 22, gguf_deq_q5_0},
+    [7] = {"Q5_1", 32, 24, gguf_deq_q5_1},
     [8] = {"Q8_0", 32, 34, gguf_deq_q8_0},
     [9] = {"Q8_1", 32, 40, NULL},
     [10] = {"Q2_K", 256, 84, NULL},
     [11] = {"Q3_K", 256, 110, NULL},
     [12] = {"Q4_K", 256, 144, gguf_deq_q4_k},
-    [13] = {"Q5_K", 256, 176, NULL},
+    [13] = {"Q5_K", 256, 176, gguf_deq_q5_k},
     [14] = {"Q6_K", 256, 210, gguf_deq_q6_k},
-    [15] = {"Q8_K", 256, 292, NULL},
+    [15] = {"Q8_K", 256, 292, gguf_deq_q8_k},
     [16] = {"IQ2_XXS", 256, 66, NULL},
     [17] = {"IQ2_XS", 256, 74, NULL},
     [18] = {"IQ3_XXS", 256, 98, NULL},
@@ -324,8 +410,8 @@ int gguf_dequantize(uint32_t type, const void *src, float *dst, uint64_t n)
     if (!ti->deq)
         return kvs_error(KVS_EUNSUPPORTED,
                          "tensor type %s cannot be converted to fp32 (supported: F32, F16, "
-                         "BF16, Q8_0, Q4_0, Q4_1, Q4_K, Q6_K); re-quantise the model to one "
-                         "of these", ti->name);
+                         "BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K, Q5_K, Q6_K, Q8_K); "
+                         "re-quantise the model to one of these", ti->name);
     if (n % ti->blck != 0)
         return kvs_error(KVS_EINVAL, "cannot dequantise %llu %s elements: not a multiple of "
                          "the block size %u", (unsigned long long)n, ti->name, ti->blck);

@@ -1,4 +1,5 @@
-/* model.c — read the llama config from GGUF metadata and dequantise the weights to fp32. */
+/* model.c — read a model's config from GGUF metadata (per its arch.h description), check
+ * that every tensor in the file is one the engine uses, and dequantise the weights to fp32. */
 #include "model.h"
 
 #include <stdio.h>
@@ -6,6 +7,13 @@
 #include <string.h>
 
 #include "core/common.h"
+
+/* ARCH.suffix, e.g. "qwen2.block_count". */
+static const char *arch_key(const model_config *c, const char *suffix, char *buf, size_t n)
+{
+    snprintf(buf, n, "%s.%s", c->arch->name, suffix);
+    return buf;
+}
 
 static int meta_u32(gguf_ctx *g, const char *key, int required, uint32_t dflt, int *out)
 {
@@ -20,8 +28,24 @@ static int meta_u32(gguf_ctx *g, const char *key, int required, uint32_t dflt, i
     return 0;
 }
 
-/* Find a tensor, check its shape is [ne0, ne1] (ne1 = 1 for vectors) and type is supported. */
-static int find_tensor(gguf_ctx *g, const char *name, uint64_t ne0, uint64_t ne1,
+/* An optional float key: *out keeps its default when absent. */
+static int meta_f32(gguf_ctx *g, const char *key, float *out)
+{
+    int rc = gguf_get_f32(g, key, out);
+    if (rc && rc != KVS_ENOTFOUND)
+        return kvs_error(KVS_EFORMAT, "GGUF key '%s' is not a number", key);
+    return 0;
+}
+
+/* The tensors the loader has taken; any other tensor in the file is refused (a tensor the
+ * engine does not use means a variant it does not implement). */
+typedef struct claims {
+    const gguf_tensor **t;
+    int n, cap;
+} claims;
+
+/* Find a tensor, check its shape is [ne0, ne1] (ne1 = 1 for vectors), and claim it. */
+static int find_tensor(gguf_ctx *g, claims *cl, const char *name, uint64_t ne0, uint64_t ne1,
                        const gguf_tensor **out)
 {
     const gguf_tensor *t = gguf_find_tensor(g, name);
@@ -33,25 +57,99 @@ static int find_tensor(gguf_ctx *g, const char *name, uint64_t ne0, uint64_t ne1
                          (unsigned long long)t->ne[1], (unsigned long long)t->ne[2],
                          (unsigned long long)t->ne[3], (unsigned long long)ne0,
                          (unsigned long long)ne1);
+    if (cl->n == cl->cap) return kvs_error(KVS_EINVAL, "model loader: claim table full");
+    cl->t[cl->n++] = t;
     *out = t;
     return 0;
+}
+
+static int check_all_claimed(gguf_ctx *g, const claims *cl, const model_config *c)
+{
+    int64_t n = gguf_n_tensors(g), unused = 0;
+    const gguf_tensor *first = NULL;
+    for (int64_t i = 0; i < n; i++) {
+        const gguf_tensor *t = gguf_tensor_at(g, i);
+        int k = 0;
+        while (k < cl->n && cl->t[k] != t) k++;
+        if (k == cl->n && !unused++) first = t;
+    }
+    if (!unused) return 0;
+    char more[64] = "";
+    if (unused > 1) snprintf(more, sizeof more, " (and %lld more)", (long long)(unused - 1));
+    return kvs_error(KVS_EUNSUPPORTED, "tensor '%s'%s is not used by kvsieve's '%s' forward "
+                     "pass: the file is a variant of the architecture that kvsieve does not "
+                     "implement, so it is refused rather than run without it", first->name,
+                     more, c->arch->name);
 }
 
 /* One dequantisation job: tensor -> dst (rows are copied whole, so fused matrices are just
  * offsets into one buffer). */
 typedef struct load_job { const gguf_tensor *t; float *dst; } load_job;
 
+/* general.architecture -> c->arch; unknown or missing: refused, naming it. */
+static int read_arch(gguf_ctx *g, const char *path, model_config *c)
+{
+    const char *s;
+    size_t len;
+    int rc = gguf_get_str(g, "general.architecture", &s, &len);
+    if (rc == KVS_ENOTFOUND)
+        return kvs_error(KVS_EUNSUPPORTED, "%s: no general.architecture key, so the model "
+                         "family is unknown (supported: %s)", path, arch_supported());
+    if (rc) return kvs_error(KVS_EFORMAT, "%s: general.architecture is not a string", path);
+    c->arch = arch_find(s, len);
+    if (!c->arch) {
+        char shown[64];
+        size_t n = len < sizeof shown - 1 ? len : sizeof shown - 1;
+        for (size_t i = 0; i < n; i++)
+            shown[i] = s[i] >= 0x20 && s[i] < 0x7f ? s[i] : '?';
+        shown[n] = 0;
+        return kvs_error(KVS_EUNSUPPORTED, "%s: the model's architecture is '%s%s', which "
+                         "kvsieve does not support (supported: %s)", path, shown,
+                         len > n ? "..." : "", arch_supported());
+    }
+    return 0;
+}
+
+/* RoPE scaling keys: only "none" (or linear with factor 1) is implemented; llama3-style
+ * scaling comes as the rope_freqs.weight tensor instead. */
+static int check_rope_scaling(gguf_ctx *g, const model_config *c)
+{
+    char key[96];
+    const char *s;
+    size_t len;
+    float factor = 1.0f, lin = 1.0f;
+    int rc = gguf_get_str(g, arch_key(c, "rope.scaling.type", key, sizeof key), &s, &len);
+    int typed = rc == 0 && !(len == 4 && memcmp(s, "none", 4) == 0);
+    if (rc && rc != KVS_ENOTFOUND) return kvs_error(KVS_EFORMAT, "GGUF key '%s' is not a "
+                                                    "string", key);
+    if ((rc = meta_f32(g, arch_key(c, "rope.scaling.factor", key, sizeof key), &factor)))
+        return rc;
+    if ((rc = meta_f32(g, arch_key(c, "rope.scale_linear", key, sizeof key), &lin))) return rc;
+    int linear = typed && len == 6 && memcmp(s, "linear", 6) == 0;
+    if ((typed && !linear) || (typed && factor != 1.0f) || (!typed && factor != 1.0f &&
+        factor != 0.0f) || (lin != 1.0f && lin != 0.0f)) {
+        char what[40];
+        snprintf(what, sizeof what, "%.*s", typed ? (int)(len < 32 ? len : 32) : 4,
+                 typed ? s : "none");
+        return kvs_error(KVS_EUNSUPPORTED, "RoPE scaling %s (factor %g) is not implemented "
+                         "(%s.rope.scaling.*; supported: none, and llama3 rope_freqs.weight)",
+                         what, factor != 1.0f ? factor : lin, c->arch->name);
+    }
+    return 0;
+}
+
 static int read_config(gguf_ctx *g, model_config *c)
 {
     int rc;
-    memset(c, 0, sizeof *c);
-    if ((rc = meta_u32(g, "llama.block_count", 1, 0, &c->n_layers))) return rc;
-    if ((rc = meta_u32(g, "llama.embedding_length", 1, 0, &c->d_model))) return rc;
-    if ((rc = meta_u32(g, "llama.attention.head_count", 1, 0, &c->n_heads))) return rc;
-    if ((rc = meta_u32(g, "llama.attention.head_count_kv", 0, (uint32_t)c->n_heads,
+    char key[96];
+#define KEY(suffix) arch_key(c, suffix, key, sizeof key)
+    if ((rc = meta_u32(g, KEY("block_count"), 1, 0, &c->n_layers))) return rc;
+    if ((rc = meta_u32(g, KEY("embedding_length"), 1, 0, &c->d_model))) return rc;
+    if ((rc = meta_u32(g, KEY("attention.head_count"), 1, 0, &c->n_heads))) return rc;
+    if ((rc = meta_u32(g, KEY("attention.head_count_kv"), 0, (uint32_t)c->n_heads,
                        &c->n_kv_heads))) return rc;
-    if ((rc = meta_u32(g, "llama.feed_forward_length", 1, 0, &c->d_ff))) return rc;
-    if ((rc = meta_u32(g, "llama.context_length", 0, 2048, &c->n_ctx))) return rc;
+    if ((rc = meta_u32(g, KEY("feed_forward_length"), 1, 0, &c->d_ff))) return rc;
+    if ((rc = meta_u32(g, KEY("context_length"), 0, 2048, &c->n_ctx))) return rc;
     if (c->d_model % c->n_heads)
         return kvs_error(KVS_EFORMAT, "embedding_length %d is not a multiple of head_count %d",
                          c->d_model, c->n_heads);
@@ -59,34 +157,58 @@ static int read_config(gguf_ctx *g, model_config *c)
         return kvs_error(KVS_EFORMAT, "head_count %d is not a multiple of head_count_kv %d",
                          c->n_heads, c->n_kv_heads);
     c->head_dim = c->d_model / c->n_heads;
-    int rope_dim = c->head_dim;
-    if ((rc = meta_u32(g, "llama.rope.dimension_count", 0, (uint32_t)c->head_dim, &rope_dim)))
+    int rope_dim = c->head_dim, kl = c->head_dim, vl = c->head_dim;
+    if ((rc = meta_u32(g, KEY("rope.dimension_count"), 0, (uint32_t)c->head_dim, &rope_dim)))
         return rc;
     if (rope_dim != c->head_dim)
         return kvs_error(KVS_EUNSUPPORTED, "partial RoPE (rope.dimension_count %d, head dim %d) "
                          "is not supported", rope_dim, c->head_dim);
+    if ((rc = meta_u32(g, KEY("attention.key_length"), 0, (uint32_t)c->head_dim, &kl)) ||
+        (rc = meta_u32(g, KEY("attention.value_length"), 0, (uint32_t)c->head_dim, &vl)))
+        return rc;
+    if (kl != c->head_dim || vl != c->head_dim)
+        return kvs_error(KVS_EUNSUPPORTED, "key/value length %d/%d differ from embedding_length "
+                         "/ head_count = %d; not supported", kl, vl, c->head_dim);
     if (c->head_dim % 2)
         return kvs_error(KVS_EFORMAT, "head dim %d is odd; RoPE needs pairs", c->head_dim);
     c->rope_base = 10000.0f;
-    rc = gguf_get_f32(g, "llama.rope.freq_base", &c->rope_base);
-    if (rc && rc != KVS_ENOTFOUND)
-        return kvs_error(KVS_EFORMAT, "GGUF key 'llama.rope.freq_base' is not a number");
+    if ((rc = meta_f32(g, KEY("rope.freq_base"), &c->rope_base))) return rc;
     c->rms_eps = 1e-5f;
-    rc = gguf_get_f32(g, "llama.attention.layer_norm_rms_epsilon", &c->rms_eps);
-    if (rc && rc != KVS_ENOTFOUND)
-        return kvs_error(KVS_EFORMAT, "GGUF key 'llama.attention.layer_norm_rms_epsilon' is not "
-                         "a number");
+    if ((rc = meta_f32(g, KEY("attention.layer_norm_rms_epsilon"), &c->rms_eps))) return rc;
     if (!(c->rope_base > 1.0f) || !(c->rms_eps > 0.0f) || c->rms_eps > 1.0f)
         return kvs_error(KVS_EFORMAT, "rope base %g / rms eps %g out of range", c->rope_base,
                          c->rms_eps);
+#undef KEY
+    if ((rc = check_rope_scaling(g, c))) return rc;
+    c->rope_type = c->arch->rope;
     const char *s; size_t len;
     if (gguf_get_str(g, "general.name", &s, &len) == 0) {
         if (len >= sizeof c->name) len = sizeof c->name - 1;
         memcpy(c->name, s, len);
         c->name[len] = 0;
     } else {
-        snprintf(c->name, sizeof c->name, "unnamed llama model");
+        snprintf(c->name, sizeof c->name, "unnamed %s model", c->arch->name);
     }
+    return 0;
+}
+
+/* rope_freqs.weight: [head_dim / 2] positive finite divisors of the pair frequencies. */
+static int load_rope_freqs(gguf_ctx *g, claims *cl, model *m)
+{
+    model_config *c = &m->cfg;
+    const gguf_tensor *t = gguf_find_tensor(g, "rope_freqs.weight");
+    if (!t) return 0;
+    if (c->arch->rope_freqs == ARCH_ABSENT) return 0; /* left unclaimed: refused as unused */
+    int rc = find_tensor(g, cl, "rope_freqs.weight", (uint64_t)(c->head_dim / 2), 1, &t);
+    if (rc) return rc;
+    m->rope_freqs = kvs_alloc((size_t)(c->head_dim / 2) * sizeof(float));
+    if (!m->rope_freqs) return kvs_error(KVS_ENOMEM, "out of memory");
+    if ((rc = gguf_tensor_to_f32(t, m->rope_freqs))) return rc;
+    for (int i = 0; i < c->head_dim / 2; i++)
+        if (!(m->rope_freqs[i] > 0.0f) || m->rope_freqs[i] > 1e30f)
+            return kvs_error(KVS_EFORMAT, "rope_freqs.weight[%d] = %g; the frequency factors "
+                             "must be positive and finite", i, m->rope_freqs[i]);
+    c->rope_freqs = 1;
     return 0;
 }
 
@@ -94,14 +216,21 @@ int model_load(const char *path, model **out)
 {
     *out = NULL;
     gguf_ctx *g = NULL;
-    int rc = gguf_open(path, "llama", &g);
+    int rc = gguf_open(path, NULL, &g);
     if (rc) return rc;
     model *m = calloc(1, sizeof *m);
     if (!m) { gguf_close(g); return kvs_error(KVS_ENOMEM, "out of memory"); }
     m->gguf = g;
     snprintf(m->path, sizeof m->path, "%s", path);
     model_config *c = &m->cfg;
-    if ((rc = read_config(g, c))) goto fail;
+    load_job *jobs = NULL;
+    claims cl = {0};
+    if ((rc = read_arch(g, path, c)) || (rc = read_config(g, c))) goto fail;
+    const arch_desc *A = c->arch;
+
+    cl.cap = gguf_n_tensors(g) > 0 ? (int)gguf_n_tensors(g) : 1;
+    cl.t = calloc((size_t)cl.cap, sizeof *cl.t);
+    if (!cl.t) { rc = kvs_error(KVS_ENOMEM, "out of memory"); goto fail; }
 
     const gguf_tensor *embd = gguf_find_tensor(g, "token_embd.weight");
     if (!embd) { rc = kvs_error(KVS_EFORMAT, "tensor 'token_embd.weight' is missing"); goto fail; }
@@ -111,64 +240,82 @@ int model_load(const char *path, model **out)
         goto fail;
     }
     c->n_vocab = (int)embd->ne[1];
-    const gguf_tensor *outw = gguf_find_tensor(g, "output.weight");
+    const gguf_tensor *t;
+    if ((rc = find_tensor(g, &cl, "token_embd.weight", (uint64_t)c->d_model,
+                          (uint64_t)c->n_vocab, &t))) goto fail;
+    const gguf_tensor *outw = A->output == ARCH_ABSENT ? NULL : gguf_find_tensor(g, "output.weight");
+    if (!outw && A->output == ARCH_REQUIRED) {
+        rc = kvs_error(KVS_EFORMAT, "tensor 'output.weight' is missing ('%s' models have one)",
+                       A->name);
+        goto fail;
+    }
     c->tied_embeddings = outw == NULL;
+    c->qkv_bias = A->qkv_bias != ARCH_ABSENT;
+    if (A->qkv_bias == ARCH_OPTIONAL)
+        c->qkv_bias = gguf_find_tensor(g, "blk.0.attn_q.bias") != NULL;
 
     const int D = c->d_model, hd = c->head_dim, F = c->d_ff;
     const int q_rows = c->n_heads * hd, kv_rows = c->n_kv_heads * hd;
+    const int QKV = q_rows + 2 * kv_rows;
     const int L = c->n_layers;
-    /* Jobs: embd, output norm, output (if untied), 9 per layer. */
-    int max_jobs = 3 + 9 * L, n_jobs = 0;
-    load_job *jobs = calloc((size_t)max_jobs, sizeof *jobs);
+    /* Jobs: embd, output norm, output (if untied), 12 per layer. */
+    int max_jobs = 3 + 12 * L, n_jobs = 0;
+    jobs = calloc((size_t)max_jobs, sizeof *jobs);
     m->layers = calloc((size_t)L, sizeof *m->layers);
-    if (!jobs || !m->layers) { free(jobs); rc = kvs_error(KVS_ENOMEM, "out of memory"); goto fail; }
+    if (!jobs || !m->layers) { rc = kvs_error(KVS_ENOMEM, "out of memory"); goto fail; }
 
     /* Sizes in floats; one allocation per matrix keeps freeing simple. */
-    const gguf_tensor *t;
     m->tok_embd = kvs_alloc((size_t)c->n_vocab * D * sizeof(float));
     m->output_norm = kvs_alloc((size_t)D * sizeof(float));
-    if (!m->tok_embd || !m->output_norm) { free(jobs); rc = KVS_ENOMEM; goto fail; }
+    if (!m->tok_embd || !m->output_norm) { rc = KVS_ENOMEM; goto fail; }
     jobs[n_jobs++] = (load_job){embd, m->tok_embd};
-    if ((rc = find_tensor(g, "output_norm.weight", (uint64_t)D, 1, &t))) { free(jobs); goto fail; }
+    if ((rc = find_tensor(g, &cl, "output_norm.weight", (uint64_t)D, 1, &t))) goto fail;
     jobs[n_jobs++] = (load_job){t, m->output_norm};
     if (outw) {
-        if ((rc = find_tensor(g, "output.weight", (uint64_t)D, (uint64_t)c->n_vocab, &t))) {
-            free(jobs); goto fail;
-        }
+        if ((rc = find_tensor(g, &cl, "output.weight", (uint64_t)D, (uint64_t)c->n_vocab, &t)))
+            goto fail;
         m->output = kvs_alloc((size_t)c->n_vocab * D * sizeof(float));
-        if (!m->output) { free(jobs); rc = KVS_ENOMEM; goto fail; }
+        if (!m->output) { rc = KVS_ENOMEM; goto fail; }
         jobs[n_jobs++] = (load_job){t, m->output};
     } else {
         m->output = m->tok_embd;
     }
+    if ((rc = load_rope_freqs(g, &cl, m))) goto fail;
     for (int l = 0; l < L; l++) {
         model_layer *ly = &m->layers[l];
         char name[96];
         ly->attn_norm = kvs_alloc((size_t)D * sizeof(float));
         ly->ffn_norm = kvs_alloc((size_t)D * sizeof(float));
-        ly->wqkv = kvs_alloc((size_t)(q_rows + 2 * kv_rows) * D * sizeof(float));
+        ly->wqkv = kvs_alloc((size_t)QKV * D * sizeof(float));
         ly->wo = kvs_alloc((size_t)D * q_rows * sizeof(float));
         ly->w_gate_up = kvs_alloc((size_t)2 * F * D * sizeof(float));
         ly->w_down = kvs_alloc((size_t)D * F * sizeof(float));
+        if (c->qkv_bias) ly->bqkv = kvs_alloc((size_t)QKV * sizeof(float));
         if (!ly->attn_norm || !ly->ffn_norm || !ly->wqkv || !ly->wo || !ly->w_gate_up ||
-            !ly->w_down) { free(jobs); rc = KVS_ENOMEM; goto fail; }
-        struct { const char *suffix; uint64_t ne0, ne1; float *dst; } spec[9] = {
-            {"attn_norm", (uint64_t)D, 1, ly->attn_norm},
-            {"attn_q", (uint64_t)D, (uint64_t)q_rows, ly->wqkv},
-            {"attn_k", (uint64_t)D, (uint64_t)kv_rows, ly->wqkv + (size_t)q_rows * D},
-            {"attn_v", (uint64_t)D, (uint64_t)kv_rows, ly->wqkv + (size_t)(q_rows + kv_rows) * D},
-            {"attn_output", (uint64_t)q_rows, (uint64_t)D, ly->wo},
-            {"ffn_norm", (uint64_t)D, 1, ly->ffn_norm},
-            {"ffn_gate", (uint64_t)D, (uint64_t)F, ly->w_gate_up},
-            {"ffn_up", (uint64_t)D, (uint64_t)F, ly->w_gate_up + (size_t)F * D},
-            {"ffn_down", (uint64_t)F, (uint64_t)D, ly->w_down},
+            !ly->w_down || (c->qkv_bias && !ly->bqkv)) { rc = KVS_ENOMEM; goto fail; }
+        struct { const char *name; uint64_t ne0, ne1; float *dst; } spec[12] = {
+            {"attn_norm.weight", (uint64_t)D, 1, ly->attn_norm},
+            {"attn_q.weight", (uint64_t)D, (uint64_t)q_rows, ly->wqkv},
+            {"attn_k.weight", (uint64_t)D, (uint64_t)kv_rows, ly->wqkv + (size_t)q_rows * D},
+            {"attn_v.weight", (uint64_t)D, (uint64_t)kv_rows,
+             ly->wqkv + (size_t)(q_rows + kv_rows) * D},
+            {"attn_output.weight", (uint64_t)q_rows, (uint64_t)D, ly->wo},
+            {"ffn_norm.weight", (uint64_t)D, 1, ly->ffn_norm},
+            {"ffn_gate.weight", (uint64_t)D, (uint64_t)F, ly->w_gate_up},
+            {"ffn_up.weight", (uint64_t)D, (uint64_t)F, ly->w_gate_up + (size_t)F * D},
+            {"ffn_down.weight", (uint64_t)F, (uint64_t)D, ly->w_down},
+            {"attn_q.bias", (uint64_t)q_rows, 1, ly->bqkv},
+            {"attn_k.bias", (uint64_t)kv_rows, 1, ly->bqkv ? ly->bqkv + q_rows : NULL},
+            {"attn_v.bias", (uint64_t)kv_rows, 1, ly->bqkv ? ly->bqkv + q_rows + kv_rows : NULL},
         };
-        for (int i = 0; i < 9; i++) {
-            snprintf(name, sizeof name, "blk.%d.%s.weight", l, spec[i].suffix);
-            if ((rc = find_tensor(g, name, spec[i].ne0, spec[i].ne1, &t))) { free(jobs); goto fail; }
+        for (int i = 0; i < 12; i++) {
+            if (!spec[i].dst) continue; /* bias of a model without biases: must be absent */
+            snprintf(name, sizeof name, "blk.%d.%s", l, spec[i].name);
+            if ((rc = find_tensor(g, &cl, name, spec[i].ne0, spec[i].ne1, &t))) goto fail;
             jobs[n_jobs++] = (load_job){t, spec[i].dst};
         }
     }
+    if ((rc = check_all_claimed(g, &cl, c))) goto fail;
     /* Dequantise in parallel; the first error wins. */
     int first_err = 0;
     char err_msg[1024] = "";
@@ -179,18 +326,37 @@ int model_load(const char *path, model **out)
 #pragma omp critical
             if (!first_err) {
                 first_err = r;
-                snprintf(err_msg, sizeof err_msg, "tensor '%s': %s", jobs[i].t->name,
-                         kvs_last_error());
+                snprintf(err_msg, sizeof err_msg, "%s", kvs_last_error());
             }
         }
     }
-    free(jobs);
     if (first_err) { rc = kvs_error(first_err, "%s", err_msg); goto fail; }
+    free(jobs);
+    free(cl.t);
     *out = m;
     return 0;
 fail:
+    free(jobs);
+    free(cl.t);
     model_free(m);
+    /* every message names the file */
+    if (strncmp(kvs_last_error(), path, strlen(path)) != 0) {
+        char why[1024];
+        snprintf(why, sizeof why, "%s", kvs_last_error());
+        kvs_error(rc, "%s: %s", path, why);
+    }
     return rc;
+}
+
+int model_needs_extensions(const model *m, char *why, size_t why_size)
+{
+    const model_config *c = &m->cfg;
+    char buf[128] = "";
+    if (c->qkv_bias) strcat(buf, ", QKV biases");
+    if (c->rope_type != ARCH_ROPE_NORM) strcat(buf, ", NEOX RoPE (i, i+d/2)");
+    if (c->rope_freqs) strcat(buf, ", rope_freqs.weight RoPE scaling");
+    if (why && why_size) snprintf(why, why_size, "%s", buf[0] ? buf + 2 : "");
+    return buf[0] != 0;
 }
 
 void model_free(model *m)
@@ -201,12 +367,14 @@ void model_free(model *m)
             model_layer *ly = &m->layers[l];
             kvs_free(ly->attn_norm); kvs_free(ly->ffn_norm); kvs_free(ly->wqkv);
             kvs_free(ly->wo); kvs_free(ly->w_gate_up); kvs_free(ly->w_down);
+            kvs_free(ly->bqkv);
         }
         free(m->layers);
     }
     if (m->output != m->tok_embd) kvs_free(m->output);
     kvs_free(m->tok_embd);
     kvs_free(m->output_norm);
+    kvs_free(m->rope_freqs);
     gguf_close(m->gguf);
     free(m);
 }
@@ -222,6 +390,7 @@ int64_t model_n_params(const model *m)
     int64_t D = c->d_model, hd = c->head_dim;
     int64_t per_layer = 2 * D + (c->n_heads + 2 * c->n_kv_heads) * hd * D +
                         D * c->n_heads * hd + 3 * D * (int64_t)c->d_ff;
+    if (c->qkv_bias) per_layer += (c->n_heads + 2 * c->n_kv_heads) * hd;
     int64_t p = c->n_layers * per_layer + D + (int64_t)c->n_vocab * D;
     if (!c->tied_embeddings) p += (int64_t)c->n_vocab * D;
     return p;

@@ -1,34 +1,44 @@
-/* model.h — llama-family config and weights (SmolLM2, Llama-3.x, ...) read from a GGUF file.
+/* model.h — model config and weights read from a GGUF file, for the families of arch.h
+ * (llama: SmolLM2, Llama-3.x, ...; qwen2: Qwen2/2.5).
  *
- * Every number comes from the GGUF metadata (llama.* keys); nothing is hard-coded for the
- * default model. Weights are dequantised once to fp32 at load (the CPU backend computes in
+ * Every number comes from the GGUF metadata (ARCH.* keys, ARCH = general.architecture);
+ * nothing is hard-coded for the default model. What differs between families reaches the
+ * forward passes as data here (rope_type, QKV biases, rope_freqs), not as the name. Weights are dequantised once to fp32 at load (the CPU backend computes in
  * fp32 with BLAS). Q/K/V are fused into one matrix and gate/up into another so that each
  * layer runs 4 GEMMs instead of 7. */
 #ifndef KVS_MODEL_H
 #define KVS_MODEL_H
 
+#include <stddef.h>
 #include <stdint.h>
 
+#include "arch.h"
 #include "gguf.h"
 
 typedef struct model_config {
-    int n_layers;     /* llama.block_count */
-    int d_model;      /* llama.embedding_length */
-    int n_heads;      /* llama.attention.head_count (query heads) */
-    int n_kv_heads;   /* llama.attention.head_count_kv */
-    int head_dim;     /* d_model / n_heads (== llama.rope.dimension_count when present) */
-    int d_ff;         /* llama.feed_forward_length */
+    int n_layers;     /* ARCH.block_count */
+    int d_model;      /* ARCH.embedding_length */
+    int n_heads;      /* ARCH.attention.head_count (query heads) */
+    int n_kv_heads;   /* ARCH.attention.head_count_kv */
+    int head_dim;     /* d_model / n_heads (== ARCH.rope.dimension_count when present) */
+    int d_ff;         /* ARCH.feed_forward_length */
     int n_vocab;      /* rows of token_embd.weight */
-    int n_ctx;        /* llama.context_length */
-    float rope_base;  /* llama.rope.freq_base (default 10000) */
-    float rms_eps;    /* llama.attention.layer_norm_rms_epsilon */
+    int n_ctx;        /* ARCH.context_length */
+    float rope_base;  /* ARCH.rope.freq_base (default 10000) */
+    float rms_eps;    /* ARCH.attention.layer_norm_rms_epsilon */
     int tied_embeddings; /* no output.weight: logits use token_embd */
+    /* Family differences (arch.h), as data for the forward passes: */
+    arch_rope rope_type; /* ARCH_ROPE_NORM: pairs (2i, 2i+1); ARCH_ROPE_NEOX: (i, i + hd/2) */
+    int qkv_bias;        /* layers carry bqkv (added after the QKV GEMM) */
+    int rope_freqs;      /* model.rope_freqs is set (llama3 RoPE scaling) */
+    const arch_desc *arch; /* the family's description; arch->name is general.architecture */
     char name[128];   /* general.name */
 } model_config;
 
 typedef struct model_layer {
     float *attn_norm; /* [d_model] */
     float *wqkv;      /* [(n_heads + 2 n_kv_heads) * head_dim][d_model]: q rows, k rows, v rows */
+    float *bqkv;      /* [(n_heads + 2 n_kv_heads) * head_dim]: q, k, v biases; NULL if none */
     float *wo;        /* [d_model][n_heads * head_dim] */
     float *ffn_norm;  /* [d_model] */
     float *w_gate_up; /* [2 d_ff][d_model]: gate rows then up rows */
@@ -40,14 +50,23 @@ typedef struct model {
     float *tok_embd;    /* [n_vocab][d_model] */
     float *output_norm; /* [d_model] */
     float *output;      /* [n_vocab][d_model]; == tok_embd when tied */
+    float *rope_freqs;  /* [head_dim / 2] or NULL: pair i turns by pos * theta_i / rope_freqs[i]
+                         * (rope_freqs.weight, llama3-style RoPE scaling) */
     model_layer *layers;
     gguf_ctx *gguf;     /* kept open: tokenizer metadata lives in it */
     char path[1024];
 } model;
 
-/* Load a llama-architecture GGUF. Errors (missing file, wrong architecture, missing tensor,
- * shape mismatch, unsupported tensor type) return a negative status with a message. */
+/* Load a GGUF of a supported architecture (arch.h). Errors (missing file, unknown
+ * architecture, missing tensor, a tensor the engine would not use, shape mismatch,
+ * unsupported tensor type or RoPE scaling) return a negative status with a message naming
+ * what is wrong. */
 int model_load(const char *path, model **out);
+
+/* 0 if the model computes exactly like the original llama forward (no QKV biases, adjacent-
+ * pair RoPE, no rope_freqs); else 1, with the features it needs beyond that written to why
+ * ("QKV biases, NEOX RoPE"). For backends that implement only that forward (CUDA for now). */
+int model_needs_extensions(const model *m, char *why, size_t why_size);
 void model_free(model *m);
 
 /* Bytes of KV (K and V, fp32) one token occupies across all layers and KV heads. */

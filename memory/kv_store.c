@@ -20,7 +20,8 @@ int kv_store_create(const kv_format *fk, const kv_format *fv, int head_dim, int6
     if (!kr || !vr)
         return kvs_error(KVS_EINVAL, "KV dtype %s/%s does not support head dim %d", fk->name,
                          fv->name, head_dim);
-    if (n_slots < 1 || (uint64_t)n_slots > SIZE_MAX / (kr + vr))
+    size_t total;
+    if (n_slots < 1 || __builtin_mul_overflow((size_t)n_slots, kr + vr, &total))
         return kvs_error(KVS_EINVAL, "bad KV store size: %lld slots", (long long)n_slots);
     kv_store *s = calloc(1, sizeof *s);
     if (!s) return kvs_error(KVS_ENOMEM, "out of memory");

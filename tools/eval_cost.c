@@ -188,10 +188,11 @@ int eval_cost(const eval_common *c, const eval_cost_opts *o)
         if (vt && (vt->flags & POL_NEEDS_ATTENTION) && !(vt->flags & POL_WINDOW_ATTENTION))
             rows[i].observe_ms = rows[i].att_ms - att_ref;
     }
-    const double page_mib = mem_pool_page_bytes(P, cfg->head_dim) / 1048576.0;
+    const double page_mib = mem_pool_page_bytes(P, e->be->kv_slot_bytes) / 1048576.0;
     const int64_t full_pages = rows[0].peak_pages;
-    printf("policy cost: %s, prompt %d, %d decode steps, budget %d, window %d (CPU, fp32 KV)\n",
-           cfg->name, o->prompt_len, o->gen_len, o->budget, o->window);
+    printf("policy cost: %s, prompt %d, %d decode steps, budget %d, window %d (%s, %s KV)\n",
+           cfg->name, o->prompt_len, o->gen_len, o->budget, o->window, e->be->i->name,
+           e->be->kv_format->name);
     printf("%-10s %9s %9s %8s %8s %8s %8s %9s %8s %8s %6s %8s %6s\n", "policy", "score",
            "prefill", "step", "K-write", "attn", "observe", "evict+cmp", "peak", "peak", "vs",
            "end", "vs");

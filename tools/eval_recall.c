@@ -263,6 +263,14 @@ int eval_recall(const eval_common *c, const eval_recall_opts *o)
         fprintf(stderr, "kvsieve %s: %s\n", c->cmd, kvs_last_error());
         goto done;
     }
+    /* [issue 12] unrotate() below knows adjacent-pair RoPE without rope_freqs only. */
+    if (cfg->rope_type != ARCH_ROPE_NORM || cfg->rope_freqs) {
+        fprintf(stderr, "kvsieve %s: the pre-RoPE analysis supports adjacent-pair RoPE without "
+                "rope_freqs only (this '%s' model has %s RoPE%s)\n", c->cmd, cfg->arch->name,
+                arch_rope_name(cfg->rope_type), cfg->rope_freqs ? " with rope_freqs" : "");
+        rc = 2;
+        goto done;
+    }
     rs.n_pos = N;
     rs.half = N / 2;
     rs.n_kv_heads = Hkv;

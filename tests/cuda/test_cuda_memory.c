@@ -113,11 +113,17 @@ static void test_take_slot(void)
     CU_ASSERT(memcmp(a->score, b->score, (size_t)256 * P * sizeof(float)) == 0);
     CU_ASSERT_EQUAL(a->n_free, b->n_free);
     CU_ASSERT(mem_check_invariants(b, &sb, 1) == 0);
-    /* no room: reserve first */
+    /* past the reserved room a slot takes a page from the pool; with none free, KVS_ENOMEM */
     mem_stream *y = &sb->streams[0];
-    int32_t room = y->n_pages * P - y->n_slots + y->n_holes;
+    int32_t room = y->n_pages * P - y->n_slots + y->n_holes, pages = y->n_pages;
     for (int32_t i = 0; i < room; i++) CU_ASSERT(mem_stream_append(b, y, 100000 + i, 0) >= 0);
-    CU_ASSERT_EQUAL(mem_stream_append(b, y, 200000, 0), KVS_ENOMEM);
+    CU_ASSERT(mem_stream_append(b, y, 200000, 0) >= 0);
+    CU_ASSERT_EQUAL(y->n_pages, pages + 1);
+    int32_t free_before = b->n_free;
+    b->n_free = 0; /* pretend the pool is exhausted */
+    for (int32_t i = 1; i < P; i++) CU_ASSERT(mem_stream_append(b, y, 200000 + i, 0) >= 0);
+    CU_ASSERT_EQUAL(mem_stream_append(b, y, 300000, 0), KVS_ENOMEM);
+    b->n_free = free_before;
     mem_seq_destroy(a, sa);
     mem_seq_destroy(b, sb);
     CU_ASSERT_EQUAL(b->n_free, b->n_pages);

@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
-# Forward pass vs the numpy reference on a tiny random llama GGUF (2 layers, GQA, mixed
-# Q8_0/Q4_1/F16/F32 tensors), made fresh in a temp dir. Runs in seconds.
-# Checks: three sequences (lengths 1, 12, 40) each alone, all in one ragged batch, and the
-# batch again with chunked prefill (dump-logits --chunk 7).
+# Forward pass vs the numpy reference on tiny random GGUFs (2 layers, GQA, mixed tensor
+# types), made fresh in a temp dir by make_tiny_llama.py, one per family variant:
+#   llama            Q8_0/Q4_1/F16/F32, tied output, adjacent-pair RoPE
+#   llama3           the same plus rope_freqs.weight (llama3 RoPE scaling)
+#   qwen2            Q/K/V biases, NEOX RoPE, untied output, Q5_0/Q5_1 weights
+# Checks per variant: three sequences (lengths 1, 12, 40) each alone, all in one ragged
+# batch, and the batch again with chunked prefill (dump-logits --chunk 7). Runs in seconds.
 # Env (set by ctest): KVS_BUILD_DIR (default ./build), KVS_SOURCE_DIR (default .);
 # optional: KVS_FORWARD_ATOL (default 1e-2), PYTHON (default python3).
 set -u
@@ -40,13 +43,6 @@ compare() {
 
 TMP=$(mktemp -d "${TMPDIR:-/tmp}/kvs-tiny.XXXXXX") || { failed=1; finish; }
 trap 'rm -rf "$TMP"' EXIT
-MODEL="$TMP/tiny-llama.gguf"
-
-if ! "$PY" "$REF/make_tiny_llama.py" "$MODEL"; then
-  echo "FAIL make_tiny_llama.py could not write $MODEL"
-  failed=$((failed + 1))
-  finish
-fi
 
 # three sequences: length 1, 12 ("Hello, world" as bytes; token id == byte), 40 (incl. 0 and 255)
 T1="1"
@@ -54,8 +50,18 @@ T12="72,101,108,108,111,44,32,119,111,114,108,100"
 T40="0,255"
 for i in $(seq 1 38); do T40="$T40,$(( (i * 37 + 11) % 256 ))"; done
 
-echo "== each sequence alone, then all three in one ragged batch"
-compare --tokens "$T1" --tokens "$T12" --tokens "$T40" --both
-echo "== one ragged batch, chunked prefill (--chunk 7)"
-compare --tokens "$T1" --tokens "$T12" --tokens "$T40" --batch --kvsieve-arg=--chunk=7
+for variant in "llama" "llama3 --rope-freqs" "qwen2 --arch qwen2"; do
+  set -- $variant
+  name=$1; shift
+  MODEL="$TMP/tiny-$name.gguf"
+  if ! "$PY" "$REF/make_tiny_llama.py" "$MODEL" "$@"; then
+    echo "FAIL make_tiny_llama.py $* could not write $MODEL"
+    failed=$((failed + 1))
+    continue
+  fi
+  echo "== $name: each sequence alone, then all three in one ragged batch"
+  compare --tokens "$T1" --tokens "$T12" --tokens "$T40" --both
+  echo "== $name: one ragged batch, chunked prefill (--chunk 7)"
+  compare --tokens "$T1" --tokens "$T12" --tokens "$T40" --batch --kvsieve-arg=--chunk=7
+done
 finish

@@ -139,6 +139,8 @@ static void test_type_table(void)
         {GGUF_T_BF16, "BF16", 1, 2},    {GGUF_T_Q8_0, "Q8_0", 32, 34},
         {GGUF_T_Q4_0, "Q4_0", 32, 18},  {GGUF_T_Q4_1, "Q4_1", 32, 20},
         {GGUF_T_Q4_K, "Q4_K", 256, 144}, {GGUF_T_Q6_K, "Q6_K", 256, 210},
+        {GGUF_T_Q5_0, "Q5_0", 32, 22},  {GGUF_T_Q5_1, "Q5_1", 32, 24},
+        {GGUF_T_Q5_K, "Q5_K", 256, 176}, {GGUF_T_Q8_K, "Q8_K", 256, 292},
     };
     for (size_t i = 0; i < sizeof want / sizeof want[0]; i++) {
         CU_ASSERT_STRING_EQUAL(gguf_type_name(want[i].t), want[i].name);
@@ -147,12 +149,13 @@ static void test_type_table(void)
         CU_ASSERT_TRUE(gguf_type_can_dequantize(want[i].t));
     }
     /* known to ggml but without a dequantiser here: sizes known, conversion refused */
-    CU_ASSERT_STRING_EQUAL(gguf_type_name(13), "Q5_K");
-    CU_ASSERT_EQUAL(gguf_type_block_bytes(13), 176);
-    CU_ASSERT_FALSE(gguf_type_can_dequantize(13));
-    uint8_t blk[176] = {0};
+    CU_ASSERT_STRING_EQUAL(gguf_type_name(11), "Q3_K");
+    CU_ASSERT_EQUAL(gguf_type_block_bytes(11), 110);
+    CU_ASSERT_FALSE(gguf_type_can_dequantize(11));
+    uint8_t blk[292] = {0};
     float out[256];
-    CU_ASSERT_EQUAL(gguf_dequantize(13, blk, out, 256), KVS_EUNSUPPORTED);
+    CU_ASSERT_EQUAL(gguf_dequantize(11, blk, out, 256), KVS_EUNSUPPORTED);
+    CU_ASSERT_PTR_NOT_NULL(strstr(kvs_last_error(), "Q3_K"));
     CU_ASSERT_NOT_EQUAL(kvs_last_error()[0], '\0');
     /* unknown numbers (removed from ggml or never used) */
     const uint32_t unknown[] = {4, 5, 31, 32, 33, 36, 99, UINT32_MAX};
@@ -236,7 +239,7 @@ static void test_metadata(void)
     CU_ASSERT_EQUAL_FATAL(rc, KVS_OK);
     CU_ASSERT_EQUAL(gguf_version(g), 3);
     CU_ASSERT_EQUAL(gguf_n_kv(g), 34);
-    CU_ASSERT_EQUAL(gguf_n_tensors(g), 11);
+    CU_ASSERT_EQUAL(gguf_n_tensors(g), 15);
 
     /* every key is findable and has a known type */
     for (int64_t i = 0; i < gguf_n_kv(g); i++) {
@@ -466,7 +469,8 @@ static void test_tensors(void)
     CU_ASSERT_EQUAL(at * sizeof(float), nexp);
     const uint32_t all = 1u << GGUF_T_F32 | 1u << GGUF_T_F16 | 1u << GGUF_T_BF16 |
                          1u << GGUF_T_Q8_0 | 1u << GGUF_T_Q4_0 | 1u << GGUF_T_Q4_1 |
-                         1u << GGUF_T_Q4_K | 1u << GGUF_T_Q6_K;
+                         1u << GGUF_T_Q4_K | 1u << GGUF_T_Q6_K | 1u << GGUF_T_Q5_0 |
+                         1u << GGUF_T_Q5_1 | 1u << GGUF_T_Q5_K | 1u << GGUF_T_Q8_K;
     CU_ASSERT_EQUAL(seen_types & all, all);
     gguf_close(g);
     free(expected);

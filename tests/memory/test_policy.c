@@ -294,7 +294,7 @@ static void test_registry(void)
     bad.version = 0;
     CU_ASSERT(expect_error(pol_register(&bad), "written for policy API version 0"));
     bad.version = POL_API_VERSION + 1;
-    CU_ASSERT(expect_error(pol_register(&bad), "this kvsieve speaks versions 1 to 1"));
+    CU_ASSERT(expect_error(pol_register(&bad), "this kvsieve speaks versions 1 to 2"));
     bad.version = POL_API_VERSION;
     bad.description = NULL;
     CU_ASSERT(expect_error(pol_register(&bad), "has no description"));

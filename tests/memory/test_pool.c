@@ -92,12 +92,20 @@ static void test_create_errors(void)
 
 static void test_page_bytes(void)
 {
-    CU_ASSERT_EQUAL(mem_pool_page_bytes(16, 64), (size_t)16 * (2 * 64 * 4 + 8));
-    CU_ASSERT_EQUAL(mem_pool_page_bytes(3, 64), 0);
+    /* the K/V bytes of a slot come from the format: f32 at head dim 64 is 2 * 64 * 4 */
+    const size_t f32_slot = kv_store_slot_bytes(&kv_fmt_f32, &kv_fmt_f32, 64);
+    const size_t f16_slot = kv_store_slot_bytes(&kv_fmt_f16, &kv_fmt_f16, 64);
+    CU_ASSERT_EQUAL(f32_slot, 512u);
+    CU_ASSERT_EQUAL(f16_slot, 256u);
+    CU_ASSERT_EQUAL(mem_pool_page_bytes(16, f32_slot), (size_t)16 * (2 * 64 * 4 + 8));
+    CU_ASSERT_EQUAL(mem_pool_page_bytes(16, f16_slot), (size_t)16 * (2 * 64 * 2 + 8));
+    CU_ASSERT_EQUAL(mem_pool_page_bytes(3, f32_slot), 0);
     CU_ASSERT_EQUAL(mem_pool_page_bytes(16, 0), 0);
-    size_t pb = mem_pool_page_bytes(16, 64);
-    CU_ASSERT_EQUAL(mem_pool_pages_for_bytes(16, 64, 10 * pb + pb / 2), 10);
-    CU_ASSERT_EQUAL(mem_pool_pages_for_bytes(16, 64, pb - 1), 0);
+    size_t pb = mem_pool_page_bytes(16, f32_slot);
+    CU_ASSERT_EQUAL(mem_pool_pages_for_bytes(16, f32_slot, 10 * pb + pb / 2), 10);
+    CU_ASSERT_EQUAL(mem_pool_pages_for_bytes(16, f32_slot, pb - 1), 0);
+    /* the same bytes hold (almost) twice the pages of f16 KV */
+    CU_ASSERT_EQUAL(mem_pool_pages_for_bytes(16, f16_slot, 100 * pb), 100 * 520 / 264);
     CU_ASSERT_EQUAL(mem_pool_pages_for_bytes(5, 64, 1 << 20), KVS_EINVAL);
 }
 

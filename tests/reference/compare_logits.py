@@ -68,6 +68,40 @@ def run_engine(binary: str, model: str, token_lists: list[list[int]], batch: boo
         return data, ""
 
 
+# Above this size the reference runs in a child process that exits before the engine starts,
+# so that the two dequantised copies of the weights (~4 bytes per parameter each) are never in
+# memory at once (the 1.5B qwen2 model is ~6 GB in fp32).
+BIG_MODEL_BYTES = 256 << 20
+
+
+def reference_in_child(model: str, token_lists: list[list[int]], timeout: float
+                       ) -> tuple[list[np.ndarray] | None, str]:
+    """ref_forward.py in a subprocess; its float32 output split back into one array per list
+    (float32 storage costs ~1e-6 on logits of size ~10, far below any tolerance used)."""
+    with tempfile.TemporaryDirectory(prefix="kvs-ref-") as tmp:
+        out = os.path.join(tmp, "ref.f32")
+        cmd = [sys.executable, os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                                            "ref_forward.py"), model, "--out", out]
+        for toks in token_lists:
+            cmd += ["--tokens", ",".join(map(str, toks))]
+        try:
+            p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout * 4)
+        except subprocess.TimeoutExpired:
+            return None, "reference timed out"
+        if p.returncode != 0:
+            return None, f"ref_forward.py exited with status {p.returncode}: {p.stderr[-2000:]}"
+        data = np.fromfile(out, dtype="<f4").astype(np.float64)
+    n = sum(len(t) for t in token_lists)
+    if n == 0 or data.size % n:
+        return None, f"reference wrote {data.size} floats for {n} tokens"
+    vocab = data.size // n
+    refs, off = [], 0
+    for toks in token_lists:
+        refs.append(data[off:off + len(toks) * vocab].reshape(len(toks), vocab))
+        off += len(toks) * vocab
+    return refs, ""
+
+
 def check(name: str, c: np.ndarray, ref: np.ndarray, atol: float) -> bool:
     """Compare one sequence's engine logits c with reference ref, both [n, vocab]."""
     n = ref.shape[0]
@@ -99,7 +133,7 @@ def check(name: str, c: np.ndarray, ref: np.ndarray, atol: float) -> bool:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description="compare kvsieve dump-logits with ref_forward")
     ap.add_argument("--kvsieve", required=True, help="path of the kvsieve binary")
-    ap.add_argument("--model", required=True, help="llama GGUF")
+    ap.add_argument("--model", required=True, help="llama or qwen2 GGUF")
     ap.add_argument("--tokens", action="append", required=True,
                     help="comma-separated token ids; repeat for more sequences")
     ap.add_argument("--atol", type=float, default=1e-2)
@@ -128,7 +162,14 @@ def main(argv=None) -> int:
         return 1
 
     t0 = time.time()
-    refs = [ref_forward.logits(a.model, t) for t in token_lists]
+    if os.path.getsize(a.model) > BIG_MODEL_BYTES:
+        refs, err = reference_in_child(a.model, token_lists, a.timeout)
+        if refs is None:
+            print(f"FAIL reference: {err}")
+            print("compare_logits: 0 passed, 1 failed")
+            return 1
+    else:
+        refs = [ref_forward.logits(a.model, t) for t in token_lists]
     vocab = refs[0].shape[1]
     print(f"reference: {len(refs)} sequence(s), vocab {vocab}, {time.time() - t0:.1f}s "
           f"(incl. load)")

@@ -11,10 +11,11 @@ Output, in tests/fixtures/gguf/ (deterministic: fixed seed, fixed order):
   all_types.gguf           metadata of every value type (scalars, strings, arrays of each
                            type, arrays of strings, nested arrays) and small tensors of every
                            type the engine dequantises (F32, F16, BF16, Q8_0, Q4_0, Q4_1,
-                           Q4_K, Q6_K), 1-D to 4-D, alignment 64.
+                           Q4_K, Q6_K, Q5_0, Q5_1, Q5_K, Q8_K), 1-D to 4-D, alignment 64.
   all_types.expected.bin   for each tensor in file order, its values as the `gguf` package
                            dequantises them: little-endian float32, n_elems of them, back
-                           to back.
+                           to back. gguf has no Q8_K dequantiser: that one comes from
+                           dequantize_q8_k() below, a transcription of ggml's block layout.
   all_types.layout.txt     byte offsets of header fields, found by an independent walk of
                            the written file, so the C test can corrupt specific fields.
                            One "name value..." record per line (see write_layout()).
@@ -23,6 +24,13 @@ Output, in tests/fixtures/gguf/ (deterministic: fixed seed, fixed order):
                            (5 values), b[i] = i - 3 (7 values).
   f32_to_f16.bin           pairs (u32 float32 bits, u16 half bits, u16 0) giving numpy's
                            round-to-nearest-even float32 -> float16 conversion.
+  model_*.gguf             tiny whole models (1 layer, d_model 16, 2 query heads / 1 KV head,
+                           head dim 8, FFN 16, vocab 8, all F32) for tests/engine/test_model.c:
+                           good llama / llama3 (rope_freqs) / qwen2 files and bad variants
+                           (unknown architecture, a tensor the engine would not use, a
+                           missing bias, rope_freqs on qwen2, YaRN RoPE scaling). Weight value
+                           k of tensor j (in file order) is (j + 1) + k / 1024 and a bias
+                           value k is 0.25 * k, so the test can check where each one landed.
 """
 import os
 import struct
@@ -37,6 +45,9 @@ OUT = os.path.normpath(os.path.join(HERE, "..", "fixtures", "gguf"))
 ALIGN = 64
 
 rng = np.random.default_rng(20240611)
+# The tensors added later (Q5_0, Q5_1, Q5_K, Q8_K) draw from their own generator, so that every
+# value made before them stays as it was.
+rng5 = np.random.default_rng(20261204)
 
 
 def f16_bits(x):
@@ -73,6 +84,44 @@ def random_q6_k(n_rows, row_len):
     return blocks.reshape(n_rows, row_len // 256 * 210), QT.Q6_K
 
 
+def random_q5_k(n_rows, row_len):
+    """gguf cannot quantise Q5_K: random blocks with valid fp16 d / dmin.
+    Block (176 bytes) = f16 d | f16 dmin | 12 scale bytes | 32 qh bytes | 128 nibble bytes."""
+    nb = n_rows * row_len // 256
+    blocks = rng5.integers(0, 256, size=(nb, 176), dtype=np.uint8)
+    d = rng5.uniform(-0.05, 0.05, size=nb).astype(np.float16)
+    dmin = rng5.uniform(0.0, 0.05, size=nb).astype(np.float16)
+    blocks[:, 0:2] = d.view(np.uint8).reshape(nb, 2)
+    blocks[:, 2:4] = dmin.view(np.uint8).reshape(nb, 2)
+    return blocks.reshape(n_rows, row_len // 256 * 176), QT.Q5_K
+
+
+def random_q8_k(n_rows, row_len):
+    """Q8_K (ggml's intermediate type for dot products; no quantiser in gguf): random blocks.
+    Block (292 bytes) = f32 d | 256 int8 q | 16 int16 bsums (sums of groups of 16 q)."""
+    nb = n_rows * row_len // 256
+    d = rng5.uniform(-0.01, 0.01, size=nb).astype("<f4")
+    q = rng5.integers(-128, 128, size=(nb, 256)).astype(np.int8)
+    bsums = q.astype(np.int16).reshape(nb, 16, 16).sum(axis=-1).astype("<i2")
+    blocks = np.concatenate([d.view(np.uint8).reshape(nb, 4), q.view(np.uint8),
+                             bsums.view(np.uint8).reshape(nb, 32)], axis=-1)
+    return blocks.reshape(n_rows, row_len // 256 * 292), QT.Q8_K
+
+
+def dequantize_q8_k(raw):
+    """x = d * q per 256-element block (ggml's dequantize_row_q8_K), in float32."""
+    blocks = np.ascontiguousarray(raw).view(np.uint8).reshape(-1, 292)
+    d = blocks[:, 0:4].copy().view("<f4").astype(np.float32)        # (nb, 1)
+    q = blocks[:, 4:260].copy().view(np.int8).astype(np.float32)    # (nb, 256)
+    return (d * q).reshape(-1)
+
+
+def dequantize(data, qtype):
+    if qtype == QT.Q8_K:
+        return dequantize_q8_k(data)
+    return quants.dequantize(data, qtype).astype(np.float32).reshape(-1)
+
+
 def make_tensors():
     t = []
     # F32, 2-D: numpy shape (rows, row_len) -> GGUF ne = {row_len, rows}
@@ -98,6 +147,16 @@ def make_tensors():
     t.append(("t.f32_1d", rng.standard_normal(32).astype(np.float32), None))
     t.append(("t.q8_3d",) + quantized(rng.standard_normal((2, 3, 32)).astype(np.float32), QT.Q8_0))
     t.append(("t.f32_4d", rng.standard_normal((2, 3, 2, 32)).astype(np.float32), None))
+    # 5-bit types through gguf's own quantiser (with a zero block and a constant one) and the
+    # K-quants gguf cannot quantise as random blocks
+    for name, qt in (("t.q5_0", QT.Q5_0), ("t.q5_1", QT.Q5_1)):
+        x = rng5.standard_normal((4, 64)).astype(np.float32) * 0.2
+        x[1, :32] = 0.0
+        x[2, 32:] = -0.75
+        t.append((name,) + quantized(x, qt))
+    t.append(("t.q8_k",) + random_q8_k(2, 512))
+    # last: its 704 bytes are a multiple of the alignment, so the file ends where its data does
+    t.append(("t.q5_k",) + random_q5_k(2, 512))
     return t
 
 
@@ -223,7 +282,7 @@ def write_layout(gguf_path, layout_path, expected_path):
     lines = []
     for i, (rt, ti) in enumerate(zip(reader.tensors, tinfo)):
         assert rt.data_offset == data_start + ti["offset"]
-        vals = quants.dequantize(rt.data, rt.tensor_type).astype(np.float32).reshape(-1)
+        vals = dequantize(rt.data, rt.tensor_type)
         assert vals.size == int(np.prod(ti["ne"]))
         expected += vals.astype("<f4").tobytes()
         data_end = max(data_end, rt.data_offset + rt.n_bytes)
@@ -302,6 +361,84 @@ def write_f16_pairs(path):
     rec.tofile(path)
 
 
+# --------------------------------------------------------------------------------------------
+# tiny whole models for the loader tests (test_model.c hard-codes these shapes and values)
+
+M_D, M_HEADS, M_KV, M_FF, M_VOCAB = 16, 2, 1, 16, 8
+M_HD = M_D // M_HEADS
+
+
+def model_tensors(arch, bias=True, rope_freqs=False, output=None, extra=()):
+    """(name, numpy array) in file order; numpy shape (rows, row_len) = GGUF ne reversed."""
+    kv = M_KV * M_HD
+    t = [("token_embd.weight", (M_VOCAB, M_D)), ("output_norm.weight", (M_D,))]
+    if output if output is not None else arch == "qwen2":
+        t.append(("output.weight", (M_VOCAB, M_D)))
+    if rope_freqs:
+        t.append(("rope_freqs.weight", (M_HD // 2,)))
+    t += [("blk.0.attn_norm.weight", (M_D,)), ("blk.0.attn_q.weight", (M_D, M_D)),
+          ("blk.0.attn_k.weight", (kv, M_D)), ("blk.0.attn_v.weight", (kv, M_D)),
+          ("blk.0.attn_output.weight", (M_D, M_D)), ("blk.0.ffn_norm.weight", (M_D,)),
+          ("blk.0.ffn_gate.weight", (M_FF, M_D)), ("blk.0.ffn_up.weight", (M_FF, M_D)),
+          ("blk.0.ffn_down.weight", (M_D, M_FF))]
+    if bias is True:
+        bias = ("attn_q", "attn_k", "attn_v")
+    for b in bias or ():
+        t.append((f"blk.0.{b}.bias", (M_D if b == "attn_q" else kv,)))
+    t += list(extra)
+    out = []
+    for j, (name, shape) in enumerate(t):
+        n = int(np.prod(shape))
+        if name.endswith(".bias"):
+            v = 0.25 * np.arange(n)
+        elif name == "rope_freqs.weight":
+            v = 1.0 + np.arange(n)           # 1, 2, 3, 4
+        else:
+            v = (j + 1) + np.arange(n) / 1024.0
+        out.append((name, v.astype(np.float32).reshape(shape), None))
+    return out
+
+
+def model_meta(arch, extra=None):
+    def add(w):
+        w.add_name(f"kvsieve {arch} loader fixture")
+        w.add_uint32(f"{arch}.block_count", 1)
+        w.add_uint32(f"{arch}.context_length", 64)
+        w.add_uint32(f"{arch}.embedding_length", M_D)
+        w.add_uint32(f"{arch}.feed_forward_length", M_FF)
+        w.add_uint32(f"{arch}.attention.head_count", M_HEADS)
+        w.add_uint32(f"{arch}.attention.head_count_kv", M_KV)
+        w.add_float32(f"{arch}.rope.freq_base", 1000000.0 if arch == "qwen2" else 10000.0)
+        w.add_float32(f"{arch}.attention.layer_norm_rms_epsilon", 1e-6)
+        if extra:
+            extra(w)
+    return add
+
+
+def write_models(p):
+    yarn = lambda w: (w.add_string("qwen2.rope.scaling.type", "yarn"),  # noqa: E731
+                      w.add_float32("qwen2.rope.scaling.factor", 4.0))
+    models = [
+        ("model_llama.gguf", "llama", model_meta("llama"), model_tensors("llama", bias=False)),
+        ("model_llama3.gguf", "llama", model_meta("llama"),
+         model_tensors("llama", bias=False, rope_freqs=True)),
+        ("model_qwen2.gguf", "qwen2", model_meta("qwen2"), model_tensors("qwen2")),
+        ("model_gemma3.gguf", "gemma3", model_meta("gemma3"), model_tensors("llama", bias=False)),
+        ("model_llama_bias.gguf", "llama", model_meta("llama"),
+         model_tensors("llama", bias=("attn_q",))),
+        ("model_llama_stray.gguf", "llama", model_meta("llama"),
+         model_tensors("llama", bias=False, extra=[("blk.0.attn_rot_embd", (4,)),
+                                                   ("mystery.weight", (4,))])),
+        ("model_qwen2_no_k_bias.gguf", "qwen2", model_meta("qwen2"),
+         model_tensors("qwen2", bias=("attn_q", "attn_v"))),
+        ("model_qwen2_rope_freqs.gguf", "qwen2", model_meta("qwen2"),
+         model_tensors("qwen2", rope_freqs=True)),
+        ("model_qwen2_yarn.gguf", "qwen2", model_meta("qwen2", yarn), model_tensors("qwen2")),
+    ]
+    for name, arch, meta, tensors in models:
+        write_gguf(p(name), arch, meta, tensors)
+
+
 def main():
     os.makedirs(OUT, exist_ok=True)
     p = lambda n: os.path.join(OUT, n)
@@ -314,6 +451,7 @@ def main():
     write_gguf(p("minimal.gguf"), "llama", lambda w: None, minimal)
 
     write_f16_pairs(p("f32_to_f16.bin"))
+    write_models(p)
 
     total = sum(os.path.getsize(p(n)) for n in os.listdir(OUT))
     print("wrote %s (%d bytes in all)" % (OUT, total))

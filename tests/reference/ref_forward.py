@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Independent numpy reference forward pass for llama-architecture GGUF models.
+"""Independent numpy reference forward pass for llama- and qwen2-architecture GGUF models.
 
 Slow and readable on purpose: it is the yardstick the C forward pass is checked
 against, so it shares no code with the engine. Weights are read and dequantised
@@ -19,10 +19,12 @@ The model (single sequence, positions 0..n-1, no KV cache, no batching):
     x = token_embd[tokens]
     per layer:
         h = rmsnorm(x) * attn_norm
-        q, k, v = h @ Wq.T, h @ Wk.T, h @ Wv.T
-        RoPE on q and k, GGML "normal" form: adjacent pairs (x[2i], x[2i+1]) of each
-            head rotated by pos * base^(-2i/d). This is correct for GGUF llama
-            weights, whose Q/K rows were permuted by llama.cpp's converter.
+        q, k, v = h @ Wq.T (+ bq), h @ Wk.T (+ bk), h @ Wv.T (+ bv)   (biases: qwen2)
+        RoPE on q and k, angle pos * base^(-2i/d) / rope_freqs[i] (rope_freqs.weight,
+            llama3 files; 1 when absent), pairing by architecture:
+            llama: GGML "normal" form, adjacent pairs (x[2i], x[2i+1]) -- correct for GGUF
+                   llama weights, whose Q/K rows were permuted by llama.cpp's converter;
+            qwen2: NEOX form, pairs (x[i], x[i+d/2]) -- its Q/K rows are not permuted.
         causal GQA attention (query head h reads kv head h // (Hq/Hkv)),
             softmax(q.k / sqrt(d))
         x += attn @ Wo.T
@@ -67,27 +69,43 @@ class Config:
     rope_base: float
     eps: float
     vocab: int
+    arch: str = "llama"
+    rope_layout: str = "adjacent"     # the architecture's own RoPE pairing
+    qkv_bias: bool = False
+
+
+# What differs between the supported families (the C engine's engine/arch.c, restated).
+ARCHS = {
+    "llama": {"rope_layout": "adjacent", "qkv_bias": False},
+    "qwen2": {"rope_layout": "half", "qkv_bias": True},
+}
 
 
 def read_config(reader: GGUFReader) -> Config:
     arch = _field(reader, "general.architecture")
-    if arch != "llama":
-        raise ValueError(f"unsupported architecture {arch!r} (only llama)")
-    n_embd = int(_field(reader, "llama.embedding_length"))
-    n_head = int(_field(reader, "llama.attention.head_count"))
-    n_head_kv = int(_field(reader, "llama.attention.head_count_kv", n_head))
+    if arch not in ARCHS:
+        raise ValueError(f"unsupported architecture {arch!r} (only {', '.join(ARCHS)})")
+    k = lambda name: f"{arch}.{name}"  # noqa: E731
+    scaling = _field(reader, k("rope.scaling.type"), "none")
+    if scaling != "none":
+        raise ValueError(f"RoPE scaling {scaling!r} is not implemented here")
+    n_embd = int(_field(reader, k("embedding_length")))
+    n_head = int(_field(reader, k("attention.head_count")))
+    n_head_kv = int(_field(reader, k("attention.head_count_kv"), n_head))
     head_dim = n_embd // n_head
     return Config(
-        n_layer=int(_field(reader, "llama.block_count")),
+        n_layer=int(_field(reader, k("block_count"))),
         n_embd=n_embd,
-        n_ff=int(_field(reader, "llama.feed_forward_length")),
+        n_ff=int(_field(reader, k("feed_forward_length"))),
         n_head=n_head,
         n_head_kv=n_head_kv,
         head_dim=head_dim,
-        rope_dim=int(_field(reader, "llama.rope.dimension_count", head_dim)),
-        rope_base=float(_field(reader, "llama.rope.freq_base", 10000.0)),
-        eps=float(_field(reader, "llama.attention.layer_norm_rms_epsilon")),
+        rope_dim=int(_field(reader, k("rope.dimension_count"), head_dim)),
+        rope_base=float(_field(reader, k("rope.freq_base"), 10000.0)),
+        eps=float(_field(reader, k("attention.layer_norm_rms_epsilon"))),
         vocab=0,  # filled from token_embd below
+        arch=arch,
+        **ARCHS[arch],
     )
 
 
@@ -103,7 +121,7 @@ def dequant(t) -> np.ndarray:
 
 
 class Model:
-    """All weights of a llama GGUF, dequantised once to float32."""
+    """All weights of a llama / qwen2 GGUF, dequantised once to float32."""
 
     def __init__(self, path: str):
         reader = GGUFReader(path)
@@ -124,6 +142,14 @@ class Model:
                 got = self.w[f"blk.{i}.{name}.weight"].shape
                 if got != shape:
                     raise ValueError(f"blk.{i}.{name}.weight shape {got} != {shape}")
+            if c.qkv_bias:
+                for name, n in (("attn_q", c.n_embd), ("attn_k", kv), ("attn_v", kv)):
+                    got = self.w[f"blk.{i}.{name}.bias"].shape
+                    if got != (n,):
+                        raise ValueError(f"blk.{i}.{name}.bias shape {got} != ({n},)")
+        self.rope_freqs = self.w.get("rope_freqs.weight")       # llama3 RoPE scaling
+        if self.rope_freqs is not None and self.rope_freqs.shape != (c.rope_dim // 2,):
+            raise ValueError(f"rope_freqs.weight shape {self.rope_freqs.shape}")
 
     def layer(self, i: int, name: str) -> np.ndarray:
         return self.w[f"blk.{i}.{name}.weight"]
@@ -138,16 +164,19 @@ def rmsnorm(x: np.ndarray, w: np.ndarray, eps: float) -> np.ndarray:
 
 
 def rope(x: np.ndarray, pos: np.ndarray, base: float, n_rot: int,
-         layout: str = "adjacent") -> np.ndarray:
+         layout: str = "adjacent", freq_factors: np.ndarray | None = None) -> np.ndarray:
     """Rotate x [n, heads, d] in place-free fashion.
 
     layout="adjacent": GGML normal RoPE, pairs (x[2i], x[2i+1]) -- correct for GGUF llama.
-    layout="half":     Hugging Face / NeoX form, pairs (x[i], x[i+n_rot/2]) -- WRONG for
-                       GGUF llama weights; kept only to demonstrate that it differs.
+    layout="half":     Hugging Face / NeoX form, pairs (x[i], x[i+n_rot/2]) -- correct for
+                       GGUF qwen2, WRONG for GGUF llama weights.
+    freq_factors (rope_freqs.weight): theta_i is divided by freq_factors[i].
     Only the first n_rot dims of each head are rotated (n_rot = rope.dimension_count).
     """
     half = n_rot // 2
     theta = base ** (-2.0 * np.arange(half, dtype=np.float64) / n_rot)   # [half]
+    if freq_factors is not None:
+        theta = theta / freq_factors.astype(np.float64)
     ang = pos.astype(np.float64)[:, None] * theta[None, :]                # [n, half]
     cos = np.cos(ang)[:, None, :].astype(x.dtype)                         # [n, 1, half]
     sin = np.sin(ang)[:, None, :].astype(x.dtype)
@@ -187,9 +216,10 @@ def silu(x: np.ndarray) -> np.ndarray:
     return x / (1.0 + np.exp(-x))
 
 
-def forward(model: Model, tokens, dtype=np.float64, rope_layout: str = "adjacent"
+def forward(model: Model, tokens, dtype=np.float64, rope_layout: str | None = None
             ) -> np.ndarray:
     c = model.cfg
+    rope_layout = rope_layout or c.rope_layout
     tokens = np.asarray(tokens, dtype=np.int64)
     if tokens.ndim != 1 or tokens.size == 0:
         raise ValueError("tokens must be a non-empty 1-D list")
@@ -203,11 +233,15 @@ def forward(model: Model, tokens, dtype=np.float64, rope_layout: str = "adjacent
     x = model.w["token_embd.weight"][tokens].astype(dtype)
     for i in range(c.n_layer):
         h = rmsnorm(x, W(i, "attn_norm"), c.eps)
-        q = (h @ W(i, "attn_q").T).reshape(n, c.n_head, d)
-        k = (h @ W(i, "attn_k").T).reshape(n, c.n_head_kv, d)
-        v = (h @ W(i, "attn_v").T).reshape(n, c.n_head_kv, d)
-        q = rope(q, pos, c.rope_base, c.rope_dim, rope_layout)
-        k = rope(k, pos, c.rope_base, c.rope_dim, rope_layout)
+        q, k, v = (h @ W(i, "attn_q").T), (h @ W(i, "attn_k").T), (h @ W(i, "attn_v").T)
+        if c.qkv_bias:
+            B = lambda name: model.w[f"blk.{i}.{name}.bias"].astype(dtype)  # noqa: E731
+            q, k, v = q + B("attn_q"), k + B("attn_k"), v + B("attn_v")
+        q = q.reshape(n, c.n_head, d)
+        k = k.reshape(n, c.n_head_kv, d)
+        v = v.reshape(n, c.n_head_kv, d)
+        q = rope(q, pos, c.rope_base, c.rope_dim, rope_layout, model.rope_freqs)
+        k = rope(k, pos, c.rope_base, c.rope_dim, rope_layout, model.rope_freqs)
         a = attention(q, k, v, c.n_head, c.n_head_kv)
         x = x + a @ W(i, "attn_output").T
         h = rmsnorm(x, W(i, "ffn_norm"), c.eps)
@@ -220,12 +254,22 @@ def forward(model: Model, tokens, dtype=np.float64, rope_layout: str = "adjacent
 # Tokenizer (for building test prompts; the forward pass itself takes token ids)
 # --------------------------------------------------------------------------------------
 
+# Pre-tokenizer regexes of tokenizer.ggml.pre values other than gpt2's own (llama.cpp's).
+PRE_REGEX = {
+    "qwen2": r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+             r"|\s*[\r\n]+|\s+(?!\S)|\s+",
+    "llama-bpe": r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
+                 r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+",
+}
+
+
 def tokenizer_from_gguf(gguf_path: str):
     """A Hugging Face `tokenizers.Tokenizer` built from the GGUF's byte-level BPE metadata.
 
     Only tokenizer.ggml.model == "gpt2" is supported. Control tokens (token_type 3) are
     added as special tokens so they are matched whole before BPE. For pre "smollm" digits
-    are split one by one first, as llama.cpp does (its extra "\\p{N}" split).
+    are split one by one first, as llama.cpp does (its extra "\\p{N}" split); "qwen2" and
+    "llama-bpe" use their own split regex (PRE_REGEX) before the byte-level mapping.
     (transformers' own GGUF tokenizer loader needs torch, which is not installed here.)
     """
     from tokenizers import Tokenizer, AddedToken, decoders, models, pre_tokenizers
@@ -244,6 +288,11 @@ def tokenizer_from_gguf(gguf_path: str):
     if pre == "smollm":
         tok.pre_tokenizer = pre_tokenizers.Sequence(
             [pre_tokenizers.Digits(individual_digits=True), byte_level])
+    elif pre in PRE_REGEX:
+        from tokenizers import Regex
+        tok.pre_tokenizer = pre_tokenizers.Sequence(
+            [pre_tokenizers.Split(Regex(PRE_REGEX[pre]), behavior="isolated"),
+             pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
     else:
         tok.pre_tokenizer = byte_level
     tok.decoder = decoders.ByteLevel()
@@ -263,7 +312,7 @@ def load(gguf_path: str) -> Model:
     return m
 
 
-def logits(gguf_path: str, token_ids, dtype=np.float64, rope_layout: str = "adjacent"
+def logits(gguf_path: str, token_ids, dtype=np.float64, rope_layout: str | None = None
            ) -> np.ndarray:
     """Logits [n_tokens, vocab] (float64 by default) for one sequence at positions 0..n-1."""
     return forward(load(gguf_path), token_ids, dtype=dtype, rope_layout=rope_layout)
@@ -279,29 +328,34 @@ def parse_tokens(s: str) -> list[int]:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("model", help="llama-architecture GGUF file")
+    ap.add_argument("model", help="llama- or qwen2-architecture GGUF file")
     src = ap.add_mutually_exclusive_group(required=True)
-    src.add_argument("--tokens", help="comma-separated token ids")
+    src.add_argument("--tokens", action="append",
+                     help="comma-separated token ids (repeatable: the logits of every list "
+                          "go to --out one after the other, the model loaded once)")
     src.add_argument("--text", help="tokenize this text with the GGUF's tokenizer instead")
     ap.add_argument("--print-tokens", action="store_true",
                     help="print the token ids (comma-separated) and stop")
     ap.add_argument("--out", help="write float32 little-endian [n_tokens][vocab] here")
     ap.add_argument("--dtype", choices=("f64", "f32"), default="f64",
                     help="arithmetic precision (default f64)")
-    ap.add_argument("--rope-layout", choices=("adjacent", "half"), default="adjacent",
-                    help="RoPE pairing; 'half' is the WRONG (HF) form, for experiments only")
+    ap.add_argument("--rope-layout", choices=("adjacent", "half"), default=None,
+                    help="force a RoPE pairing (default: the architecture's own: adjacent for "
+                         "llama, half for qwen2); for experiments only")
     ap.add_argument("--top", type=int, default=0, help="print the top-K token ids per position")
     a = ap.parse_args(argv)
 
     if a.text is not None:
-        toks = tokenizer_from_gguf(a.model).encode(a.text).ids
+        lists = [tokenizer_from_gguf(a.model).encode(a.text).ids]
     else:
-        toks = parse_tokens(a.tokens)
+        lists = [parse_tokens(t) for t in a.tokens]
     if a.print_tokens:
-        print(",".join(str(t) for t in toks))
+        for toks in lists:
+            print(",".join(str(t) for t in toks))
         return 0
-    out = logits(a.model, toks, dtype=np.float64 if a.dtype == "f64" else np.float32,
-                 rope_layout=a.rope_layout)
+    outs = [logits(a.model, toks, dtype=np.float64 if a.dtype == "f64" else np.float32,
+                   rope_layout=a.rope_layout) for toks in lists]
+    out = np.concatenate(outs, axis=0)
     if a.out:
         out.astype("<f4").tofile(a.out)
     if a.top:

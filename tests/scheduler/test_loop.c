@@ -306,7 +306,7 @@ static void test_deadline_beats_length(void)
 static void test_pressure(void)
 {
     kvs_engine *small;
-    engine_opts eo = {.model_path = model_path, .kv_bytes = 90 * 8 * mem_pool_page_bytes(16, 64)};
+    engine_opts eo = {.model_path = model_path, .kv_bytes = 90 * 8 * mem_pool_page_bytes(16, 2 * 64 * sizeof(float))};
     CU_ASSERT_FATAL(engine_create(&eo, &small) == 0); /* 8 pages per stream: 128 tokens */
     kvs_engine *saveE = E;
     E = small;
