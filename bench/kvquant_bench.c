@@ -377,14 +377,14 @@ static void real_study(const char *path)
      * joint (key, value) widths at the end, for width classes. */
     {
         const double tgt = 1e-3;
-        long tokens = 0, risen = 0, rises = 0, steps_above = 0, steps = 0;
+        long tokens = 0, rises = 0, steps_above = 0, steps = 0;
         long joint[9][9] = {{0}};
         int *lowest = malloc(sizeof(int) * n), *prev = malloc(sizeof(int) * n);
         for (int l = 0; l < D.L; l++)
             for (int h = 0; h < D.Hkv; h++) {
                 const float *K = D.k + ((size_t)l * D.Hkv + h) * n * d;
                 const float *V = D.v + ((size_t)l * D.Hkv + h) * n * d;
-                float *vr = (float *)kq; /* value ranges without outliers */
+                float *vr = kq; /* value ranges without outliers (kq is free here) */
                 for (int t = 0; t < n; t++) {
                     int idx[4];
                     float lo, hi;
@@ -422,8 +422,6 @@ static void real_study(const char *path)
                     int bk = qaq_key_bits(hi - lo, n, tgt, q2, QAQ_WIDTHS_248);
                     joint[bk][prev[t]]++;
                 }
-                /* tokens whose width ever rose above their lowest */
-                (void)risen;
             }
         printf("\nValue widths over time (target %.0e, {2,4,8}, %ld ready token-steps): %ld "
                "rises above a token's lowest width so far (%.3f per token), %.2f%% of "
