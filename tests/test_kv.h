@@ -25,11 +25,13 @@ static inline int tkv_head_dim(const mem_pool *p) { return tkv_store(p)->head_di
 /* mem_pool_create + an f32 store for its slots (head dim d). */
 static inline int tkv_pool_create(int P, int d, int32_t n_pages, mem_pool **out)
 {
-    int rc = mem_pool_create(P, n_pages, out);
+    *out = NULL;
+    kv_store *kv = NULL;
+    /* the store first: its size checks come before the bookkeeping's allocations */
+    int rc = n_pages < 1 ? mem_pool_create(P, n_pages, out)
+                         : kv_store_create(&kv_fmt_f32, &kv_fmt_f32, d, (int64_t)n_pages * P, &kv);
     if (rc) return rc;
-    kv_store *kv;
-    rc = kv_store_create(&kv_fmt_f32, &kv_fmt_f32, d, (int64_t)n_pages * P, &kv);
-    if (rc) { mem_pool_destroy(*out); *out = NULL; return rc; }
+    if ((rc = mem_pool_create(P, n_pages, out))) { kv_store_destroy(kv); return rc; }
     for (int i = 0; i < TKV_MAX; i++)
         if (!tkv_reg[i].pool) { tkv_reg[i].pool = *out; tkv_reg[i].kv = kv; return 0; }
     abort();
