@@ -1,6 +1,7 @@
 /* kv_store.c — the host K/V store (kv_store.h): two byte arrays of rows, one per format. */
 #include "memory/kv_store.h"
 
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -21,7 +22,8 @@ int kv_store_create(const kv_format *fk, const kv_format *fv, int head_dim, int6
         return kvs_error(KVS_EINVAL, "KV dtype %s/%s does not support head dim %d", fk->name,
                          fv->name, head_dim);
     size_t total;
-    if (n_slots < 1 || __builtin_mul_overflow((size_t)n_slots, kr + vr, &total))
+    if (n_slots < 1 || __builtin_mul_overflow((size_t)n_slots, kr + vr, &total) ||
+        total > (size_t)PTRDIFF_MAX)
         return kvs_error(KVS_EINVAL, "bad KV store size: %lld slots", (long long)n_slots);
     kv_store *s = calloc(1, sizeof *s);
     if (!s) return kvs_error(KVS_ENOMEM, "out of memory");

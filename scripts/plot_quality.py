@@ -201,7 +201,7 @@ def tables(d: str) -> str:
             table(f"{title} (full cache: {float(full[key]):.3f})",
                   lambda r, key=key: f"{float(r[key]):.3f}")
         # first half, from the whole-text and second-half NLLs: N = tokens + 1 text tokens,
-        # second half = the predictions of positions >= N // 2 (tools/eval_ppl.c)
+        # second half = the predictions of positions >= N // 2 (eval/eval_ppl.c)
         n_all = int(full["tokens"])
         n2 = n_all + 1 - (n_all + 1) // 2
 

@@ -19,7 +19,7 @@
 #include "core/common.h"
 #include "engine.h"
 #include "policies/qfilters.h"
-#include "eval.h"
+#include "eval/eval.h"
 
 static void usage(FILE *f)
 {

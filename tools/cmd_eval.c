@@ -8,7 +8,7 @@
 
 #include "cli.h"
 #include "core/common.h"
-#include "eval.h"
+#include "eval/eval.h"
 
 static const char DEFAULT_PPL_POLICIES[] = "full,streaming,knorm,qfilters,random,h2o,tova";
 static const char DEFAULT_RETRIEVAL_POLICIES[] = "full,streaming,knorm,qfilters,random,snapkv,tova";

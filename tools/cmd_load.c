@@ -11,7 +11,7 @@
 #include <string.h>
 
 #include "cli.h"
-#include "load.h"
+#include "load/load.h"
 
 static void usage(FILE *f)
 {

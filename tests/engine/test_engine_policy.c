@@ -14,9 +14,9 @@
 #include "policies/qfilters.h"
 #include "test_util.h"
 
-/* The harness's probe and replay (tools/eval_stats.c) are tested here as they are built into
+/* The harness's probe and replay (eval/eval_stats.c) are tested here as they are built into
  * kvsieve: the test program compiles the same file. */
-#include "../../tools/eval_stats.c"
+#include "../../eval/eval_stats.c"
 
 static kvs_engine *E;
 static char filters_path[256];

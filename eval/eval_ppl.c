@@ -8,7 +8,7 @@
  * the NLL of the true next token. The first min(B) tokens go in one step: nothing can be
  * evicted before a head holds more than B, so this changes no number. Reported: perplexity
  * over all predicted tokens and over the second half, and the gaps to the full cache. */
-#include "eval.h"
+#include "eval/eval.h"
 
 #include <math.h>
 #include <stdlib.h>

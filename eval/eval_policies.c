@@ -1,10 +1,10 @@
 /* eval_policies.c — the --policies list of `kvsieve eval` and each policy's extra options. */
-#include "eval.h"
+#include "eval/eval.h"
 
 #include <stdlib.h>
 #include <string.h>
 
-#include "cli.h"
+#include "tools/cli.h"
 #include "core/common.h"
 
 static int append(char *buf, size_t size, const char *s)

@@ -7,7 +7,7 @@
  * have at prefill end (ratio = fraction removed per head). The question is not compressed:
  * it is pushed after compression. All clones and the full cache then answer in one batch,
  * greedy, and an answer is right when its first run of digits is the key. */
-#include "eval.h"
+#include "eval/eval.h"
 
 #include <ctype.h>
 #include <math.h>

@@ -12,7 +12,7 @@
  * tests/engine/test_engine_policy.c checks that the victims are the same as running each
  * policy through engine_step. The probe is a pol_instance made here (not registered): no
  * budget, so it never evicts; flags ask the engine for the attention it must record. */
-#include "eval.h"
+#include "eval/eval.h"
 
 #include <stdlib.h>
 #include <string.h>

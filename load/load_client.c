@@ -20,7 +20,7 @@
 
 #include "core/common.h"
 #include "kvsieve/v1/kvsieve.pb-c.h"
-#include "load.h"
+#include "load/load.h"
 
 #define GENERATE_METHOD "/kvsieve.v1.Kvsieve/Generate"
 #define MODEL_INFO_METHOD "/kvsieve.v1.Kvsieve/GetModelInfo"

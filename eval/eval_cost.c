@@ -12,7 +12,7 @@
  *   peak KV pages    max over steps of pages held + pages the step reserves, vs the full cache
  *                    (with chunked prefill the peak is the prefill chunk's; "end" = pages held
  *                    after the last decode step, the steady state under a budget) */
-#include "eval.h"
+#include "eval/eval.h"
 
 #include <math.h>
 #include <stdlib.h>

@@ -1,6 +1,6 @@
 /* eval_out.c — output of the quality harness: files in --out-dir, CSV / JSON strings, progress
  * lines on stderr, and the Spearman rank correlation used by calibrate's diagnostics. */
-#include "eval.h"
+#include "eval/eval.h"
 
 #include <errno.h>
 #include <math.h>

@@ -5,7 +5,7 @@
 #include <string.h>
 #include <time.h>
 
-#include "load.h"
+#include "load/load.h"
 
 /* ---- JSON helpers ----------------------------------------------------------------------- */
 

@@ -11,7 +11,7 @@
  *   mentioned in the provided text is".
  * The needle always sits at a sentence boundary of the haystack. The context (intro +
  * haystack + needle) is what prefill compression sees; the question comes after it, whole. */
-#include "eval.h"
+#include "eval/eval.h"
 
 #include <errno.h>
 #include <stdlib.h>

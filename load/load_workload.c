@@ -7,7 +7,7 @@
 #include <string.h>
 
 #include "core/common.h"
-#include "load.h"
+#include "load/load.h"
 
 /* ---- random numbers ---------------------------------------------------------------------- */
 

@@ -25,7 +25,7 @@
  * mean attention (so o is the mean of the group's head outputs). Mass says how much
  * attention a policy keeps; this says whether what it drops mattered to the output. Attention here is the full cache's: what each kept set would catch if the past
  * had not been compressed (the usual oracle analysis; no feedback of eviction on queries). */
-#include "eval.h"
+#include "eval/eval.h"
 
 #include <math.h>
 #include <stdlib.h>

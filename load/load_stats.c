@@ -10,7 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "load.h"
+#include "load/load.h"
 
 double load_rec_ttft(const load_record *r)
 {
