@@ -704,6 +704,39 @@ static void test_long_word_speed(void)
     free(w);
 }
 
+/* The other tokenizers are linear too: SentencePiece takes a whole segment as one word. */
+static void test_long_text_speed_other(void)
+{
+    suite *all[] = {&S_QWEN2, &S_LLAMA3, &S_SPM};
+    size_t len = 40000;
+    char *w = malloc(len + 1);
+    unsigned seed = 11;
+    static const char alpha[] = "abcdefghij klmnop\n 0123456789.,'!";
+    for (size_t i = 0; i < len; i++) {
+        seed = seed * 1103515245u + 12345u;
+        w[i] = alpha[(seed >> 16) % (sizeof alpha - 1)];
+    }
+    for (size_t k = 0; k < sizeof all / sizeof all[0]; k++) {
+        if (!load_suite(all[k])) continue;
+        double t0 = kvs_now();
+        int n = tok_encode(all[k]->t, w, len, 1, NULL, 0);
+        double dt = kvs_now() - t0;
+        fprintf(stderr, "\n  40k chars of mixed text (%s): %d tokens in %.1f ms", all[k]->name, n,
+                dt * 1e3);
+        CU_ASSERT(n > 0);
+        CU_ASSERT(dt < 1.0);
+        int32_t *ids = malloc((size_t)n * sizeof *ids);
+        CU_ASSERT_EQUAL(tok_encode(all[k]->t, w, len, 1, ids, n), n);
+        char *back = malloc(len + 2);
+        CU_ASSERT_EQUAL(tok_decode(all[k]->t, ids, n, back, len + 2), (int)len);
+        CU_ASSERT(memcmp(back, w, len) == 0);
+        free(back);
+        free(ids);
+    }
+    fprintf(stderr, " ");
+    free(w);
+}
+
 /* ---- synthetic GGUF files: small vocabularies and the error paths ------------------------ */
 
 typedef struct { unsigned char *b; size_t n, cap; } buf;
@@ -1049,6 +1082,7 @@ int main(void)
         {"invalid_utf8", test_invalid_utf8},
         {"stream_split_emoji", test_stream_split_emoji},
         {"long_word_speed", test_long_word_speed},
+        {"long_text_speed_other", test_long_text_speed_other},
         {"synthetic_vocab", test_synthetic_vocab},
         {"other_metadata", test_other_metadata},
         {"llama3_prompt_text", test_llama3_prompt_text},
