@@ -704,6 +704,64 @@ static void test_long_word_speed(void)
     free(w);
 }
 
+/* Random bytes (mostly invalid UTF-8) through the other tokenizers: the pieces give the bytes
+ * back (SentencePiece: every byte has its <0xXX> token; "▁" reads as a space and a leading
+ * space is added), and decoding is valid UTF-8. */
+static void test_invalid_utf8_other(void)
+{
+    suite *all[] = {&S_QWEN2, &S_LLAMA3, &S_SPM};
+    size_t len = 5000;
+    char *r = malloc(len);
+    unsigned seed = 99;
+    for (size_t i = 0; i < len; i++) {
+        seed = seed * 1103515245u + 12345u;
+        r[i] = (char)(seed >> 16);
+    }
+    r[0] = 'x'; /* no leading space: the SPM prefix is then exactly one added byte */
+    for (size_t k = 0; k < sizeof all / sizeof all[0]; k++) {
+        if (!load_suite(all[k])) continue;
+        const tok_ctx *t = all[k]->t;
+        int spm = !strcmp(tok_pre_name(t), "none");
+        int n = tok_encode(t, r, len, 0, NULL, 0);
+        CU_ASSERT_FATAL(n > 0);
+        int32_t *ids = malloc((size_t)n * sizeof *ids);
+        CU_ASSERT_EQUAL(tok_encode(t, r, len, 0, ids, n), n);
+        char *want = malloc(len + 1), *got = malloc(2 * len + 8);
+        size_t nw;
+        if (spm) {
+            want[0] = ' ';
+            nw = 1;
+            for (size_t i = 0; i < len; i++) {
+                if (i + 2 < len && !memcmp(r + i, "\xe2\x96\x81", 3)) { want[nw++] = ' '; i += 2; }
+                else want[nw++] = r[i];
+            }
+        } else {
+            nw = drop_tokenless(t, r, len, want);
+        }
+        size_t off = 0;
+        for (int j = 0; j < n; j++) {
+            const char *p;
+            size_t l;
+            CU_ASSERT_FATAL(tok_piece(t, ids[j], &p, &l) == 0);
+            memcpy(got + off, p, l);
+            off += l;
+        }
+        CU_ASSERT(off == nw && memcmp(got, want, nw) == 0);
+        int need = tok_decode(t, ids, n, NULL, 0);
+        char *d = malloc((size_t)need + 1);
+        CU_ASSERT_EQUAL(tok_decode(t, ids, n, d, (size_t)need + 1), need);
+        CU_ASSERT(utf8_valid(d, (size_t)need));
+        fprintf(stderr, "\n  %s: %zu random bytes, %d tokens, pieces give them back: %s",
+                all[k]->name, len, n, off == nw && memcmp(got, want, nw) == 0 ? "yes" : "NO");
+        free(d);
+        free(want);
+        free(got);
+        free(ids);
+    }
+    fprintf(stderr, " ");
+    free(r);
+}
+
 /* The other tokenizers are linear too: SentencePiece takes a whole segment as one word. */
 static void test_long_text_speed_other(void)
 {
@@ -1005,7 +1063,8 @@ static void test_template_kinds(void)
         char buf[256];
         int n = tok_chat_prompt(t, NULL, "u", buf, sizeof buf);
         if (cases[i].ok) {
-            CU_ASSERT_EQUAL(n, (int)strlen("<|im_start|>user\nu<|im_end|>\n<|im_start|>assistant\n"));
+            CU_ASSERT_EQUAL(n, (int)strlen("<|im_start|>user\nu<|im_end|>\n"
+                                           "<|im_start|>assistant\n"));
         } else {
             CU_ASSERT_EQUAL(n, KVS_EUNSUPPORTED);
             CU_ASSERT(strstr(kvs_last_error(), "chat template") != NULL);
@@ -1083,6 +1142,7 @@ int main(void)
         {"stream_split_emoji", test_stream_split_emoji},
         {"long_word_speed", test_long_word_speed},
         {"long_text_speed_other", test_long_text_speed_other},
+        {"invalid_utf8_other", test_invalid_utf8_other},
         {"synthetic_vocab", test_synthetic_vocab},
         {"other_metadata", test_other_metadata},
         {"llama3_prompt_text", test_llama3_prompt_text},
