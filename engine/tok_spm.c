@@ -245,7 +245,7 @@ int tok_spm_segment(encoder *e, const uint8_t *s, size_t a, size_t b)
         w[0] = ' ';
         m++;
     }
-    int rc = tok_grow_scratch(e, 4 * m);
+    int rc = tok_grow_scratch(e, m); /* at most one symbol per byte */
     if (rc) { kvs_free(w); return rc; }
     size_t k = 0;
     int prev_unk = 0;

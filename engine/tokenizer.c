@@ -237,6 +237,15 @@ int tok_create_from_gguf(const gguf_ctx *g, tok_ctx **out)
         return kvs_error(KVS_EUNSUPPORTED, "tokenizer model '%.*s' is not supported: only gpt2 "
                          "(byte-level BPE) and llama (SentencePiece) tokenizers are",
                          (int)KVS_MIN(sl, 64), s);
+    if (model == MODEL_SPM && gguf_get_str(g, "general.architecture", &s, &sl) == 0) {
+        /* Hugging Face builds these architectures' SentencePiece otherwise (Gemma: spaces
+         * spelled as spaces, merges by file order; Phi-3: the prefix from a normalizer) */
+        static const char *const other[] = {"gemma", "gemma2", "gemma3", "phi3"};
+        for (size_t i = 0; i < sizeof other / sizeof other[0]; i++)
+            if (strlen(other[i]) == sl && memcmp(other[i], s, sl) == 0)
+                return kvs_error(KVS_EUNSUPPORTED, "the SentencePiece tokenizer of %s models is "
+                                 "not supported (only the Llama form is)", other[i]);
+    }
     int pre = PRE_GPT2; /* no key: plain GPT-2, as Hugging Face falls back to */
     rc = model == MODEL_BPE ? gguf_get_str(g, "tokenizer.ggml.pre", &s, &sl) : KVS_ENOTFOUND;
     if (rc == 0) {

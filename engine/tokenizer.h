@@ -5,11 +5,13 @@
  *   gpt2  byte-level BPE: special tokens matched whole -> the pre-tokenizer regex that
  *         tokenizer.ggml.pre names -> GPT-2 byte-to-unicode mapping -> BPE merges by rank.
  *         Pre-tokenizers (engine/tok_pretok.c):
- *     "gpt2" (or "default"): 's|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+
+ *     "gpt2" (or "default"):
+ *               's|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+
  *     "smollm": every \p{N} character is its own piece first (HF Digits(individual_digits)),
  *               then the gpt2 regex on the text between them (SmolLM/SmolLM2's tokenizer.json).
- *     "qwen2":  (?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|
- *               \s*[\r\n]+|\s+(?!\S)|\s+   (Qwen2 / Qwen2.5)
+ *     "qwen2" (Qwen2, Qwen2.5):
+ *               (?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}|
+ *               ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+
  *     "llama-bpe": the same with \p{N}{1,3}, and ignore_merges: a piece that is itself a token is
  *               that token (Llama 3).
  *         Any other name is refused (KVS_EUNSUPPORTED naming it), never guessed.

