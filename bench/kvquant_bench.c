@@ -380,6 +380,19 @@ static void real_study(const char *path)
         long tokens = 0, rises = 0, steps_above = 0, steps = 0;
         long joint[9][9] = {{0}};
         int *lowest = malloc(sizeof(int) * n), *prev = malloc(sizeof(int) * n);
+        /* lower-only stores with hysteresis: lower a token's stored width after the bound has
+         * asked for less during m consecutive steps (to the most it asked in those steps);
+         * never raise. Per m: sum of stored widths, steps where the bound asks for more than
+         * stored (and by how many bits), lowerings (= moves between width classes). */
+        enum { NH = 3 };
+        const int hys[NH] = {1, 8, 32};
+        int *st[NH], *run[NH], *runmax[NH];
+        long sum_st[NH] = {0}, viol[NH] = {0}, deficit[NH] = {0}, lowers[NH] = {0}, sum_req = 0;
+        for (int m = 0; m < NH; m++) {
+            st[m] = malloc(sizeof(int) * n);
+            run[m] = malloc(sizeof(int) * n);
+            runmax[m] = malloc(sizeof(int) * n);
+        }
         for (int l = 0; l < D.L; l++)
             for (int h = 0; h < D.Hkv; h++) {
                 const float *K = D.k + ((size_t)l * D.Hkv + h) * n * d;
@@ -392,6 +405,7 @@ static void real_study(const char *path)
                     vr[t] = hi - lo;
                     qaq_window_init(&w[t], 5);
                     lowest[t] = prev[t] = 99;
+                    for (int m = 0; m < NH; m++) { st[m][t] = QAQ_MAX_BITS; run[m][t] = runmax[m][t] = 0; }
                 }
                 for (int qi = 0; qi < n; qi++) {
                     double *mx = ph;
@@ -410,6 +424,25 @@ static void real_study(const char *path)
                         steps++;
                         if (b < lowest[t]) lowest[t] = b;
                         prev[t] = b;
+                        sum_req += b;
+                        for (int m = 0; m < NH; m++) {
+                            int *sw = &st[m][t], *rn = &run[m][t], *rm = &runmax[m][t];
+                            if (b > *sw) {
+                                viol[m]++;
+                                deficit[m] += b - *sw;
+                                *rn = *rm = 0;
+                            } else if (b < *sw) {
+                                *rm = b > *rm ? b : *rm;
+                                if (++*rn >= hys[m]) {
+                                    *sw = *rm;
+                                    *rn = *rm = 0;
+                                    lowers[m]++;
+                                }
+                            } else {
+                                *rn = *rm = 0;
+                            }
+                            sum_st[m] += *sw;
+                        }
                     }
                 }
                 double q2 = qn[l * D.Hkv + h] / d;
@@ -435,6 +468,17 @@ static void real_study(const char *path)
             for (int b = 0; b < 3; b++)
                 printf(" %.1f |", 100.0 * joint[ws3[a]][ws3[b]] / (tokens ? tokens : 1));
             printf("\n");
+        }
+        printf("\nLower-only value widths with hysteresis (same replay; the bound's own widths "
+               "average %.2f bits):\n\n", (double)sum_req / (steps ? steps : 1));
+        printf("| m | mean stored bits | steps below the bound | mean deficit (bits) | "
+               "lowerings per token |\n|---|---|---|---|---|\n");
+        for (int m = 0; m < NH; m++) {
+            printf("| %d | %.2f | %.2f%% | %.2f | %.2f |\n", hys[m],
+                   (double)sum_st[m] / (steps ? steps : 1), 100.0 * viol[m] / (steps ? steps : 1),
+                   viol[m] ? (double)deficit[m] / viol[m] : 0.0,
+                   (double)lowers[m] / (tokens ? tokens : 1));
+            free(st[m]); free(run[m]); free(runmax[m]);
         }
         free(lowest);
         free(prev);
