@@ -49,7 +49,8 @@ typedef struct kvs_backend_opts {
     int page_slots;          /* P (power of two) */
     size_t kv_bytes;         /* K/V memory; 0 = the backend's default (CPU 1 GiB; CUDA a
                               * share of the free device memory) */
-    const kv_format *kv_format; /* NULL = the backend's default (CPU f32, CUDA f16) */
+    const kv_format *kv_format; /* keys; NULL = the backend's default (CPU f32, CUDA f16) */
+    const kv_format *kv_format_v; /* values; NULL = as the keys */
 } kvs_backend_opts;
 
 typedef struct kvs_backend_i {
@@ -85,7 +86,8 @@ struct kvs_backend {
     /* memory figures, fixed at create */
     int page_slots;
     int32_t n_pages;           /* pages of K/V the backend holds: the pool must have these */
-    const kv_format *kv_format;/* format of keys and values (CUDA: its 16-bit type) */
+    const kv_format *kv_format;  /* format of the keys (CUDA: its 16-bit type) */
+    const kv_format *kv_format_v;/* format of the values */
     size_t kv_slot_bytes;      /* K + V bytes of one slot (one token of one KV head) */
     size_t kv_bytes;           /* bytes of K/V storage */
     /* How the engine's step plan grows its block (kvs_plan.grow; NULL = malloc): the CUDA

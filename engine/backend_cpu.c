@@ -96,19 +96,20 @@ int kvs_backend_cpu_create(const model *m, const kvs_backend_opts *o, kvs_backen
         return kvs_error(KVS_EUNSUPPORTED, "the CPU backend takes head dims up to %d; this "
                          "model has %d", FWD_CPU_MAX_HEAD_DIM, c->head_dim);
     const kv_format *fmt = o->kv_format ? o->kv_format : &kv_fmt_f32;
+    const kv_format *vfmt = o->kv_format_v ? o->kv_format_v : fmt;
     const int P = o->page_slots ? o->page_slots : 16;
-    size_t slot = kv_store_slot_bytes(fmt, fmt, c->head_dim);
+    size_t slot = kv_store_slot_bytes(fmt, vfmt, c->head_dim);
     if (!slot)
-        return kvs_error(KVS_EUNSUPPORTED, "KV dtype %s does not support head dim %d",
-                         fmt->name, c->head_dim);
+        return kvs_error(KVS_EUNSUPPORTED, "KV dtype %s/%s does not support head dim %d",
+                         fmt->name, vfmt->name, c->head_dim);
     size_t bytes = o->kv_bytes ? o->kv_bytes : ((size_t)1 << 30);
     int32_t pages = mem_pool_pages_for_bytes(P, slot, bytes);
     if (pages < 0) return pages;
     const int32_t need = c->n_layers * c->n_kv_heads;
     if (pages < need)
-        return kvs_error(KVS_EINVAL, "KV memory of %zu bytes holds %d pages of %s KV; one token "
-                         "of this model needs %d (one page per layer and KV head)", bytes,
-                         (int)pages, fmt->name, (int)need);
+        return kvs_error(KVS_EINVAL, "KV memory of %zu bytes holds %d pages of %s/%s KV; one "
+                         "token of this model needs %d (one page per layer and KV head)", bytes,
+                         (int)pages, fmt->name, vfmt->name, (int)need);
     if ((int64_t)pages * P > INT32_MAX) pages = INT32_MAX / P;
     kvs_backend *b = calloc(1, sizeof *b);
     cpu_state *st = calloc(1, sizeof *st);
@@ -120,7 +121,7 @@ int kvs_backend_cpu_create(const model *m, const kvs_backend_opts *o, kvs_backen
     b->i = &cpu_backend_i;
     b->state = st;
     int rc;
-    if ((rc = kv_store_create(fmt, fmt, c->head_dim, (int64_t)pages * P, &st->kv)) ||
+    if ((rc = kv_store_create(fmt, vfmt, c->head_dim, (int64_t)pages * P, &st->kv)) ||
         (rc = fwd_create(m, &st->fwd))) {
         cpu_destroy(b);
         return rc;
@@ -128,6 +129,7 @@ int kvs_backend_cpu_create(const model *m, const kvs_backend_opts *o, kvs_backen
     b->page_slots = P;
     b->n_pages = pages;
     b->kv_format = fmt;
+    b->kv_format_v = vfmt;
     b->kv_slot_bytes = slot;
     b->kv_bytes = (size_t)pages * P * slot;
     *out = b;

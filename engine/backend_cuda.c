@@ -72,6 +72,10 @@ static const kvs_backend_i cuda_backend_i = {
 int kvs_backend_cuda_create(const model *m, const kvs_backend_opts *o, kvs_backend **out)
 {
     *out = NULL;
+    if (o->kv_format_v && o->kv_format_v != o->kv_format)
+        return kvs_error(KVS_EUNSUPPORTED, "the CUDA backend stores keys and values in one "
+                         "16-bit type; --kv-dtype %s/%s is CPU-only", o->kv_format->name,
+                         o->kv_format_v->name);
     if (o->kv_format && o->kv_format != &kv_fmt_f16 && o->kv_format != &kv_fmt_bf16)
         return kvs_error(KVS_EUNSUPPORTED, "the CUDA backend stores KV as f16 or bf16 (its "
                          "build's 16-bit type), not %s", o->kv_format->name);
@@ -105,6 +109,7 @@ int kvs_backend_cuda_create(const model *m, const kvs_backend_opts *o, kvs_backe
     b->page_slots = o->page_slots ? o->page_slots : 16;
     b->n_pages = fwd_cuda_n_pages(st);
     b->kv_format = fmt;
+    b->kv_format_v = fmt;
     b->kv_slot_bytes = fwd_cuda_slot_bytes(st);
     b->kv_bytes = (size_t)b->n_pages * b->page_slots * b->kv_slot_bytes;
     b->plan_grow = fwd_cuda_plan_grow;

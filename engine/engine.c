@@ -16,7 +16,8 @@ static int make_memory(kvs_engine *e, size_t kv_bytes, kvs_backend **be, mem_poo
     kvs_backend_opts bo = {.page_slots = o->page_slots ? o->page_slots : 16,
                            .kv_bytes = kv_bytes, .kv_format = NULL};
     int rc;
-    if (o->kv_dtype && (rc = kv_format_parse(o->kv_dtype, &bo.kv_format))) return rc;
+    if (o->kv_dtype && (rc = kv_format_spec_parse(o->kv_dtype, &bo.kv_format, &bo.kv_format_v)))
+        return rc;
     if ((rc = kvs_backend_create(o->device, e->m, &bo, be))) return rc;
     if ((rc = mem_pool_create((*be)->page_slots, (*be)->n_pages, pool))) {
         kvs_backend_destroy(*be);
@@ -40,10 +41,10 @@ int engine_create(const engine_opts *o, kvs_engine **out)
     }
     e->opts = *o;
     e->opts.model_path = NULL;
-    if (o->kv_dtype) { /* keep the table's name, not the caller's string */
-        const kv_format *f;
-        if ((rc = kv_format_parse(o->kv_dtype, &f))) goto fail;
-        e->opts.kv_dtype = f->name;
+    if (o->kv_dtype) { /* keep the canonical name, not the caller's string */
+        const kv_format *fk, *fv;
+        if ((rc = kv_format_spec_parse(o->kv_dtype, &fk, &fv))) goto fail;
+        e->opts.kv_dtype = kv_format_spec_name(fk, fv, e->kv_dtype_name, sizeof e->kv_dtype_name);
     }
     if ((rc = make_memory(e, o->kv_bytes, &e->be, &e->pool))) goto fail;
     e->plan.grow = e->be->plan_grow;
@@ -88,6 +89,12 @@ void engine_destroy(kvs_engine *e)
 }
 
 const kv_format *engine_kv_format(const kvs_engine *e) { return e->be->kv_format; }
+
+const char *engine_kv_dtype(kvs_engine *e)
+{
+    return kv_format_spec_name(e->be->kv_format, e->be->kv_format_v, e->kv_dtype_name,
+                               sizeof e->kv_dtype_name);
+}
 
 size_t engine_kv_bytes_per_token(const kvs_engine *e)
 {

@@ -20,8 +20,9 @@ typedef struct engine_opts {
                         * 1 GiB (CPU), a share of free GPU memory (CUDA) */
     int page_slots;    /* P; 0 = 16 */
     kvs_device_kind device; /* KVS_DEVICE_CPU (0, the default), _CUDA or _AUTO (backend.h) */
-    const char *kv_dtype;   /* KV format name (memory/kv_format.h); NULL = the backend's
-                             * default (CPU f32, CUDA its 16-bit type) */
+    const char *kv_dtype;   /* KV dtype spec: a format name (memory/kv_format.h) or
+                             * KEYS/VALUES ("int8/int4"); NULL = the backend's default (CPU
+                             * f32, CUDA its 16-bit type) */
 } engine_opts;
 
 typedef struct kvs_engine {
@@ -33,6 +34,7 @@ typedef struct kvs_engine {
     int32_t next_stream_id;
     int n_seqs;        /* sequences alive */
     engine_opts opts;  /* as created (model_path not kept) */
+    char kv_dtype_name[32];
 } kvs_engine;
 
 /* A sequence: its token ids (prompt + generated) and its KV streams; the first n_computed
@@ -91,6 +93,8 @@ pol_model_info engine_model_info(const kvs_engine *e);
 /* The KV format and what one token costs: K/V bytes per token of a sequence (all layers and
  * KV heads, pos and score included) with this engine's format. */
 const kv_format *engine_kv_format(const kvs_engine *e);
+/* The KV dtype spec in use: "f32", "f16", or "KEYS/VALUES" such as "int8/int4". */
+const char *engine_kv_dtype(kvs_engine *e);
 size_t engine_kv_bytes_per_token(const kvs_engine *e);
 /* Read the keys and/or values (either may be NULL) of n global slots (mem_gslot) as fp32,
  * out[n][head_dim], from whichever backend holds them (evaluation, diagnostics). */

@@ -47,6 +47,38 @@ int kv_format_parse(const char *name, const kv_format **out)
     return KVS_OK;
 }
 
+int kv_format_spec_parse(const char *spec, const kv_format **k, const kv_format **v)
+{
+    if (!spec) return kv_format_parse(NULL, k);
+    const char *slash = strchr(spec, '/');
+    if (!slash) {
+        int rc = kv_format_parse(spec, k);
+        if (!rc) *v = *k;
+        return rc;
+    }
+    char kn[32];
+    size_t n = (size_t)(slash - spec);
+    if (n == 0 || n >= sizeof kn || strchr(slash + 1, '/'))
+        return kvs_error(KVS_EINVAL, "bad KV dtype '%.40s': give NAME or KEYS/VALUES, e.g. "
+                         "int8/int4 (known: %s)", spec, kv_format_names());
+    memcpy(kn, spec, n);
+    kn[n] = '\0';
+    const kv_format *a = NULL, *b = NULL;
+    int rc = kv_format_parse(kn, &a);
+    if (!rc) rc = kv_format_parse(slash + 1, &b);
+    if (rc) return rc;
+    *k = a;
+    *v = b;
+    return KVS_OK;
+}
+
+const char *kv_format_spec_name(const kv_format *k, const kv_format *v, char *buf, size_t size)
+{
+    if (k == v) snprintf(buf, size, "%s", k->name);
+    else snprintf(buf, size, "%s/%s", k->name, v->name);
+    return buf;
+}
+
 /* ---- 16-bit conversions (round to nearest even) ------------------------------------------ */
 
 static uint32_t bits_of(float x)

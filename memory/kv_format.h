@@ -40,6 +40,11 @@ const kv_format *const *kv_format_list(int *n);
 const char *kv_format_names(void);
 /* name -> format; KVS_EINVAL with a message listing the known names otherwise. */
 int kv_format_parse(const char *name, const kv_format **out);
+/* A KV dtype spec: "NAME" (keys and values in one format) or "KEYS/VALUES" (e.g. "int8/int4":
+ * keys need more bits than values). KVS_EINVAL naming the bad part otherwise. */
+int kv_format_spec_parse(const char *spec, const kv_format **k, const kv_format **v);
+/* The canonical spec of a pair ("f16", or "int8/int4" when they differ) into buf. */
+const char *kv_format_spec_name(const kv_format *k, const kv_format *v, char *buf, size_t size);
 
 extern const kv_format kv_fmt_f32, kv_fmt_f16, kv_fmt_bf16;
 /* Per-token uniform quantisation, groups of 32 with fp16 scale + zero (kv_quant.h). */

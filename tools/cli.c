@@ -1,5 +1,6 @@
 /* cli.c — defaults and strict number parsing for the kvsieve subcommands. */
 #include "cli.h"
+#include "memory/kv_format.h"
 
 #include <errno.h>
 #include <libgen.h>
@@ -197,4 +198,14 @@ int cli_load_plugins(int argc, char **argv)
     }
     argv[out] = NULL;
     return out;
+}
+
+int cli_kv_dtype(const char *cmd, const char *spec)
+{
+    const kv_format *k, *v;
+    if (kv_format_spec_parse(spec, &k, &v)) {
+        fprintf(stderr, "kvsieve %s: --kv-dtype: %s\n", cmd, kvs_last_error());
+        return 1;
+    }
+    return 0;
 }

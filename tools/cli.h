@@ -60,4 +60,9 @@ int cmd_load(int argc, char **argv);     /* cmd_load.c + load_*.c (gRPC client) 
 int cmd_calibrate(int argc, char **argv); /* cmd_calibrate.c */
 int cmd_eval(int argc, char **argv);      /* cmd_eval.c, eval_*.c */
 
+/* --kv-dtype SPEC: check a KV dtype spec (NAME or KEYS/VALUES); prints the error and returns
+ * nonzero for a bad one. */
+int cli_kv_dtype(const char *cmd, const char *spec);
+#define CLI_KV_DTYPE_HELP "f32 (default), f16, bf16, int8, int4, int2, or KEYS/VALUES (int8/int4)"
+
 #endif

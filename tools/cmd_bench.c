@@ -24,7 +24,7 @@ static void usage(FILE *f)
         "  --prompt-len N     prompt tokens per sequence (default 128)\n"
         "  --gen-len N        decode steps per batch (default 32)\n"
         "  --kv-memory SIZE   KV page pool (default 1G)\n"
-        "  --kv-dtype T       KV cache element format: f32 (default), f16, bf16\n"
+        "  --kv-dtype T       KV cache element format: " CLI_KV_DTYPE_HELP "\n"
         "  --device DEV       cpu (default), cuda or auto (cuda: `kvsieve bench --device cuda\n"
         "                     --help` lists the GPU benchmarks)\n"
         "  --json FILE        also write the results as JSON\n");
@@ -102,15 +102,10 @@ int cmd_bench(int argc, char **argv)
         case O_KV: if (cli_size(cmd, "--kv-memory", optarg, &kv_bytes)) return 2; break;
         case O_JSON: json_path = optarg; break;
         case O_DEVICE: break; /* cpu here; checked above */
-        case O_KVD: {
-            const kv_format *f;
-            if (kv_format_parse(optarg, &f)) {
-                fprintf(stderr, "kvsieve %s: --kv-dtype: %s\n", "bench", kvs_last_error());
-                return 2;
-            }
-            kv_dtype = f->name;
+        case O_KVD:
+            if (cli_kv_dtype(cmd, optarg)) return 2;
+            kv_dtype = optarg;
             break;
-        }
         case 'h': usage(stdout); return 0;
         default:
             fprintf(stderr, "kvsieve bench: unknown or incomplete option '%s'\n", argv[optind - 1]);

@@ -2,6 +2,8 @@
  * Parses the flags and hands over to eval_ppl.c, eval_retrieval.c, eval_cost.c or
  * eval_recall.c. */
 #include <getopt.h>
+#include <errno.h>
+#include <sys/stat.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -41,7 +43,9 @@ static void usage(FILE *f)
         "                        for one (repeatable); qfilters defaults to filters=<model>.kvsqf\n"
         "  --out-dir DIR         write MODE.csv and MODE.json there\n"
         "  --kv-memory SIZE      KV page pool (default: sized for the run)\n"
-        "  --kv-dtype T          KV cache element format: f32 (default), f16, bf16\n"
+        "  --kv-dtype LIST       KV cache element formats, comma-separated; the mode runs once\n"
+        "                        per format (results in OUT/kv-DTYPE/). Each one of:\n"
+        "                        " CLI_KV_DTYPE_HELP "\n"
         "  --device DEV          cpu (default), cuda or auto\n"
         "ppl:\n"
         "  --text FILE           the text (required; never the calibration text)\n"
@@ -135,7 +139,7 @@ int cmd_eval(int argc, char **argv)
                               .ratios = {0.5, 0.75, 0.875, 0.9375, 0.96875}, .n_ratios = 5,
                               .chunk = 512, .max_new = 12, .seed = 1, .chat = 1};
     eval_cost_opts co = {.prompt_len = 1024, .gen_len = 64, .budget = 256, .window = 32};
-    const char *policies = NULL, *text = NULL;
+    const char *policies = NULL, *text = NULL, *kv_dtypes = NULL;
     char *extra[32];
     int n_extra = 0, chunk_set = 0;
     long long v;
@@ -185,15 +189,7 @@ int cmd_eval(int argc, char **argv)
             break;
         case O_OUT: c.out_dir = optarg; break;
         case O_KV: if (cli_size(cmd, "--kv-memory", optarg, &c.kv_bytes)) return 2; break;
-        case O_KVD: {
-            const kv_format *f;
-            if (kv_format_parse(optarg, &f)) {
-                fprintf(stderr, "kvsieve %s: --kv-dtype: %s\n", cmd, kvs_last_error());
-                return 2;
-            }
-            c.kv_dtype = f->name;
-            break;
-        }
+        case O_KVD: kv_dtypes = optarg; break;
         case O_DEVICE:
             if (kvs_device_parse(optarg, &c.device)) {
                 fprintf(stderr, "kvsieve %s: %s\n", cmd, kvs_last_error());
@@ -274,6 +270,11 @@ int cmd_eval(int argc, char **argv)
         fprintf(stderr, "kvsieve %s: --haystack FILE (natural text) is required\n", cmd);
         return 2;
     }
+    /* one dtype (recall takes only one): every mode reads it from c */
+    if (kv_dtypes && !strchr(kv_dtypes, ',')) {
+        if (cli_kv_dtype(cmd, kv_dtypes)) return 2;
+        c.kv_dtype = kv_dtypes;
+    }
     if (mode == M_RECALL) {
         eval_recall_opts ro2 = {.text_path = text, .max_tokens = po.max_tokens ? po.max_tokens : 2048,
                                 .n_budgets = po.n_budgets, .n_windows = po.n_windows,
@@ -303,15 +304,63 @@ int cmd_eval(int argc, char **argv)
     c.n_pol = eval_parse_policies(cmd, policies, extra, n_extra, c.model_path, c.pol,
                                   EVAL_MAX_POLICIES);
     if (c.n_pol < 0) return 2;
-    switch (mode) {
-    case M_PPL:
-        po.text_path = text;
-        return eval_ppl(&c, &po);
-    case M_PASSKEY:
-    case M_NEEDLE:
-        return eval_retrieval(&c, &ro);
-    default:
-        co.text_path = text;
-        return eval_cost(&c, &co);
+    /* --kv-dtype A,B,...: the mode once per KV dtype (an engine each: a pool holds one
+     * format), results of each in OUT/kv-A/ ... beside the console tables */
+    char specs[16][32];
+    int n_specs = 0;
+    if (kv_dtypes) {
+        for (const char *p = kv_dtypes; *p;) {
+            const char *e = strchr(p, ',');
+            size_t n = e ? (size_t)(e - p) : strlen(p);
+            if (n == 0 || n >= sizeof specs[0] || n_specs == 16) {
+                fprintf(stderr, "kvsieve %s: --kv-dtype: give up to 16 comma-separated dtypes "
+                        "(e.g. f32,int8,int8/int4)\n", cmd);
+                return 2;
+            }
+            memcpy(specs[n_specs], p, n);
+            specs[n_specs][n] = '\0';
+            if (cli_kv_dtype(cmd, specs[n_specs])) return 2;
+            n_specs++;
+            p = e ? e + 1 : p + n;
+        }
     }
+    if (n_specs > 1 && mode == M_RECALL) {
+        fprintf(stderr, "kvsieve %s: one --kv-dtype at a time\n", cmd);
+        return 2;
+    }
+    const char *out_dir = c.out_dir;
+    int rc = 0;
+    for (int k = 0; k < (n_specs ? n_specs : 1) && !rc; k++) {
+        char dir[4096];
+        c.kv_dtype = n_specs ? specs[k] : NULL;
+        if (n_specs > 1) {
+            printf("%s# KV dtype %s\n", k ? "\n" : "", specs[k]);
+            fflush(stdout);
+            if (out_dir) {
+                if (mkdir(out_dir, 0777) != 0 && errno != EEXIST) {
+                    fprintf(stderr, "kvsieve %s: cannot create %s: %s\n", cmd, out_dir,
+                            strerror(errno));
+                    return 1;
+                }
+                snprintf(dir, sizeof dir, "%s/kv-%s", out_dir, specs[k]);
+                for (char *q = dir + strlen(out_dir) + 1; *q; q++) if (*q == '/') *q = '-';
+                c.out_dir = dir;
+            }
+        }
+        switch (mode) {
+        case M_PPL:
+            po.text_path = text;
+            rc = eval_ppl(&c, &po);
+            break;
+        case M_PASSKEY:
+        case M_NEEDLE:
+            rc = eval_retrieval(&c, &ro);
+            break;
+        default:
+            co.text_path = text;
+            rc = eval_cost(&c, &co);
+            break;
+        }
+    }
+    return rc;
 }

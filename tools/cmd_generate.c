@@ -28,7 +28,7 @@ static void usage(FILE *f)
         "  --kv-memory SIZE    KV page pool size, e.g. 256M, 2G (default 1G)\n"
         "  --chunk N           prefill chunk size in tokens (default 512)\n"
         "  --device DEV        cpu | cuda | auto (default cpu)\n"
-        "  --kv-dtype T        KV cache element format: f32 (default), f16, bf16\n"
+        "  --kv-dtype T        KV cache element format: " CLI_KV_DTYPE_HELP "\n"
         "  --echo              print the prompt before the generated text\n"
         "%s"
         "  -h, --help          this help\n", cli_policy_help);
@@ -80,15 +80,10 @@ int cmd_generate(int argc, char **argv)
         case O_KV: if (cli_size(cmd, "--kv-memory", optarg, &kv_bytes)) return 2; break;
         case O_CHUNK: if (cli_int(cmd, "--chunk", optarg, 1, 1 << 16, &chunk)) return 2; break;
         case O_ECHO: echo = 1; break;
-        case O_KVD: {
-            const kv_format *f;
-            if (kv_format_parse(optarg, &f)) {
-                fprintf(stderr, "kvsieve generate: --kv-dtype: %s\n", kvs_last_error());
-                return 2;
-            }
-            kv_dtype = f->name;
+        case O_KVD:
+            if (cli_kv_dtype(cmd, optarg)) return 2;
+            kv_dtype = optarg;
             break;
-        }
         case O_DEVICE:
             if (kvs_device_parse(optarg, &device)) {
                 fprintf(stderr, "kvsieve generate: %s\n", kvs_last_error());
@@ -229,7 +224,7 @@ int cmd_generate(int argc, char **argv)
                 seq->n_computed ? 100.0 * seq->evicted / ((double)seq->n_computed * heads) : 0.0,
                 (long long)seq->compaction_moves, (long long)pages);
         fprintf(stderr, "[KV dtype %s: %zu bytes per token (all layers and KV heads), %.1f MiB "
-                "held]\n", engine_kv_format(e)->name, engine_kv_bytes_per_token(e),
+                "held]\n", engine_kv_dtype(e), engine_kv_bytes_per_token(e),
                 pages * (double)mem_pool_page_bytes(e->pool->page_slots, e->be->kv_slot_bytes) /
                     1048576.0);
     }

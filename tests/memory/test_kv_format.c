@@ -152,6 +152,18 @@ static void test_parse(void)
     CU_ASSERT_PTR_NOT_NULL(strstr(kvs_last_error(), "f32, f16, bf16"));
     CU_ASSERT_EQUAL(kv_format_parse(NULL, &f), KVS_EINVAL);
     CU_ASSERT_PTR_NULL(kv_format_find("F16"));
+    /* KEYS/VALUES specs */
+    const kv_format *k = NULL, *v = NULL;
+    char name[32];
+    CU_ASSERT_EQUAL(kv_format_spec_parse("f16", &k, &v), 0);
+    CU_ASSERT(k == &kv_fmt_f16 && v == &kv_fmt_f16);
+    CU_ASSERT_STRING_EQUAL(kv_format_spec_name(k, v, name, sizeof name), "f16");
+    CU_ASSERT_EQUAL(kv_format_spec_parse("f32/bf16", &k, &v), 0);
+    CU_ASSERT(k == &kv_fmt_f32 && v == &kv_fmt_bf16);
+    CU_ASSERT_STRING_EQUAL(kv_format_spec_name(k, v, name, sizeof name), "f32/bf16");
+    const char *bad[] = {"/f16", "f16/", "f16/f16/f16", "f16/fp4", "fp4/f16", "", "verylongnameofaformat_xxxxxxxxxxxx/f16"};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++)
+        CU_ASSERT_EQUAL(kv_format_spec_parse(bad[i], &k, &v), KVS_EINVAL);
 }
 
 int main(void)
