@@ -121,6 +121,10 @@ int eval_engine_pages(const struct eval_common *c, kvs_engine *e, int64_t pages)
 
 /* ---- modes ------------------------------------------------------------------------------- */
 
+/* fp16 K/V bytes of a slot / this engine's (scales and zero points included): the
+ * compression of the KV format alone, as QAQ counts it. */
+double eval_kv_ratio(const kvs_engine *e);
+
 typedef struct eval_common {
     const char *cmd;          /* "eval ppl", ... for messages */
     const char *model_path;

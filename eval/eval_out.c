@@ -135,6 +135,11 @@ void eval_progress_show(eval_progress *p, double done, double total, const char 
     fflush(stderr);
 }
 
+double eval_kv_ratio(const kvs_engine *e)
+{
+    return (double)(2 * 2 * e->m->cfg.head_dim) / (double)e->be->kv_slot_bytes;
+}
+
 int eval_engine_open(const eval_common *c, kvs_engine **out)
 {
     engine_opts eo = {.model_path = c->model_path, .kv_bytes = c->kv_bytes ? c->kv_bytes : (64u << 20),

@@ -158,14 +158,19 @@ int eval_ppl(const eval_common *c, const eval_ppl_opts *o)
     const double ppl_full = exp(runs[0].nll / runs[0].n), ppl2_full = exp(runs[0].nll2 / runs[0].n2);
     printf("generation perplexity: %s, %d tokens of %s (second half: %d tokens), chunk %d\n",
            cfg->name, N, o->text_path, (int)runs[0].n2, o->chunk);
-    printf("%-10s %6s %6s %9s %9s %9s %9s %10s\n", "policy", "budget", "window", "ppl",
-           "ppl_2nd", "gap", "gap_2nd", "evicted");
+    const double kv_ratio = eval_kv_ratio(e);
+    const double entries = (double)N * cfg->n_layers * cfg->n_kv_heads;
+    printf("KV dtype %s: %zu bytes per slot (fp16: %d), x%.2f vs fp16 KV; compression = that x "
+           "the entries written / kept at the end\n", engine_kv_dtype(e), e->be->kv_slot_bytes,
+           4 * cfg->head_dim, kv_ratio);
+    printf("%-10s %6s %6s %9s %9s %9s %9s %10s %7s\n", "policy", "budget", "window", "ppl",
+           "ppl_2nd", "gap", "gap_2nd", "evicted", "compr");
     if (c->out_dir) {
         if (!(csv = eval_open_out(c->cmd, c->out_dir, "ppl.csv")) ||
             !(js = eval_open_out(c->cmd, c->out_dir, "ppl.json")))
             goto done;
         fprintf(csv, "policy,budget,window,tokens,nll,ppl,ppl_second_half,gap,gap_second_half,"
-                     "evicted\n");
+                     "evicted,kv_dtype,kv_ratio,compression\n");
         fprintf(js, "{\"mode\": \"ppl\", \"model\": ");
         eval_json_str(js, cfg->name);
         fprintf(js, ", \"text\": ");
@@ -177,18 +182,23 @@ int eval_ppl(const eval_common *c, const eval_ppl_opts *o)
         const ppl_run *u = &runs[r];
         double ppl = exp(u->nll / u->n), ppl2 = exp(u->nll2 / u->n2);
         const char *name = u->pol ? u->pol->name : "full";
-        printf("%-10s %6d %6d %9.3f %9.3f %+9.3f %+9.3f %10lld\n", name, u->budget, u->window,
-               ppl, ppl2, ppl - ppl_full, ppl2 - ppl2_full, (long long)u->s->evicted);
+        const double compr = kv_ratio * entries / (entries - (double)u->s->evicted);
+        printf("%-10s %6d %6d %9.3f %9.3f %+9.3f %+9.3f %10lld %7.2f\n", name, u->budget,
+               u->window, ppl, ppl2, ppl - ppl_full, ppl2 - ppl2_full, (long long)u->s->evicted,
+               compr);
         if (csv)
-            fprintf(csv, "%s,%d,%d,%lld,%.6f,%.4f,%.4f,%.4f,%.4f,%lld\n", name, u->budget,
-                    u->window, (long long)u->n, u->nll / u->n, ppl, ppl2, ppl - ppl_full,
-                    ppl2 - ppl2_full, (long long)u->s->evicted);
+            fprintf(csv, "%s,%d,%d,%lld,%.6f,%.4f,%.4f,%.4f,%.4f,%lld,%s,%.4f,%.4f\n", name,
+                    u->budget, u->window, (long long)u->n, u->nll / u->n, ppl, ppl2,
+                    ppl - ppl_full, ppl2 - ppl2_full, (long long)u->s->evicted,
+                    engine_kv_dtype(e), kv_ratio, compr);
         if (js)
             fprintf(js, "%s{\"policy\": \"%s\", \"budget\": %d, \"window\": %d, \"tokens\": %lld, "
                         "\"ppl\": %.4f, \"ppl_second_half\": %.4f, \"gap\": %.4f, "
-                        "\"gap_second_half\": %.4f, \"evicted\": %lld}",
+                        "\"gap_second_half\": %.4f, \"evicted\": %lld, \"kv_dtype\": \"%s\", "
+                        "\"kv_ratio\": %.4f, \"compression\": %.4f}",
                     r ? ", " : "", name, u->budget, u->window, (long long)u->n, ppl, ppl2,
-                    ppl - ppl_full, ppl2 - ppl2_full, (long long)u->s->evicted);
+                    ppl - ppl_full, ppl2 - ppl2_full, (long long)u->s->evicted,
+                    engine_kv_dtype(e), kv_ratio, compr);
     }
     if (js) fprintf(js, "]}\n");
     fprintf(stderr, "%s: %.1f s (%.1f tokens/s over %d sequences)\n", c->cmd, secs,
