@@ -126,14 +126,16 @@ static int check_rope_scaling(gguf_ctx *g, const model_config *c)
         return rc;
     if ((rc = meta_f32(g, arch_key(c, "rope.scale_linear", key, sizeof key), &lin))) return rc;
     int linear = typed && len == 6 && memcmp(s, "linear", 6) == 0;
-    if ((typed && !linear) || (typed && factor != 1.0f) || (!typed && factor != 1.0f &&
-        factor != 0.0f) || (lin != 1.0f && lin != 0.0f)) {
+    /* a no-op: no type / "none" / "linear", and factors unset (0) or 1 */
+    int noop_type = !typed || linear;
+    int noop_factor = (factor == 1.0f || factor == 0.0f) && (lin == 1.0f || lin == 0.0f);
+    if (!noop_type || !noop_factor) {
         char what[40];
         snprintf(what, sizeof what, "%.*s", typed ? (int)(len < 32 ? len : 32) : 4,
                  typed ? s : "none");
         return kvs_error(KVS_EUNSUPPORTED, "RoPE scaling %s (factor %g) is not implemented "
                          "(%s.rope.scaling.*; supported: none, and llama3 rope_freqs.weight)",
-                         what, factor != 1.0f ? factor : lin, c->arch->name);
+                         what, factor != 1.0f && factor != 0.0f ? factor : lin, c->arch->name);
     }
     return 0;
 }

@@ -173,6 +173,11 @@ static void test_refused(void)
     expect_refused(fixture("model_qwen2_rope_freqs.gguf"), KVS_EUNSUPPORTED,
                    "'rope_freqs.weight'", "'qwen2'");
     expect_refused(fixture("model_qwen2_yarn.gguf"), KVS_EUNSUPPORTED, "yarn", "RoPE scaling");
+    expect_refused(fixture("model_llama_linear2.gguf"), KVS_EUNSUPPORTED, "linear (factor 2)",
+                   "llama.rope.scaling");
+    model *m = NULL;
+    CU_ASSERT_EQUAL(model_load(fixture("model_llama_linear1.gguf"), &m), 0); /* factor 1: no-op */
+    model_free(m);
     expect_refused("/nonexistent/model_qwen2.gguf", KVS_EIO, "/nonexistent/model_qwen2.gguf",
                    NULL);
 }

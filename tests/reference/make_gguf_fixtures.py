@@ -28,7 +28,8 @@ Output, in tests/fixtures/gguf/ (deterministic: fixed seed, fixed order):
                            head dim 8, FFN 16, vocab 8, all F32) for tests/engine/test_model.c:
                            good llama / llama3 (rope_freqs) / qwen2 files and bad variants
                            (unknown architecture, a tensor the engine would not use, a
-                           missing bias, rope_freqs on qwen2, YaRN RoPE scaling). Weight value
+                           missing bias, rope_freqs on qwen2, YaRN or linear x2 RoPE
+                           scaling; linear x1 is a no-op and loads). Weight value
                            k of tensor j (in file order) is (j + 1) + k / 1024 and a bias
                            value k is 0.25 * k, so the test can check where each one landed.
 """
@@ -418,6 +419,10 @@ def model_meta(arch, extra=None):
 def write_models(p):
     yarn = lambda w: (w.add_string("qwen2.rope.scaling.type", "yarn"),  # noqa: E731
                       w.add_float32("qwen2.rope.scaling.factor", 4.0))
+    linear2 = lambda w: (w.add_string("llama.rope.scaling.type", "linear"),  # noqa: E731
+                         w.add_float32("llama.rope.scaling.factor", 2.0))
+    linear1 = lambda w: (w.add_string("llama.rope.scaling.type", "linear"),  # noqa: E731
+                         w.add_float32("llama.rope.scaling.factor", 1.0))
     models = [
         ("model_llama.gguf", "llama", model_meta("llama"), model_tensors("llama", bias=False)),
         ("model_llama3.gguf", "llama", model_meta("llama"),
@@ -434,6 +439,10 @@ def write_models(p):
         ("model_qwen2_rope_freqs.gguf", "qwen2", model_meta("qwen2"),
          model_tensors("qwen2", rope_freqs=True)),
         ("model_qwen2_yarn.gguf", "qwen2", model_meta("qwen2", yarn), model_tensors("qwen2")),
+        ("model_llama_linear2.gguf", "llama", model_meta("llama", linear2),
+         model_tensors("llama", bias=False)),
+        ("model_llama_linear1.gguf", "llama", model_meta("llama", linear1),
+         model_tensors("llama", bias=False)),
     ]
     for name, arch, meta, tensors in models:
         write_gguf(p(name), arch, meta, tensors)
