@@ -342,6 +342,10 @@ int engine_step_limits(kvs_engine *e, engine_seq **seqs, int n, const int32_t *l
         if (before < s->n_prompt && s->n_computed >= s->n_prompt &&
             (rc = run_policy(e, s, POL_AT_PREFILL_END)))
             goto out;
+        /* a prompt chunk with more to come: evict down to the share of what has been seen,
+         * so the prompt's KV never peaks at its full size */
+        if (s->n_computed < s->n_prompt && (rc = run_policy(e, s, POL_AT_PREFILL_CHUNK)))
+            goto out;
         if ((rc = run_policy(e, s, POL_AT_STEP))) goto out;
     }
 out:

@@ -111,7 +111,8 @@ int eval_retrieval(const eval_common *c, const eval_retrieval_opts *o)
                 rc = 2;
                 goto done;
             }
-            if (pol_opts_when(&inst->opts) != POL_WHEN_PREFILL) {
+            if (pol_opts_when(&inst->opts) != POL_WHEN_PREFILL &&
+                pol_opts_when(&inst->opts) != POL_WHEN_PREFILL_END) {
                 fprintf(stderr, "kvsieve %s: policy %s: retrieval compresses at prefill end; "
                         "remove when=%s\n", c->cmd, c->pol[i].name, "decode/pressure");
                 pol_instance_destroy(inst);

@@ -199,7 +199,10 @@ int pol_wants(const pol_instance *inst, pol_event ev)
     if (o->ratio < 0.0 && o->budget <= 0) return 0;
     pol_when w = pol_opts_when(o);
     switch (ev) {
-    case POL_AT_PREFILL_END: return w == POL_WHEN_PREFILL;
+    case POL_AT_PREFILL_END: return w == POL_WHEN_PREFILL || w == POL_WHEN_PREFILL_END;
+    case POL_AT_PREFILL_CHUNK:
+        /* a window-attention policy scores with the prompt's last window: only at its end */
+        return w == POL_WHEN_PREFILL && !(inst->vt->flags & POL_WINDOW_ATTENTION);
     case POL_AT_STEP: return w == POL_WHEN_DECODE;
     case POL_AT_PRESSURE: return w == POL_WHEN_PRESSURE;
     }
@@ -213,8 +216,8 @@ int64_t pol_enforce_seq(pol_instance *inst, mem_pool *pool, mem_seq *seq, int32_
     for (int l = 0; l < seq->n_layers; l++)
         for (int h = 0; h < seq->n_kv_heads; h++) {
             mem_stream *s = mem_seq_stream(seq, l, h);
-            int32_t T = ev == POL_AT_STEP ? (cur_pos < INT32_MAX ? cur_pos + 1 : cur_pos)
-                                          : s->n_live;
+            int32_t T = ev == POL_AT_PRESSURE ? s->n_live
+                        : cur_pos < INT32_MAX ? cur_pos + 1 : cur_pos;
             int32_t n = pol_enforce_stream(inst, pool, s, l, h, cur_pos,
                                            pol_n_keep(&inst->opts, T));
             if (n < 0) return n;

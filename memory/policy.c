@@ -342,9 +342,10 @@ int pol_opts_parse(const char *args, pol_opts *o, char *rest, size_t rest_size)
         else if (strcmp(key, "layers") == 0) rc = parse_layers(val, o);
         else if (strcmp(key, "when") == 0) {
             if (strcmp(val, "prefill") == 0) o->when = POL_WHEN_PREFILL;
+            else if (strcmp(val, "prefill_end") == 0) o->when = POL_WHEN_PREFILL_END;
             else if (strcmp(val, "decode") == 0) o->when = POL_WHEN_DECODE;
             else if (strcmp(val, "pressure") == 0) o->when = POL_WHEN_PRESSURE;
-            else rc = kvs_error(KVS_EINVAL, "when=%s: when must be prefill, decode or pressure",
+            else rc = kvs_error(KVS_EINVAL, "when=%s: when must be prefill, prefill_end, decode or pressure",
                                 val);
         } else {
             /* A policy's own option: pass it on. */

@@ -52,9 +52,15 @@ typedef struct pol_model_info {
 /* When the instance evicts (the `when` option). */
 typedef enum {
     POL_WHEN_AUTO = 0,     /* not given: decode when a budget is set, else prefill */
-    POL_WHEN_PREFILL = 1,  /* once, when a sequence's prompt is fully computed */
+    POL_WHEN_PREFILL = 1,  /* during prefill: after every prompt chunk, down to the ratio or
+                            * budget of the prompt tokens seen so far (so the peak KV follows
+                            * the ratio), and at the end of the prompt; policies that look at
+                            * the prompt's last window (SnapKV) only at its end */
     POL_WHEN_DECODE = 2,   /* after every step (prefill chunks and decode tokens) */
-    POL_WHEN_PRESSURE = 3  /* only when the scheduler needs pages */
+    POL_WHEN_PRESSURE = 3, /* only when the scheduler needs pages */
+    /* once, when the prompt is fully computed, and not after earlier prefill chunks (the
+     * whole prompt's KV is held until then; prefill evicts after every chunk) */
+    POL_WHEN_PREFILL_END = 4
 } pol_when;
 
 /* Options common to every policy, parsed once from the args string before the policy sees
@@ -265,15 +271,18 @@ int32_t pol_enforce_stream(pol_instance *inst, mem_pool *pool, mem_stream *s, in
 typedef enum {
     POL_AT_PREFILL_END = 1, /* a sequence's last prompt token was just computed */
     POL_AT_STEP = 2,        /* after any step that wrote tokens of the sequence */
-    POL_AT_PRESSURE = 3     /* the scheduler needs pages */
+    POL_AT_PRESSURE = 3,    /* the scheduler needs pages */
+    POL_AT_PREFILL_CHUNK = 4 /* a prompt chunk was computed, more of the prompt follows */
 } pol_event;
 
 /* 1 if the instance evicts at this event (its `when` matches, it has a ratio or budget and
  * the policy evicts at all), else 0. */
 int pol_wants(const pol_instance *inst, pol_event ev);
 /* Enforce the options on every stream of a sequence whose newest position is cur_pos:
- * n_keep = pol_n_keep(opts, T) with T = the stream's live tokens at POL_AT_PREFILL_END and
- * POL_AT_PRESSURE, and T = cur_pos + 1 (tokens seen) at POL_AT_STEP. Does not check `when`.
+ * n_keep = pol_n_keep(opts, T) with T = the stream's live tokens at POL_AT_PRESSURE, and T =
+ * cur_pos + 1 (tokens seen) at POL_AT_STEP, POL_AT_PREFILL_CHUNK and POL_AT_PREFILL_END (so
+ * that eviction after each chunk and at the end of the prompt keeps the same share of the
+ * prompt). Does not check `when`.
  * Returns the number of slots evicted (>= 0) or a negative status. */
 int64_t pol_enforce_seq(pol_instance *inst, mem_pool *pool, mem_seq *seq, int32_t cur_pos,
                         pol_event ev);

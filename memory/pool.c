@@ -70,6 +70,7 @@ int mem_pool_create(int page_slots, int32_t n_pages, mem_pool **out)
         p->free_stack[i] = n_pages - 1 - i; /* top of stack = page 0 */
     }
     p->n_free = n_pages;
+    p->n_free_min = n_pages;
     *out = p;
     return KVS_OK;
 }
@@ -89,6 +90,7 @@ int32_t mem_pool_take_page(mem_pool *pool, int32_t owner)
     if (pool->n_free == 0)
         return kvs_error(KVS_ENOMEM, "KV pool is out of pages (%d in all)", (int)pool->n_pages);
     int32_t page = pool->free_stack[--pool->n_free];
+    if (pool->n_free < pool->n_free_min) pool->n_free_min = pool->n_free;
     pool->owner[page] = owner;
     return page;
 }

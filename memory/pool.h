@@ -23,6 +23,7 @@ typedef struct mem_pool {
     int page_shift;      /* log2(P) */
     int32_t n_pages;     /* total pages */
     int32_t n_free;      /* pages on the free stack */
+    int32_t n_free_min;  /* low-water mark of n_free (peak use); reset by writing n_free */
     int32_t *free_stack; /* [n_pages], top at n_free-1 */
     int32_t *pos;        /* [n_pages][P] */
     float *score;        /* [n_pages][P] */

@@ -242,6 +242,52 @@ static void test_rescore_and_event(void)
     engine_seq_destroy(E, b);
 }
 
+/* Prefill eviction follows the ratio while the prompt arrives: with when=prefill a 1,500-token
+ * prompt fed in chunks of 256 at ratio 0.875 never holds its whole KV (the peak is about an
+ * eighth of it plus one chunk), where when=prefill_end holds all of it first. Both end with
+ * the same number of live entries. */
+static int64_t peak_pages(const char *args, int64_t *live_end)
+{
+    enum { N = 1500 };
+    static int32_t ids[N];
+    prompt_ids(ids, N, 3);
+    engine_seq *s;
+    CU_ASSERT_FATAL(engine_seq_create(E, &s) == 0);
+    CU_ASSERT_FATAL(engine_seq_push(E, s, ids, N) == 0);
+    engine_seq_mark_prompt(s);
+    CU_ASSERT_FATAL(engine_seq_set_policy(E, s, "knorm", args) == 0);
+    float *lg;
+    int row;
+    E->pool->n_free_min = E->pool->n_free; /* the pool's low-water mark: pages at the peak */
+    const int32_t free0 = E->pool->n_free;
+    while (s->n_computed < s->n_tokens)
+        CU_ASSERT_FATAL(engine_step(E, &s, 1, 256, &lg, &row) == 0);
+    int64_t peak = free0 - E->pool->n_free_min;
+    *live_end = 0;
+    for (int i = 0; i < s->kv->n_layers * s->kv->n_kv_heads; i++) *live_end += s->kv->streams[i].n_live;
+    engine_seq_destroy(E, s);
+    return peak;
+}
+
+static void test_prefill_chunks_follow_ratio(void)
+{
+    if (!E) { printf(" skipped: default model missing "); return; }
+    int64_t live_a, live_b;
+    int64_t chunked = peak_pages("ratio=0.875,window=16", &live_a);
+    int64_t one_shot = peak_pages("ratio=0.875,window=16,when=prefill_end", &live_b);
+    const int64_t streams = (int64_t)E->m->cfg.n_layers * E->m->cfg.n_kv_heads;
+    printf(" [peak KV pages: prefill %lld, prefill_end %lld; live entries at the "
+           "end %lld / %lld]", (long long)chunked, (long long)one_shot, (long long)live_a,
+           (long long)live_b);
+    CU_ASSERT_EQUAL(live_a, live_b);
+    CU_ASSERT_EQUAL(live_a, streams * (1500 / 8)); /* floor(1500 * 0.125) per head */
+    /* a head holds at most 1/8 of what it has seen plus one chunk (188 + 256 tokens, 28
+     * pages); without chunked eviction, the whole prompt (94 pages) */
+    CU_ASSERT(chunked <= streams * ((1500 / 8 + 256 + 15) / 16 + 1));
+    CU_ASSERT(one_shot >= streams * ((1500 + 15) / 16));
+    CU_ASSERT(2 * chunked < one_shot);
+}
+
 int main(void)
 {
     const char *model = kvs_test_model_path();
@@ -268,6 +314,7 @@ int main(void)
         free(f.u);
     }
     static const kvs_test tests[] = {
+        {"prefill eviction after every chunk: the peak follows the ratio", test_prefill_chunks_follow_ratio},
         {"clone copies the KV", test_clone_copies_kv},
         {"clone without pages fails cleanly", test_clone_out_of_pages},
         {"logits_all gives a row per token", test_logits_all_rows},
