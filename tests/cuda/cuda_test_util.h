@@ -51,6 +51,14 @@ static inline float t_half_unit(void) { return t_round(t_unit()); }
  * 8 significant bits to fp16's 11). */
 static inline double t_half_tol(void) { return t_bf16() ? 2e-2 : 3e-3; }
 
+/* 1 when every x[i] is a value of the 16-bit type under test (device outputs stored in it). */
+static inline int t_representable(const float *x, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if (x[i] == x[i] && t_round(x[i]) != x[i]) return 0;
+    return 1;
+}
+
 /* fn_f16 and fn_bf16: fn run with the 16-bit type under test set to each type. */
 #define T_PER_TYPE(fn)                                                                       \
     static void fn##_f16(void)                                                               \

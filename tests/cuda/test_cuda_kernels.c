@@ -152,6 +152,7 @@ static void test_embed_rmsnorm_swiglu(void)
         }
         printf(" rmsnorm rel %.2e", worst);
         CU_ASSERT(worst < t_half_tol());
+        CU_ASSERT(t_representable(back, (size_t)T * D)); /* stored in the type under test */
         CU_ASSERT(kvs_k_rmsnorm(d_x, d_rows, 5, D, d_w, 1e-5f, d_h, dt, NULL) == 0);
         CU_ASSERT(kvs_cuda_download_half(back, d_h, (size_t)5 * D, dt) == 0);
         CU_ASSERT(t_max_abs_diff(back, rowsout, 5 * D) < 8 * t_half_tol());
@@ -165,6 +166,7 @@ static void test_embed_rmsnorm_swiglu(void)
         }
         printf(" swiglu rel %.2e", worst);
         CU_ASSERT(worst < t_half_tol());
+        CU_ASSERT(t_representable(back, (size_t)T * F));
         kvs_cuda_free(d_table); kvs_cuda_free(d_h); kvs_cuda_free(d_x); kvs_cuda_free(d_w);
         kvs_cuda_free(d_gu); kvs_cuda_free(d_tok); kvs_cuda_free(d_rows);
         free(back);
@@ -625,6 +627,7 @@ static void attention_case(int Hkv, int G, int hd, int P, int variant)
             double d = t_max_abs_diff(got, twin, (size_t)T * Hq * hd);
             printf(" decode/%d %.1e", splits[k], d);
             CU_ASSERT(d < t_half_tol());
+            CU_ASSERT(t_representable(got, (size_t)T * Hq * hd));
         }
         CU_ASSERT(kvs_cuda_memset(d_out, 0, (size_t)T * Hq * hd * 2) == 0);
         CU_ASSERT(kvs_k_attn_prefill(&aa, NULL) == 0);
@@ -633,6 +636,7 @@ static void attention_case(int Hkv, int G, int hd, int P, int variant)
         double d = t_max_abs_diff(got, twin, (size_t)T * Hq * hd);
         printf(" prefill %.1e", d);
         CU_ASSERT(d < t_half_tol());
+        CU_ASSERT(t_representable(got, (size_t)T * Hq * hd));
         if (G <= 16) {
             float *gp = malloc((size_t)(a.n_probs + 1) * 4);
             CU_ASSERT(kvs_k_attn_probs(&aa, NULL) == 0);
