@@ -31,8 +31,8 @@
  * max |gpu - cpu| <= t_logit_tol() * (1 + max |cpu logit|), and mean |gpu - cpu| <=
  * t_logit_mean(). Measured on the emulator (which rounds like the device, cuda_emu.h):
  * default model 0.054 max (scale 31.8), 0.0075 mean (bf16: 0.373, 0.056). */
-static double t_logit_tol(void) { return t_bf16() ? 0.04 : 0.005; }
-static double t_logit_mean(void) { return t_bf16() ? 0.15 : 0.02; }
+static inline double t_logit_tol(void) { return t_bf16() ? 0.04 : 0.005; }
+static inline double t_logit_mean(void) { return t_bf16() ? 0.15 : 0.02; }
 
 /* ---- a tiny random llama ------------------------------------------------------------------ */
 
