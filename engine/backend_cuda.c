@@ -72,13 +72,16 @@ static const kvs_backend_i cuda_backend_i = {
 int kvs_backend_cuda_create(const model *m, const kvs_backend_opts *o, kvs_backend **out)
 {
     *out = NULL;
-    if (o->kv_format_v && o->kv_format_v != o->kv_format)
+    if (o->kv_format_v && o->kv_format && o->kv_format_v != o->kv_format)
         return kvs_error(KVS_EUNSUPPORTED, "the CUDA backend stores keys and values in one "
                          "16-bit type; --kv-dtype %s/%s is CPU-only", o->kv_format->name,
                          o->kv_format_v->name);
-    if (o->kv_format && o->kv_format != &kv_fmt_f16 && o->kv_format != &kv_fmt_bf16)
-        return kvs_error(KVS_EUNSUPPORTED, "the CUDA backend stores KV as f16 or bf16 (its "
-                         "build's 16-bit type), not %s", o->kv_format->name);
+    /* --kv-dtype f16 (the default) or bf16: the 16-bit type of the device's K/V pages, also
+     * used for its weights and GEMM inputs; chosen here, at run time */
+    const kv_format *fmt = o->kv_format ? o->kv_format : &kv_fmt_f16;
+    if (fmt != &kv_fmt_f16 && fmt != &kv_fmt_bf16)
+        return kvs_error(KVS_EUNSUPPORTED, "the CUDA backend stores KV as f16 or bf16, not %s",
+                         fmt->name);
     /* The CUDA forward implements the original llama computation only: a model that needs
      * more (biases, NEOX RoPE, rope_freqs) is refused here rather than run wrong. */
     char why[128];
@@ -86,19 +89,8 @@ int kvs_backend_cuda_create(const model *m, const kvs_backend_opts *o, kvs_backe
         return kvs_error(KVS_EUNSUPPORTED, "the CUDA backend does not implement what this '%s' "
                          "model needs (%s); use --device cpu", m->cfg.arch->name, why);
     fwd_cuda_state *st;
-    int rc = fwd_cuda_create(m, o->page_slots ? o->page_slots : 16, o->kv_bytes, 0.0, &st);
+    int rc = fwd_cuda_create(m, o->page_slots ? o->page_slots : 16, o->kv_bytes, 0.0, fmt, &st);
     if (rc) return rc;
-#ifdef KVS_CUDA_BF16
-    const kv_format *fmt = &kv_fmt_bf16;
-#else
-    const kv_format *fmt = &kv_fmt_f16;
-#endif
-    if (o->kv_format && o->kv_format != fmt) {
-        fwd_cuda_destroy(st);
-        return kvs_error(KVS_EUNSUPPORTED, "this CUDA build stores KV as %s; --kv-dtype %s "
-                         "needs a build with%s -DKVS_CUDA_BF16", fmt->name, o->kv_format->name,
-                         fmt == &kv_fmt_f16 ? "" : "out");
-    }
     kvs_backend *b = calloc(1, sizeof *b);
     if (!b) {
         fwd_cuda_destroy(st);
@@ -108,8 +100,8 @@ int kvs_backend_cuda_create(const model *m, const kvs_backend_opts *o, kvs_backe
     b->state = st;
     b->page_slots = o->page_slots ? o->page_slots : 16;
     b->n_pages = fwd_cuda_n_pages(st);
-    b->kv_format = fmt;
-    b->kv_format_v = fmt;
+    b->kv_format = fwd_cuda_kv_format(st);
+    b->kv_format_v = b->kv_format;
     b->kv_slot_bytes = fwd_cuda_slot_bytes(st);
     b->kv_bytes = (size_t)b->n_pages * b->page_slots * b->kv_slot_bytes;
     b->plan_grow = fwd_cuda_plan_grow;

@@ -14,9 +14,9 @@ static int no_cuda(void)
 }
 
 int fwd_cuda_create(const model *m, int page_slots, size_t kv_bytes, double kv_fraction,
-                    fwd_cuda_state **out)
+                    const kv_format *kv_fmt, fwd_cuda_state **out)
 {
-    (void)m; (void)page_slots; (void)kv_bytes; (void)kv_fraction;
+    (void)m; (void)page_slots; (void)kv_bytes; (void)kv_fraction; (void)kv_fmt;
     *out = NULL;
     return no_cuda();
 }
@@ -63,6 +63,7 @@ int kvs_cuda_read_values(fwd_cuda_state *st, const int32_t *gslots, int n, float
     return no_cuda();
 }
 size_t fwd_cuda_slot_bytes(const fwd_cuda_state *st) { (void)st; return 0; }
+const kv_format *fwd_cuda_kv_format(const fwd_cuda_state *st) { (void)st; return NULL; }
 void *fwd_cuda_plan_grow(void *ctx, void *old, size_t bytes)
 {
     (void)ctx; (void)bytes;

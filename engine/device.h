@@ -16,6 +16,7 @@
 #include <stdint.h>
 
 #include "forward.h"
+#include "memory/kv_format.h"
 #include "memory/pool.h"
 #include "model.h"
 #include "plan.h"
@@ -26,16 +27,20 @@ typedef struct fwd_cuda_state fwd_cuda_state;
 
 /* Upload the weights (16-bit) and allocate the device KV pool in one cudaMalloc: kv_bytes of
  * it, or when 0 kv_fraction (0 = 0.85) of the free device memory left after weights and a
- * reserve for activations. The host pool must have fwd_cuda_n_pages pages. */
+ * reserve for activations. The host pool must have fwd_cuda_n_pages pages. kv_fmt is the
+ * 16-bit type of the K/V pages, &kv_fmt_f16 or &kv_fmt_bf16 (NULL = f16); the weights and
+ * GEMM inputs use the same type. Other formats: KVS_EUNSUPPORTED. */
 int fwd_cuda_create(const model *m, int page_slots, size_t kv_bytes, double kv_fraction,
-                    fwd_cuda_state **out);
+                    const kv_format *kv_fmt, fwd_cuda_state **out);
 void fwd_cuda_destroy(fwd_cuda_state *st);
 int32_t fwd_cuda_n_pages(const fwd_cuda_state *st);
 /* Run a planned step on the device (the CUDA backend's run); pool is the host bookkeeping. */
 int fwd_cuda(fwd_cuda_state *st, const model *m, mem_pool *pool, kvs_plan *plan,
              const fwd_seq *seqs, float **logits, int *n_rows);
-/* Bytes of device K/V per slot (K + V rows of the device's 16-bit type). */
+/* Bytes of device K/V per slot (K + V rows of the state's 16-bit type). */
 size_t fwd_cuda_slot_bytes(const fwd_cuda_state *st);
+/* The state's K/V format: &kv_fmt_f16 or &kv_fmt_bf16 (NULL without CUDA). */
+const kv_format *fwd_cuda_kv_format(const fwd_cuda_state *st);
 /* The step plan's block allocator (pinned host memory, so its upload is asynchronous). */
 void *fwd_cuda_plan_grow(void *ctx, void *old, size_t bytes);
 const fwd_timing *fwd_cuda_last_timing(const fwd_cuda_state *st);

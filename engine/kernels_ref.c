@@ -16,11 +16,11 @@
 
 /* ---- 16-bit rounding ------------------------------------------------------------------------ */
 
-#ifdef KVS_CUDA_BF16
 static uint32_t f2u(float x) { uint32_t u; memcpy(&u, &x, sizeof u); return u; }
 static float u2f(uint32_t u) { float x; memcpy(&x, &u, sizeof x); return x; }
 
-float kref_round_half(float x)
+/* bf16: the top 16 bits of the fp32, round to nearest even. */
+static float round_bf16(float x)
 {
     uint32_t u = f2u(x);
     if ((u & 0x7f800000u) == 0x7f800000u) return x; /* inf / nan unchanged */
@@ -28,9 +28,9 @@ float kref_round_half(float x)
     u += 0x7fffu + lsb;                              /* round to nearest even */
     return u2f(u & 0xffff0000u);
 }
-#else
+
 /* IEEE binary16, round to nearest even, with subnormals, overflow to inf. */
-float kref_round_half(float x)
+static float round_f16(float x)
 {
     if (isnan(x) || isinf(x)) return x;
     float a = fabsf(x);
@@ -45,11 +45,15 @@ float kref_round_half(float x)
     float r = rintf(q);     /* default rounding mode: nearest even */
     return copysignf(r * quantum, x);
 }
-#endif
 
-void kref_round_half_array(float *x, size_t n)
+float kref_round_half(float x, const kv_format *fmt)
 {
-    for (size_t i = 0; i < n; i++) x[i] = kref_round_half(x[i]);
+    return fmt == &kv_fmt_bf16 ? round_bf16(x) : round_f16(x);
+}
+
+void kref_round_half_array(float *x, size_t n, const kv_format *fmt)
+{
+    for (size_t i = 0; i < n; i++) x[i] = kref_round_half(x[i], fmt);
 }
 
 /* ---- forward kernels ------------------------------------------------------------------------ */
@@ -465,13 +469,13 @@ void kref_attn_reduce(mem_pool *pool, const int32_t *pages, int32_t n_slots, con
         size_t g = (size_t)pages[s >> pool->page_shift] * pool->page_slots +
                    (s & (pool->page_slots - 1));
         int live = pool->pos[g] >= 0;
-        if (mode == KREF_STATS_TOVA) {
+        if (mode == KREF_STATS_LAST) {
             if (live && n_q > 0) pool->score[g] = probs[(size_t)(n_q - 1) * n_slots + s];
             continue;
         }
         float sum = 0.0f;
         for (int q = 0; q < n_q; q++) sum += probs[(size_t)q * n_slots + s];
-        if (mode == KREF_STATS_H2O) {
+        if (mode == KREF_STATS_SUM) {
             if (live) pool->score[g] += sum;
         } else {
             out[s] = live && n_q > 0 ? sum / (float)n_q : 0.0f;

@@ -23,10 +23,11 @@
 #include "model.h"
 #include "plan.h" /* KVS_SCORE_* */
 
-/* The device's 16-bit storage type: fp16 (IEEE binary16), or bf16 when the build defines
- * KVS_CUDA_BF16. Round to nearest even, like __float2half_rn / __float2bfloat16_rn. */
-float kref_round_half(float x);
-void kref_round_half_array(float *x, size_t n);
+/* x rounded to the device's 16-bit storage type `fmt`: &kv_fmt_bf16 for bf16, otherwise
+ * (&kv_fmt_f16, NULL) fp16 (IEEE binary16). Round to nearest even, like __float2half_rn /
+ * __float2bfloat16_rn. */
+float kref_round_half(float x, const kv_format *fmt);
+void kref_round_half_array(float *x, size_t n, const kv_format *fmt);
 
 /* ---- forward kernels (engine/cuda/kernels.cu) -------------------------------------------- */
 
@@ -122,11 +123,11 @@ void kref_slot_copy(mem_pool *pool, kv_store *kv, const int32_t *src, const int3
 
 /* k_attn_reduce: per-slot statistics of probs[n_q][n_slots] for attention policies, over the
  * stream's live slots (holes untouched / 0):
- *   KREF_STATS_H2O:  score[slot] += sum_q probs[q][slot]   (into the pool's score, h2o)
- *   KREF_STATS_TOVA: score[slot]  = probs[n_q - 1][slot]   (into the pool's score, tova)
- *   KREF_STATS_MEAN: out[slot]    = sum_q probs[q][slot] / n_q (snapkv's mean, before pooling;
- *                                   out[n_slots], 0 for holes) */
-enum { KREF_STATS_H2O = 0, KREF_STATS_TOVA = 1, KREF_STATS_MEAN = 2 };
+ *   KREF_STATS_SUM:  score[slot] += sum_q probs[q][slot]   (into the pool's score; h2o's)
+ *   KREF_STATS_LAST: score[slot]  = probs[n_q - 1][slot]   (into the pool's score; tova's)
+ *   KREF_STATS_MEAN: out[slot]    = sum_q probs[q][slot] / n_q (out[n_slots], 0 for holes;
+ *                                   snapkv's, before its pooling) */
+enum { KREF_STATS_SUM = 0, KREF_STATS_LAST = 1, KREF_STATS_MEAN = 2 };
 void kref_attn_reduce(mem_pool *pool, const int32_t *pages, int32_t n_slots, const float *probs,
                       int n_q, int mode, float *out);
 

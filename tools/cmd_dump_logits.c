@@ -23,7 +23,7 @@ static void usage(FILE *f)
         "  --batch        run all sequences together in one ragged batch (default: one by one)\n"
         "  --chunk N      feed each sequence in chunks of N tokens (tests chunked prefill)\n"
         "  --page-slots P KV page size in slots (default 16)\n"
-        "  --kv-dtype T   KV cache element format: " "f32 (default), f16, bf16 (CUDA: its 16-bit type)\n"
+        "  --kv-dtype T   KV cache element format: " "f32 (default), f16, bf16 (CUDA: f16 default, or bf16)\n"
         "  --device D     cpu (default), cuda or auto\n"
         "  --out FILE     output file\n");
 }

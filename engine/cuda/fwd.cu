@@ -9,7 +9,11 @@
 // attention, Wo GEMM (+= x), rmsnorm, gate/up GEMM, SwiGLU, down GEMM (+= x)] -> logits rows,
 // copies logits / new scores / hook buffers back and finishes the hooks on the host
 // (kvs_plan_finish). Design and validation: docs/CUDA.md.
-#include "engine/cuda/cuda_common.cuh"
+//
+// The 16-bit type (fp16 or bf16) of the weights, GEMM inputs and K/V pages is chosen at
+// fwd_cuda_create (st->dtype, MEM_CUDA_F16 | MEM_CUDA_BF16) and passed to every launcher.
+#include "core/cuda/cuda_common.cuh"
+#include "engine/cuda/kvs_cuda.h"
 
 #include <cublas_v2.h>
 #include <stdlib.h>
@@ -23,7 +27,7 @@ extern "C" {
 
 struct dev_layer {
     float *attn_norm, *ffn_norm;           // [D] fp32
-    kvs_half *wqkv, *wo, *w_gate_up, *w_down;
+    void *wqkv, *wo, *w_gate_up, *w_down; // 16-bit (dtype)
 };
 
 #define KVS_GRAPH_SLOTS 8
@@ -39,6 +43,7 @@ enum { PH_OTHER = 0, PH_GEMM, PH_KV, PH_ATT, PH_LOGITS };
 
 struct fwd_cuda_state {
     model_config cfg;
+    int dtype;                            // MEM_CUDA_F16 | MEM_CUDA_BF16: weights, activations, K/V
     int device, n_sm;
     cudaStream_t stream;
     cublasHandle_t blas;
@@ -47,7 +52,7 @@ struct fwd_cuda_state {
     // weights
     void *wbase;
     size_t wbytes;
-    kvs_half *tok_embd, *output;
+    void *tok_embd, *output;              // 16-bit (dtype)
     float *output_norm;
     dev_layer *layers;                    // host array of device pointers
     mem_cuda_pool *pool;
@@ -60,7 +65,7 @@ struct fwd_cuda_state {
     // activations (device)
     int cap_T, cap_R;
     float *x, *qkv, *gu, *logits, *scores;
-    kvs_half *h, *att, *act, *xr;
+    void *h, *att, *act, *xr;             // 16-bit (dtype)
     float *part, *probs, *kst, *qst;
     size_t cap_part, cap_probs, cap_kst, cap_qst; // floats
     void *plan_d;
@@ -137,13 +142,15 @@ extern "C" void *fwd_cuda_plan_grow(void *ctx, void *old, size_t bytes)
 }
 
 // Y[T][N] (fp32) = X[T][K] @ W[N][K]^T + beta Y: column-major Y^T = W^T(op) X^T.
-static int gemm(fwd_cuda_state *st, const kvs_half *X, const kvs_half *W, float *Y, int T,
-                int N, int K, float beta)
+static int gemm(fwd_cuda_state *st, const void *X, const void *W, float *Y, int T, int N,
+                int K, float beta)
 {
     const float alpha = 1.0f;
-    cublasStatus_t s = cublasGemmEx(st->blas, CUBLAS_OP_T, CUBLAS_OP_N, N, T, K, &alpha, W,
-                                    KVS_CUDA_R_HALF, K, X, KVS_CUDA_R_HALF, K, &beta, Y,
-                                    CUDA_R_32F, N, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
+    const cudaDataType ht = st->dtype == MEM_CUDA_BF16 ? kvs_h16<__nv_bfloat16>::blas_type
+                                                       : kvs_h16<__half>::blas_type;
+    cublasStatus_t s = cublasGemmEx(st->blas, CUBLAS_OP_T, CUBLAS_OP_N, N, T, K, &alpha, W, ht,
+                                    K, X, ht, K, &beta, Y, CUDA_R_32F, N, CUBLAS_COMPUTE_32F,
+                                    CUBLAS_GEMM_DEFAULT);
     if (s != CUBLAS_STATUS_SUCCESS)
         return kvs_error(KVS_EIO, "cuBLAS GEMM [%d x %d x %d] failed: %s", T, N, K,
                          cublasGetStatusString(s));
@@ -177,12 +184,13 @@ static void tcollect(fwd_cuda_state *st)
 // ==== weights ====================================================================================
 
 // fp32 host tensor -> 16-bit device tensor through a device staging buffer.
-static int upload_half(kvs_half *dst, const float *src, size_t n, float *stage, size_t stage_n)
+static int upload_half(const fwd_cuda_state *st, void *dst, const float *src, size_t n,
+                       float *stage, size_t stage_n)
 {
     for (size_t i = 0; i < n; i += stage_n) {
         size_t k = n - i < stage_n ? n - i : stage_n;
         KVS_CUDA_TRY(cudaMemcpy(stage, src + i, k * sizeof(float), cudaMemcpyHostToDevice));
-        int rc = kvs_k_f32_to_half(stage, dst + i, k, NULL);
+        int rc = kvs_k_f32_to_half(stage, (uint16_t *)dst + i, k, st->dtype, NULL);
         if (rc) return rc;
         KVS_CUDA_TRY(cudaDeviceSynchronize());
     }
@@ -195,7 +203,7 @@ static int upload_weights(fwd_cuda_state *st, const model *m)
     const size_t D = c->d_model, hd = c->head_dim, Hq = c->n_heads, Hkv = c->n_kv_heads;
     const size_t F = c->d_ff, V = c->n_vocab, QKV = (Hq + 2 * Hkv) * hd;
     const int tied = m->output == m->tok_embd;
-    const size_t H = sizeof(kvs_half);
+    const size_t H = sizeof(uint16_t); // either 16-bit type
     size_t per_layer = 2 * a256(D * 4) + a256(QKV * D * H) + a256(D * Hq * hd * H) +
                        a256(2 * F * D * H) + a256(D * F * H);
     size_t total = a256(V * D * H) + (tied ? 0 : a256(V * D * H)) + a256(D * 4) +
@@ -204,9 +212,9 @@ static int upload_weights(fwd_cuda_state *st, const model *m)
     st->wbytes = total;
     char *b = (char *)st->wbase;
 #define TAKE(ptr, type, bytes) do { ptr = (type *)b; b += a256(bytes); } while (0)
-    TAKE(st->tok_embd, kvs_half, V * D * H);
+    TAKE(st->tok_embd, void, V * D * H);
     if (tied) st->output = st->tok_embd;
-    else TAKE(st->output, kvs_half, V * D * H);
+    else TAKE(st->output, void, V * D * H);
     TAKE(st->output_norm, float, D * 4);
     st->layers = (dev_layer *)calloc((size_t)c->n_layers, sizeof(dev_layer));
     if (!st->layers) return kvs_error(KVS_ENOMEM, "out of memory");
@@ -214,27 +222,27 @@ static int upload_weights(fwd_cuda_state *st, const model *m)
         dev_layer *dl = &st->layers[l];
         TAKE(dl->attn_norm, float, D * 4);
         TAKE(dl->ffn_norm, float, D * 4);
-        TAKE(dl->wqkv, kvs_half, QKV * D * H);
-        TAKE(dl->wo, kvs_half, D * Hq * hd * H);
-        TAKE(dl->w_gate_up, kvs_half, 2 * F * D * H);
-        TAKE(dl->w_down, kvs_half, D * F * H);
+        TAKE(dl->wqkv, void, QKV * D * H);
+        TAKE(dl->wo, void, D * Hq * hd * H);
+        TAKE(dl->w_gate_up, void, 2 * F * D * H);
+        TAKE(dl->w_down, void, D * F * H);
     }
 #undef TAKE
     const size_t stage_n = (size_t)1 << 24;
     float *stage = NULL;
     KVS_CUDA_TRY(cudaMalloc(&stage, stage_n * sizeof(float)));
-    int rc = upload_half(st->tok_embd, m->tok_embd, V * D, stage, stage_n);
-    if (!rc && !tied) rc = upload_half(st->output, m->output, V * D, stage, stage_n);
+    int rc = upload_half(st, st->tok_embd, m->tok_embd, V * D, stage, stage_n);
+    if (!rc && !tied) rc = upload_half(st, st->output, m->output, V * D, stage, stage_n);
     if (!rc) rc = kvs_cuda_upload(st->output_norm, m->output_norm, D * 4);
     for (int l = 0; l < c->n_layers && !rc; l++) {
         const model_layer *ly = &m->layers[l];
         dev_layer *dl = &st->layers[l];
         if (!rc) rc = kvs_cuda_upload(dl->attn_norm, ly->attn_norm, D * 4);
         if (!rc) rc = kvs_cuda_upload(dl->ffn_norm, ly->ffn_norm, D * 4);
-        if (!rc) rc = upload_half(dl->wqkv, ly->wqkv, QKV * D, stage, stage_n);
-        if (!rc) rc = upload_half(dl->wo, ly->wo, D * Hq * hd, stage, stage_n);
-        if (!rc) rc = upload_half(dl->w_gate_up, ly->w_gate_up, 2 * F * D, stage, stage_n);
-        if (!rc) rc = upload_half(dl->w_down, ly->w_down, D * F, stage, stage_n);
+        if (!rc) rc = upload_half(st, dl->wqkv, ly->wqkv, QKV * D, stage, stage_n);
+        if (!rc) rc = upload_half(st, dl->wo, ly->wo, D * Hq * hd, stage, stage_n);
+        if (!rc) rc = upload_half(st, dl->w_gate_up, ly->w_gate_up, 2 * F * D, stage, stage_n);
+        if (!rc) rc = upload_half(st, dl->w_down, ly->w_down, D * F, stage, stage_n);
     }
     cudaFree(stage);
     return rc;
@@ -296,15 +304,20 @@ extern "C" void fwd_cuda_destroy(fwd_cuda_state *st)
 }
 
 extern "C" int fwd_cuda_create(const model *m, int page_slots, size_t kv_bytes,
-                               double kv_fraction, fwd_cuda_state **out)
+                               double kv_fraction, const kv_format *kv_fmt,
+                               fwd_cuda_state **out)
 {
     *out = NULL;
-    const model_config *c = &m->cfg;
+    if (kv_fmt && kv_fmt != &kv_fmt_f16 && kv_fmt != &kv_fmt_bf16)
+        return kvs_error(KVS_EUNSUPPORTED, "the CUDA backend stores KV as f16 or bf16, not %s",
+                         kv_fmt->name);
+    const int dtype = kv_fmt == &kv_fmt_bf16 ? MEM_CUDA_BF16 : MEM_CUDA_F16;
     int n_dev = 0;
     if (cudaGetDeviceCount(&n_dev) != cudaSuccess || n_dev == 0) {
         (void)cudaGetLastError();
         return kvs_error(KVS_EUNSUPPORTED, "no CUDA device is visible (use --device cpu)");
     }
+    const model_config *c = &m->cfg;
     if (c->head_dim != 64 && c->head_dim != 128)
         return kvs_error(KVS_EUNSUPPORTED, "the CUDA backend supports head dim 64 or 128; "
                          "this model has %d (use --device cpu)", c->head_dim);
@@ -315,6 +328,7 @@ extern "C" int fwd_cuda_create(const model *m, int page_slots, size_t kv_bytes,
     fwd_cuda_state *st = (fwd_cuda_state *)calloc(1, sizeof *st);
     if (!st) return kvs_error(KVS_ENOMEM, "out of memory");
     st->cfg = *c;
+    st->dtype = dtype;
     kvs_filter_cache_init(&st->fc, c);
     const char *g = getenv("KVS_CUDA_GRAPHS");
     st->graphs_on = g && g[0] == '1';
@@ -371,7 +385,8 @@ extern "C" int fwd_cuda_create(const model *m, int page_slots, size_t kv_bytes,
                            (long long)n_pages, page, c->n_layers * c->n_kv_heads);
             goto fail;
         }
-        if ((rc = mem_cuda_pool_create(page_slots, c->head_dim, (int32_t)n_pages, &st->pool)))
+        if ((rc = mem_cuda_pool_create(page_slots, c->head_dim, (int32_t)n_pages, dtype,
+                                       &st->pool)))
             goto fail;
     }
 #undef TRY
@@ -386,7 +401,12 @@ extern "C" int32_t fwd_cuda_n_pages(const fwd_cuda_state *st) { return st->pool-
 
 extern "C" size_t fwd_cuda_slot_bytes(const fwd_cuda_state *st)
 {
-    return 2 * (size_t)st->cfg.head_dim * sizeof(kvs_half);
+    return 2 * (size_t)st->cfg.head_dim * sizeof(uint16_t); // K + V rows, 16 bits an element
+}
+
+extern "C" const kv_format *fwd_cuda_kv_format(const fwd_cuda_state *st)
+{
+    return st->dtype == MEM_CUDA_BF16 ? &kv_fmt_bf16 : &kv_fmt_f16;
 }
 
 extern "C" const fwd_timing *fwd_cuda_last_timing(const fwd_cuda_state *st)
@@ -414,7 +434,7 @@ static int ensure_buffers(fwd_cuda_state *st, const kvs_plan *p, int n_split)
     const model_config *c = &st->cfg;
     const size_t D = c->d_model, hd = c->head_dim, Hq = c->n_heads, Hkv = c->n_kv_heads;
     const size_t QKV = (Hq + 2 * Hkv) * hd, F = c->d_ff, L = c->n_layers, V = c->n_vocab;
-    const size_t H = sizeof(kvs_half);
+    const size_t H = sizeof(uint16_t); // either 16-bit type
     int rc;
     if (p->T > st->cap_T) {
         const size_t T = (size_t)p->T + p->T / 4 + 16;
@@ -466,7 +486,8 @@ static int run_body(fwd_cuda_state *st, const kvs_plan *dp, int n_split)
     const int QKV = (Hq + 2 * Hkv) * hd;
     void *s = st->stream;
     int rc;
-    if ((rc = kvs_k_embed(st->tok_embd, dp->tok, T, D, st->x, s))) return rc;
+    const int dt = st->dtype;
+    if ((rc = kvs_k_embed(st->tok_embd, dp->tok, T, D, st->x, dt, s))) return rc;
     kvs_rope_kv_args ra;
     memset(&ra, 0, sizeof ra);
     ra.qkv = st->qkv;
@@ -510,7 +531,8 @@ static int run_body(fwd_cuda_state *st, const kvs_plan *dp, int n_split)
     tmark(st, PH_OTHER);
     for (int l = 0; l < L; l++) {
         const dev_layer *ly = &st->layers[l];
-        if ((rc = kvs_k_rmsnorm(st->x, NULL, T, D, ly->attn_norm, c->rms_eps, st->h, s))) return rc;
+        if ((rc = kvs_k_rmsnorm(st->x, NULL, T, D, ly->attn_norm, c->rms_eps, st->h, dt, s)))
+            return rc;
         tmark(st, PH_OTHER);
         if ((rc = gemm(st, st->h, ly->wqkv, st->qkv, T, QKV, D, 0.0f))) return rc;
         tmark(st, PH_GEMM);
@@ -528,17 +550,19 @@ static int run_body(fwd_cuda_state *st, const kvs_plan *dp, int n_split)
         tmark(st, PH_ATT);
         if ((rc = gemm(st, st->att, ly->wo, st->x, T, D, Hq * hd, 1.0f))) return rc;
         tmark(st, PH_GEMM);
-        if ((rc = kvs_k_rmsnorm(st->x, NULL, T, D, ly->ffn_norm, c->rms_eps, st->h, s))) return rc;
+        if ((rc = kvs_k_rmsnorm(st->x, NULL, T, D, ly->ffn_norm, c->rms_eps, st->h, dt, s)))
+            return rc;
         tmark(st, PH_OTHER);
         if ((rc = gemm(st, st->h, ly->w_gate_up, st->gu, T, 2 * F, D, 0.0f))) return rc;
         tmark(st, PH_GEMM);
-        if ((rc = kvs_k_swiglu(st->gu, T, F, st->act, s))) return rc;
+        if ((rc = kvs_k_swiglu(st->gu, T, F, st->act, dt, s))) return rc;
         tmark(st, PH_OTHER);
         if ((rc = gemm(st, st->act, ly->w_down, st->x, T, D, F, 1.0f))) return rc;
         tmark(st, PH_GEMM);
     }
     if (R > 0) {
-        if ((rc = kvs_k_rmsnorm(st->x, dp->rows, R, D, st->output_norm, c->rms_eps, st->xr, s)))
+        if ((rc = kvs_k_rmsnorm(st->x, dp->rows, R, D, st->output_norm, c->rms_eps, st->xr, dt,
+                                s)))
             return rc;
         if ((rc = gemm(st, st->xr, st->output, st->logits, R, V, D, 0.0f))) return rc;
     }
@@ -742,7 +766,8 @@ extern "C" int kvs_cuda_copy_slots(fwd_cuda_state *st, const int32_t *src, const
     return 0;
 }
 
-__global__ void k_gather_keys(const kvs_half *K, const int32_t *gslots, int n, int hd, float *out)
+template <typename H>
+__global__ void k_gather_keys(const H *K, const int32_t *gslots, int n, int hd, float *out)
 {
     for (long i = blockIdx.x * (long)blockDim.x + threadIdx.x; i < (long)n * hd;
          i += (long)gridDim.x * blockDim.x)
@@ -755,8 +780,19 @@ __global__ void k_scatter_scores(float *score, const int32_t *gslots, const floa
         score[gslots[i]] = v[i];
 }
 
+template <typename H>
+static int launch_gather(const void *base, const int32_t *gslots, int n, int hd, float *out,
+                         cudaStream_t s)
+{
+    long total = (long)n * hd, blocks = (total + 255) / 256;
+    KVS_LAUNCH((k_gather_keys<H>), blocks < 4096 ? (int)blocks : 4096, 256, s, (const H *)base,
+               gslots, n, hd, out);
+    KVS_CUDA_LAUNCHED("k_gather_keys");
+    return 0;
+}
+
 // Gather n rows of a device K or V array into fp32 on the host.
-static int read_rows(fwd_cuda_state *st, const kvs_half *base, const int32_t *gslots, int n,
+static int read_rows(fwd_cuda_state *st, const void *base, const int32_t *gslots, int n,
                      float *out)
 {
     if (n <= 0) return 0;
@@ -766,10 +802,9 @@ static int read_rows(fwd_cuda_state *st, const kvs_half *base, const int32_t *gs
     if (rc) return rc;
     KVS_CUDA_TRY(cudaMemcpyAsync(st->idx_d, gslots, n * sizeof(int32_t), cudaMemcpyHostToDevice,
                                  st->stream));
-    long total = (long)n * hd, blocks = (total + 255) / 256;
-    KVS_LAUNCH((k_gather_keys), blocks < 4096 ? (int)blocks : 4096, 256, st->stream, 
-        base, st->idx_d, n, hd, st->fscratch_d);
-    KVS_CUDA_LAUNCHED("k_gather_keys");
+    if ((rc = KVS_HALF_DISPATCH(st->dtype == MEM_CUDA_BF16, launch_gather, base, st->idx_d, n,
+                                hd, st->fscratch_d, st->stream)))
+        return rc;
     KVS_CUDA_TRY(cudaMemcpyAsync(out, st->fscratch_d, (size_t)n * hd * 4, cudaMemcpyDeviceToHost,
                                  st->stream));
     KVS_CUDA_TRY(cudaStreamSynchronize(st->stream));
@@ -778,12 +813,12 @@ static int read_rows(fwd_cuda_state *st, const kvs_half *base, const int32_t *gs
 
 extern "C" int kvs_cuda_read_keys(fwd_cuda_state *st, const int32_t *gslots, int n, float *out)
 {
-    return read_rows(st, (const kvs_half *)st->pool->k, gslots, n, out);
+    return read_rows(st, st->pool->k, gslots, n, out);
 }
 
 extern "C" int kvs_cuda_read_values(fwd_cuda_state *st, const int32_t *gslots, int n, float *out)
 {
-    return read_rows(st, (const kvs_half *)st->pool->v, gslots, n, out);
+    return read_rows(st, st->pool->v, gslots, n, out);
 }
 
 extern "C" int kvs_cuda_write_scores(fwd_cuda_state *st, const int32_t *gslots,
@@ -807,8 +842,9 @@ extern "C" int kvs_cuda_write_scores(fwd_cuda_state *st, const int32_t *gslots,
 
 // ==== benchmark entry points (tools/cmd_bench_cuda.c) ===============================================
 
-// Pseudo-random 16-bit values in [-1, 1) (a hash of the index), for synthetic K/V and q.
-__global__ void k_fill_random(kvs_half *x, size_t n, uint32_t seed)
+// Pseudo-random fp16 values in [-1, 1) (a hash of the index), for synthetic K/V and q. The
+// benchmarks run on fp16 pools (bf16 moves the same bytes through the same kernels).
+__global__ void k_fill_random(__half *x, size_t n, uint32_t seed)
 {
     for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n;
          i += (size_t)gridDim.x * blockDim.x) {
@@ -816,7 +852,7 @@ __global__ void k_fill_random(kvs_half *x, size_t n, uint32_t seed)
         h ^= h >> 15;
         h *= 2246822519u;
         h ^= h >> 13;
-        x[i] = f2h((float)(h & 0xffff) / 32768.0f - 1.0f);
+        x[i] = f2h<__half>((float)(h & 0xffff) / 32768.0f - 1.0f);
     }
 }
 
@@ -825,7 +861,7 @@ static int fill_random(void *x, size_t n, uint32_t seed)
     if (!n) return 0;
     size_t blocks = (n + 255) / 256;
     KVS_LAUNCH((k_fill_random), (unsigned)(blocks < 65535 ? blocks : 65535), 256, (cudaStream_t)0,
-               (kvs_half *)x, n, seed);
+               (__half *)x, n, seed);
     KVS_CUDA_LAUNCHED("k_fill_random");
     return 0;
 }
@@ -879,7 +915,7 @@ static int bench_layout_make(bench_layout *bl, int n_streams, int slots, int hd,
     bl->pages_per_stream = (slots + P - 1) / P;
     int64_t n_pages = (int64_t)n_streams * bl->pages_per_stream;
     if (n_pages * P > INT32_MAX) return kvs_error(KVS_EINVAL, "benchmark layout too large");
-    int rc = mem_cuda_pool_create(P, hd, (int32_t)n_pages, &bl->pool);
+    int rc = mem_cuda_pool_create(P, hd, (int32_t)n_pages, MEM_CUDA_F16, &bl->pool);
     if (rc) return rc;
     bl->pt_h = (int32_t *)malloc((size_t)n_pages * 4);
     int32_t *pos = (int32_t *)malloc((size_t)n_pages * P * 4);
@@ -974,7 +1010,7 @@ extern "C" int kvs_cuda_bench_attention(int n_seqs, int ctx, int Hkv, int G, int
         }
         *seconds = best;
         // K and V rows of the live slots, pos of every slot, page-table entries
-        *bytes = (double)bl.live * 2.0 * hd * sizeof(kvs_half) +
+        *bytes = (double)bl.live * 2.0 * hd * sizeof(uint16_t) +
                  (double)n_streams * ctx * 4.0 + (double)n_streams * bl.pages_per_stream * 4.0;
         *n_split_out = n_split;
     }
@@ -1035,7 +1071,7 @@ extern "C" int kvs_cuda_bench_compaction(int n_streams, int slots, int hd, int P
         for (int s = 0; s < n_streams && !rc; s++) *moves += cnt[s];
         free(cnt);
         // per move: K and V rows read and written, pos and score read and written, pos cleared
-        *bytes = (double)*moves * (2.0 * 2.0 * hd * sizeof(kvs_half) + 4 * 4.0 + 4.0) +
+        *bytes = (double)*moves * (2.0 * 2.0 * hd * sizeof(uint16_t) + 4 * 4.0 + 4.0) +
                  (double)n_streams * slots * 4.0; // the plan reads every pos
     }
     if (e0) cudaEventDestroy(e0);
@@ -1053,7 +1089,7 @@ extern "C" int kvs_cuda_bench_kv_write(int T, int Hq, int Hkv, int hd, int iters
     const int P = 16, QKV = (Hq + 2 * Hkv) * hd;
     const int32_t n_pages = (int32_t)(((int64_t)T * Hkv + P - 1) / P);
     mem_cuda_pool *pool;
-    int rc = mem_cuda_pool_create(P, hd, n_pages, &pool);
+    int rc = mem_cuda_pool_create(P, hd, n_pages, MEM_CUDA_F16, &pool);
     if (rc) return rc;
     int32_t *pos = (int32_t *)malloc(T * 4), *ts = (int32_t *)calloc(T, 4);
     int32_t *sm = (int32_t *)malloc((size_t)T * Hkv * 4);

@@ -1,7 +1,10 @@
 // kernels.cu — the forward kernels of the CUDA backend and their C launchers (kvs_cuda.h),
 // plus small device-memory helpers. Each kernel's CPU twin is in engine/kernels_ref.c; the
 // equivalence tests are tests/cuda/test_cuda_kernels.c. Design notes: docs/CUDA.md.
-#include "engine/cuda/cuda_common.cuh"
+// Kernels that touch 16-bit data are templates on its element type H (__half or
+// __nv_bfloat16); each launcher picks H from its `dtype` argument or the pool's.
+#include "core/cuda/cuda_common.cuh"
+#include "engine/cuda/kvs_cuda.h"
 
 #include <limits.h>
 #include <stdio.h>
@@ -10,14 +13,16 @@
 
 // ==== conversions, embedding, norms, SwiGLU =====================================================
 
-__global__ void k_f32_to_half(const float *in, kvs_half *out, size_t n)
+template <typename H>
+__global__ void k_f32_to_half(const float *in, H *out, size_t n)
 {
     for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n;
          i += (size_t)gridDim.x * blockDim.x)
-        out[i] = f2h(in[i]);
+        out[i] = f2h<H>(in[i]);
 }
 
-__global__ void k_half_to_f32(const kvs_half *in, float *out, size_t n)
+template <typename H>
+__global__ void k_half_to_f32(const H *in, float *out, size_t n)
 {
     for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n;
          i += (size_t)gridDim.x * blockDim.x)
@@ -32,43 +37,78 @@ static unsigned grid_for(size_t n, unsigned threads)
     return (unsigned)b;
 }
 
-extern "C" int kvs_k_f32_to_half(const float *in, void *out, size_t n, void *stream)
+static int bad_dtype(int dtype)
 {
-    if (n == 0) return 0;
-    KVS_LAUNCH((k_f32_to_half), grid_for(n, 256), 256, KVS_STREAM(stream), in, (kvs_half *)out, n);
+    return kvs_error(KVS_EINVAL, "CUDA kernels: unknown 16-bit type %d", dtype);
+}
+#define CHECK_DTYPE(dt)                                                                    \
+    do {                                                                                   \
+        if ((dt) != MEM_CUDA_F16 && (dt) != MEM_CUDA_BF16) return bad_dtype(dt);           \
+    } while (0)
+
+template <typename H>
+static int launch_f32_to_half(const float *in, void *out, size_t n, cudaStream_t st)
+{
+    KVS_LAUNCH((k_f32_to_half<H>), grid_for(n, 256), 256, st, in, (H *)out, n);
     KVS_CUDA_LAUNCHED("k_f32_to_half");
     return 0;
 }
 
-extern "C" int kvs_k_half_to_f32(const void *in, float *out, size_t n, void *stream)
+extern "C" int kvs_k_f32_to_half(const float *in, void *out, size_t n, int dtype, void *stream)
 {
+    CHECK_DTYPE(dtype);
     if (n == 0) return 0;
-    KVS_LAUNCH((k_half_to_f32), grid_for(n, 256), 256, KVS_STREAM(stream), (const kvs_half *)in,
-               out, n);
+    return KVS_HALF_DISPATCH(dtype == MEM_CUDA_BF16, launch_f32_to_half, in, out, n,
+                             KVS_STREAM(stream));
+}
+
+template <typename H>
+static int launch_half_to_f32(const void *in, float *out, size_t n, cudaStream_t st)
+{
+    KVS_LAUNCH((k_half_to_f32<H>), grid_for(n, 256), 256, st, (const H *)in, out, n);
     KVS_CUDA_LAUNCHED("k_half_to_f32");
     return 0;
 }
 
+extern "C" int kvs_k_half_to_f32(const void *in, float *out, size_t n, int dtype, void *stream)
+{
+    CHECK_DTYPE(dtype);
+    if (n == 0) return 0;
+    return KVS_HALF_DISPATCH(dtype == MEM_CUDA_BF16, launch_half_to_f32, in, out, n,
+                             KVS_STREAM(stream));
+}
+
 // x[t][D] = table[tok[t]][D]: one block per token.
-__global__ void k_embed(const kvs_half *table, const int32_t *tok, int D, float *x)
+template <typename H>
+__global__ void k_embed(const H *table, const int32_t *tok, int D, float *x)
 {
     const size_t t = blockIdx.x;
-    const kvs_half *row = table + (size_t)tok[t] * D;
+    const H *row = table + (size_t)tok[t] * D;
     for (int i = threadIdx.x; i < D; i += blockDim.x) x[t * D + i] = h2f(row[i]);
 }
 
-extern "C" int kvs_k_embed(const void *table, const int32_t *tok, int T, int D, float *x,
-                           void *stream)
+template <typename H>
+static int launch_embed(const void *table, const int32_t *tok, int T, int D, float *x,
+                        cudaStream_t st)
 {
-    if (T <= 0) return 0;
-    KVS_LAUNCH((k_embed), T, 256, KVS_STREAM(stream), (const kvs_half *)table, tok, D, x);
+    KVS_LAUNCH((k_embed<H>), T, 256, st, (const H *)table, tok, D, x);
     KVS_CUDA_LAUNCHED("k_embed");
     return 0;
 }
 
+extern "C" int kvs_k_embed(const void *table, const int32_t *tok, int T, int D, float *x,
+                           int dtype, void *stream)
+{
+    CHECK_DTYPE(dtype);
+    if (T <= 0) return 0;
+    return KVS_HALF_DISPATCH(dtype == MEM_CUDA_BF16, launch_embed, table, tok, T, D, x,
+                             KVS_STREAM(stream));
+}
+
 // out[r] = x[row] / sqrt(mean(x^2) + eps) * w, one block per row, fp32 sums, 16-bit output.
+template <typename H>
 __global__ void k_rmsnorm(const float *x, const int32_t *rows, int D, const float *w, float eps,
-                          kvs_half *out)
+                          H *out)
 {
     __shared__ float red[32];
     const size_t r = blockIdx.x, row = rows ? (size_t)rows[r] : r;
@@ -77,38 +117,55 @@ __global__ void k_rmsnorm(const float *x, const int32_t *rows, int D, const floa
     for (int i = threadIdx.x; i < D; i += blockDim.x) ss += xr[i] * xr[i];
     ss = block_sum(ss, red);
     const float inv = 1.0f / sqrtf(ss / (float)D + eps);
-    for (int i = threadIdx.x; i < D; i += blockDim.x) out[r * D + i] = f2h(xr[i] * inv * w[i]);
+    for (int i = threadIdx.x; i < D; i += blockDim.x) out[r * D + i] = f2h<H>(xr[i] * inv * w[i]);
 }
 
-extern "C" int kvs_k_rmsnorm(const float *x, const int32_t *rows, int R, int D, const float *w,
-                             float eps, void *out, void *stream)
+template <typename H>
+static int launch_rmsnorm(const float *x, const int32_t *rows, int R, int D, const float *w,
+                          float eps, void *out, cudaStream_t st)
 {
-    if (R <= 0) return 0;
-    KVS_LAUNCH((k_rmsnorm), R, 256, KVS_STREAM(stream), x, rows, D, w, eps, (kvs_half *)out);
+    KVS_LAUNCH((k_rmsnorm<H>), R, 256, st, x, rows, D, w, eps, (H *)out);
     KVS_CUDA_LAUNCHED("k_rmsnorm");
     return 0;
 }
 
+extern "C" int kvs_k_rmsnorm(const float *x, const int32_t *rows, int R, int D, const float *w,
+                             float eps, void *out, int dtype, void *stream)
+{
+    CHECK_DTYPE(dtype);
+    if (R <= 0) return 0;
+    return KVS_HALF_DISPATCH(dtype == MEM_CUDA_BF16, launch_rmsnorm, x, rows, R, D, w, eps, out,
+                             KVS_STREAM(stream));
+}
+
 // act[t][i] = silu(g) * u with g = gu[t][i], u = gu[t][F + i].
-__global__ void k_swiglu(const float *gu, size_t T, int F, kvs_half *act)
+template <typename H>
+__global__ void k_swiglu(const float *gu, size_t T, int F, H *act)
 {
     const size_t n = T * (size_t)F;
     for (size_t k = blockIdx.x * (size_t)blockDim.x + threadIdx.x; k < n;
          k += (size_t)gridDim.x * blockDim.x) {
         size_t t = k / F, i = k - t * F;
         float g = gu[t * 2 * F + i], u = gu[t * 2 * F + F + i];
-        act[k] = f2h(g / (1.0f + expf(-g)) * u);
+        act[k] = f2h<H>(g / (1.0f + expf(-g)) * u);
     }
 }
 
-extern "C" int kvs_k_swiglu(const float *gu, int T, int F, void *act, void *stream)
+template <typename H>
+static int launch_swiglu(const float *gu, int T, int F, void *act, cudaStream_t st)
 {
-    if (T <= 0) return 0;
     size_t n = (size_t)T * F;
-    KVS_LAUNCH((k_swiglu), grid_for(n, 256), 256, KVS_STREAM(stream), gu, (size_t)T, F,
-               (kvs_half *)act);
+    KVS_LAUNCH((k_swiglu<H>), grid_for(n, 256), 256, st, gu, (size_t)T, F, (H *)act);
     KVS_CUDA_LAUNCHED("k_swiglu");
     return 0;
+}
+
+extern "C" int kvs_k_swiglu(const float *gu, int T, int F, void *act, int dtype, void *stream)
+{
+    CHECK_DTYPE(dtype);
+    if (T <= 0) return 0;
+    return KVS_HALF_DISPATCH(dtype == MEM_CUDA_BF16, launch_swiglu, gu, T, F, act,
+                             KVS_STREAM(stream));
 }
 
 // ==== RoPE + K/V write + key score ===============================================================
@@ -116,6 +173,7 @@ extern "C" int kvs_k_swiglu(const float *gu, int T, int F, void *act, void *stre
 // the page slots the host assigned, and score each key by its sequence's kind from the fp32
 // rotated key (one warp per KV head), so the policy's score costs no extra pass over K.
 
+template <typename H>
 __global__ void __launch_bounds__(256) k_rope_kv_write(kvs_rope_kv_args a)
 {
     const int t = blockIdx.x, hd = a.hd, half = hd / 2, Hq = a.Hq, Hkv = a.Hkv;
@@ -133,12 +191,12 @@ __global__ void __launch_bounds__(256) k_rope_kv_write(kvs_rope_kv_args a)
     }
     __syncthreads();
     const kvs_seq_info si = a.seq[a.tok_seq[t]];
-    kvs_half *K = (kvs_half *)a.pool.k, *V = (kvs_half *)a.pool.v;
+    H *K = (H *)a.pool.k, *V = (H *)a.pool.v;
     for (int idx = threadIdx.x; idx < Hkv * hd; idx += blockDim.x) {
         int h = idx / hd, e = idx - h * hd;
         size_t g = (size_t)a.slot_map[(size_t)t * Hkv + h];
-        K[g * hd + e] = f2h(row[(size_t)(Hq + h) * hd + e]);
-        V[g * hd + e] = f2h(row[(size_t)(Hq + Hkv + h) * hd + e]);
+        K[g * hd + e] = f2h<H>(row[(size_t)(Hq + h) * hd + e]);
+        V[g * hd + e] = f2h<H>(row[(size_t)(Hq + Hkv + h) * hd + e]);
     }
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
     for (int h = warp; h < Hkv; h += nw) {
@@ -172,12 +230,20 @@ __global__ void __launch_bounds__(256) k_rope_kv_write(kvs_rope_kv_args a)
     }
 }
 
-extern "C" int kvs_k_rope_kv_write(const kvs_rope_kv_args *a, void *stream)
+template <typename H>
+static int launch_rope_kv_write(const kvs_rope_kv_args *a, cudaStream_t st)
 {
-    if (a->T <= 0) return 0;
-    KVS_LAUNCH((k_rope_kv_write), a->T, 256, KVS_STREAM(stream), *a);
+    KVS_LAUNCH((k_rope_kv_write<H>), a->T, 256, st, *a);
     KVS_CUDA_LAUNCHED("k_rope_kv_write");
     return 0;
+}
+
+extern "C" int kvs_k_rope_kv_write(const kvs_rope_kv_args *a, void *stream)
+{
+    CHECK_DTYPE(a->pool.dtype);
+    if (a->T <= 0) return 0;
+    return KVS_HALF_DISPATCH(a->pool.dtype == MEM_CUDA_BF16, launch_rope_kv_write, a,
+                             KVS_STREAM(stream));
 }
 
 // ==== paged decode attention (split along the stream) ===========================================
@@ -201,7 +267,7 @@ __device__ __forceinline__ void merge_state(float &m, float &l, float *acc, floa
     m = mn;
 }
 
-template <int HD, int GB>
+template <typename H, int HD, int GB>
 __global__ void __launch_bounds__(128) k_attn_decode(kvs_attn_args a, int n_chunks)
 {
     constexpr int NW = 4, LPS = HD / 8, SPW = 32 / LPS;
@@ -252,7 +318,7 @@ __global__ void __launch_bounds__(128) k_attn_decode(kvs_attn_args a, int n_chun
             }
         }
         float kf[8];
-        unpack8(kk, kf);
+        unpack8<H>(kk, kf);
         float d[GB];
 #pragma unroll
         for (int g = 0; g < GB; g++) {
@@ -265,7 +331,7 @@ __global__ void __launch_bounds__(128) k_attn_decode(kvs_attn_args a, int n_chun
         }
         if (vis) {
             float vf[8];
-            unpack8(vv, vf);
+            unpack8<H>(vv, vf);
 #pragma unroll
             for (int g = 0; g < GB; g++) {
                 float mn = fmaxf(m[g], d[g]);
@@ -299,7 +365,7 @@ __global__ void __launch_bounds__(128) k_attn_decode(kvs_attn_args a, int n_chun
         }
     }
     __syncthreads();
-    kvs_half *out = (kvs_half *)a.out;
+    H *out = (H *)a.out;
     for (int i = threadIdx.x; i < GB * HD; i += blockDim.x) {
         const int g = i / HD, e = i - g * HD, hq = hk * G + g0 + g;
         if (g >= gc) continue;
@@ -317,7 +383,7 @@ __global__ void __launch_bounds__(128) k_attn_decode(kvs_attn_args a, int n_chun
             }
         }
         if (n_split == 1) {
-            out[(size_t)t * a.out_stride + (size_t)hq * HD + e] = f2h(Ls > 0.0f ? A / Ls : 0.0f);
+            out[(size_t)t * a.out_stride + (size_t)hq * HD + e] = f2h<H>(Ls > 0.0f ? A / Ls : 0.0f);
         } else {
             float *pp = a.part + (((size_t)split * a.n_dec + item) * a.Hq + hq) * (HD + 2);
             pp[e] = A;
@@ -327,7 +393,7 @@ __global__ void __launch_bounds__(128) k_attn_decode(kvs_attn_args a, int n_chun
 }
 
 // Merge the splits of one (token, query head) row: one block of HD threads per row.
-template <int HD>
+template <typename H, int HD>
 __global__ void k_attn_combine(kvs_attn_args a)
 {
     const int row = blockIdx.x, item = row / a.Hq, hq = row - item * a.Hq, e = threadIdx.x;
@@ -345,8 +411,8 @@ __global__ void k_attn_combine(kvs_attn_args a)
             A += p[e] * f;
             L += p[HD + 1] * f;
         }
-    ((kvs_half *)a.out)[(size_t)t * a.out_stride + (size_t)hq * HD + e] =
-        f2h(L > 0.0f ? A / L : 0.0f);
+    ((H *)a.out)[(size_t)t * a.out_stride + (size_t)hq * HD + e] =
+        f2h<H>(L > 0.0f ? A / L : 0.0f);
 }
 
 // Query heads per decode block: G up to 4, else 8 (the last chunk predicated).
@@ -365,30 +431,36 @@ extern "C" int kvs_attn_decode_splits(int n_dec, int Hkv, int G, int max_pages, 
     return want < 1 ? 1 : (int)want;
 }
 
-template <int HD, int GB>
+template <typename H, int HD, int GB>
 static int launch_decode(const kvs_attn_args *a, cudaStream_t st)
 {
     const int n_chunks = decode_chunks(a->Hq / a->Hkv);
     dim3 grid(a->n_dec, a->Hkv * n_chunks, a->n_split);
-    KVS_LAUNCH((k_attn_decode<HD, GB>), grid, 128, st, *a, n_chunks);
+    KVS_LAUNCH((k_attn_decode<H, HD, GB>), grid, 128, st, *a, n_chunks);
     KVS_CUDA_LAUNCHED("k_attn_decode");
     if (a->n_split > 1) {
-        KVS_LAUNCH((k_attn_combine<HD>), a->n_dec * a->Hq, HD, st, *a);
+        KVS_LAUNCH((k_attn_combine<H, HD>), a->n_dec * a->Hq, HD, st, *a);
         KVS_CUDA_LAUNCHED("k_attn_combine");
     }
     return 0;
 }
 
-template <int HD>
+template <typename H, int HD>
 static int launch_decode_hd(const kvs_attn_args *a, cudaStream_t st)
 {
     switch (decode_gb(a->Hq / a->Hkv)) {
-    case 8: return launch_decode<HD, 8>(a, st);
-    case 4: return launch_decode<HD, 4>(a, st);
-    case 3: return launch_decode<HD, 3>(a, st);
-    case 2: return launch_decode<HD, 2>(a, st);
-    default: return launch_decode<HD, 1>(a, st);
+    case 8: return launch_decode<H, HD, 8>(a, st);
+    case 4: return launch_decode<H, HD, 4>(a, st);
+    case 3: return launch_decode<H, HD, 3>(a, st);
+    case 2: return launch_decode<H, HD, 2>(a, st);
+    default: return launch_decode<H, HD, 1>(a, st);
     }
+}
+
+template <typename H>
+static int launch_decode_t(const kvs_attn_args *a, cudaStream_t st)
+{
+    return a->hd == 64 ? launch_decode_hd<H, 64>(a, st) : launch_decode_hd<H, 128>(a, st);
 }
 
 extern "C" int kvs_k_attn_decode(const kvs_attn_args *a, void *stream)
@@ -399,10 +471,12 @@ extern "C" int kvs_k_attn_decode(const kvs_attn_args *a, void *stream)
     if (a->n_split > 1 && !a->part)
         return kvs_error(KVS_EINVAL, "decode attention: %d splits need a partials buffer",
                          a->n_split);
-    if (a->hd == 64) return launch_decode_hd<64>(a, KVS_STREAM(stream));
-    if (a->hd == 128) return launch_decode_hd<128>(a, KVS_STREAM(stream));
-    return kvs_error(KVS_EUNSUPPORTED, "CUDA attention supports head dim 64 or 128, not %d",
-                     a->hd);
+    CHECK_DTYPE(a->pool.dtype);
+    if (a->hd != 64 && a->hd != 128)
+        return kvs_error(KVS_EUNSUPPORTED, "CUDA attention supports head dim 64 or 128, not %d",
+                         a->hd);
+    return KVS_HALF_DISPATCH(a->pool.dtype == MEM_CUDA_BF16, launch_decode_t, a,
+                             KVS_STREAM(stream));
 }
 
 // ==== prefill attention (causal, flash-style) ====================================================
@@ -413,13 +487,14 @@ extern "C" int kvs_k_attn_decode(const kvs_attn_args *a, void *stream)
 // skipped. Each warp owns ROWS/4 rows; lane j scores key j, the warp keeps the online softmax
 // (log2 domain) and lane e accumulates output dims e, e+32, ...
 
-template <int HD>
+template <typename H, int HD>
 __global__ void __launch_bounds__(128) k_attn_prefill(kvs_attn_args a)
 {
+    typedef typename kvs_h16<H>::pair H2;
     constexpr int NW = 4, ROWS = HD <= 64 ? 64 : 32, RPW = ROWS / NW, KT = 32, EPL = HD / 32;
     __shared__ __align__(16) float q_s[ROWS][HD];
-    __shared__ __align__(16) kvs_half2 k_s[KT][HD / 2 + 1];
-    __shared__ __align__(16) kvs_half v_s[KT][HD];
+    __shared__ __align__(16) H2 k_s[KT][HD / 2 + 1];
+    __shared__ __align__(16) H v_s[KT][HD];
     __shared__ int32_t kpos_s[KT];
     __shared__ int32_t qpos_s[ROWS];
     const kvs_tile tile = a.tiles[blockIdx.x];
@@ -467,7 +542,7 @@ __global__ void __launch_bounds__(128) k_attn_prefill(kvs_attn_args a)
                     kp = -1;
                 }
             }
-            const kvs_half2 *kh = reinterpret_cast<const kvs_half2 *>(&kk);
+            const H2 *kh = reinterpret_cast<const H2 *>(&kk);
 #pragma unroll
             for (int q = 0; q < 4; q++) k_s[jj][c * 4 + q] = kh[q];
             *reinterpret_cast<uint4 *>(&v_s[jj][c * 8]) = vv;
@@ -484,7 +559,7 @@ __global__ void __launch_bounds__(128) k_attn_prefill(kvs_attn_args a)
             float d = 0.0f;
 #pragma unroll 8
             for (int e2 = 0; e2 < HD / 2; e2++) {
-                float2 kf = h22f2(k_s[lane][e2]);
+                float2 kf = kvs_h16<H>::to_f2(k_s[lane][e2]);
                 d += q_s[r][2 * e2] * kf.x + q_s[r][2 * e2 + 1] * kf.y;
             }
             const float sc = vis ? d : -CUDART_INF_F;
@@ -503,7 +578,7 @@ __global__ void __launch_bounds__(128) k_attn_prefill(kvs_attn_args a)
             }
         }
     }
-    kvs_half *out = (kvs_half *)a.out;
+    H *out = (H *)a.out;
 #pragma unroll
     for (int i = 0; i < RPW; i++) {
         const int r = warp + NW * i;
@@ -512,12 +587,23 @@ __global__ void __launch_bounds__(128) k_attn_prefill(kvs_attn_args a)
         const float inv = l[i] > 0.0f ? 1.0f / l[i] : 0.0f;
 #pragma unroll
         for (int c = 0; c < EPL; c++)
-            out[(size_t)t * a.out_stride + (size_t)hq * HD + lane + 32 * c] = f2h(acc[i][c] * inv);
+            out[(size_t)t * a.out_stride + (size_t)hq * HD + lane + 32 * c] = f2h<H>(acc[i][c] * inv);
     }
+}
+
+template <typename H>
+static int launch_prefill(const kvs_attn_args *a, cudaStream_t st)
+{
+    dim3 grid(a->n_tiles, a->Hkv);
+    if (a->hd == 64) KVS_LAUNCH((k_attn_prefill<H, 64>), grid, 128, st, *a);
+    else KVS_LAUNCH((k_attn_prefill<H, 128>), grid, 128, st, *a);
+    KVS_CUDA_LAUNCHED("k_attn_prefill");
+    return 0;
 }
 
 extern "C" int kvs_k_attn_prefill(const kvs_attn_args *a, void *stream)
 {
+    CHECK_DTYPE(a->pool.dtype);
     if (a->n_tiles <= 0) return 0;
     const int G = a->Hq / a->Hkv, rows = a->hd <= 64 ? 64 : 32;
     if (G > rows)
@@ -525,14 +611,11 @@ extern "C" int kvs_k_attn_prefill(const kvs_attn_args *a, void *stream)
                          "the %d rows of a tile", G, rows);
     if (a->Hkv > 65535)
         return kvs_error(KVS_EUNSUPPORTED, "prefill attention: %d KV heads", a->Hkv);
-    dim3 grid(a->n_tiles, a->Hkv);
-    if (a->hd == 64) KVS_LAUNCH((k_attn_prefill<64>), grid, 128, KVS_STREAM(stream), *a);
-    else if (a->hd == 128) KVS_LAUNCH((k_attn_prefill<128>), grid, 128, KVS_STREAM(stream), *a);
-    else
+    if (a->hd != 64 && a->hd != 128)
         return kvs_error(KVS_EUNSUPPORTED, "CUDA attention supports head dim 64 or 128, not %d",
                          a->hd);
-    KVS_CUDA_LAUNCHED("k_attn_prefill");
-    return 0;
+    return KVS_HALF_DISPATCH(a->pool.dtype == MEM_CUDA_BF16, launch_prefill, a,
+                             KVS_STREAM(stream));
 }
 
 // ==== attention statistics (observe hooks of h2o / tova / snapkv) ================================
@@ -541,7 +624,7 @@ extern "C" int kvs_k_attn_prefill(const kvs_attn_args *a, void *stream)
 // slots; pass 2: each slot's probability, written once (0 for holes and future keys).
 
 #define PROBS_MAXG 16
-template <int HD>
+template <typename H, int HD>
 __global__ void __launch_bounds__(256) k_attn_probs(kvs_attn_args a)
 {
     __shared__ float q_s[PROBS_MAXG][HD];
@@ -572,7 +655,7 @@ __global__ void __launch_bounds__(256) k_attn_probs(kvs_attn_args a)
         for (int g = 0; g < PROBS_MAXG; g++) d[g] = 0.0f;
         for (int c = 0; c < HD / 8; c++) {
             float kf[8];
-            unpack8(K[(size_t)gsl * (HD / 8) + c], kf);
+            unpack8<H>(K[(size_t)gsl * (HD / 8) + c], kf);
 #pragma unroll
             for (int g = 0; g < PROBS_MAXG; g++)
                 if (g < G)
@@ -618,7 +701,7 @@ __global__ void __launch_bounds__(256) k_attn_probs(kvs_attn_args a)
         for (int g = 0; g < PROBS_MAXG; g++) d[g] = 0.0f;
         for (int c = 0; c < HD / 8; c++) {
             float kf[8];
-            unpack8(K[(size_t)gsl * (HD / 8) + c], kf);
+            unpack8<H>(K[(size_t)gsl * (HD / 8) + c], kf);
 #pragma unroll
             for (int g = 0; g < PROBS_MAXG; g++)
                 if (g < G)
@@ -633,21 +716,29 @@ __global__ void __launch_bounds__(256) k_attn_probs(kvs_attn_args a)
     }
 }
 
+template <typename H>
+static int launch_probs(const kvs_attn_args *a, cudaStream_t st)
+{
+    dim3 grid(a->n_obs, a->Hkv);
+    if (a->hd == 64) KVS_LAUNCH((k_attn_probs<H, 64>), grid, 256, st, *a);
+    else KVS_LAUNCH((k_attn_probs<H, 128>), grid, 256, st, *a);
+    KVS_CUDA_LAUNCHED("k_attn_probs");
+    return 0;
+}
+
 extern "C" int kvs_k_attn_probs(const kvs_attn_args *a, void *stream)
 {
+    CHECK_DTYPE(a->pool.dtype);
     if (a->n_obs <= 0) return 0;
     const int G = a->Hq / a->Hkv;
     if (G > PROBS_MAXG)
         return kvs_error(KVS_EUNSUPPORTED, "attention statistics: GQA group of %d > %d", G,
                          PROBS_MAXG);
-    dim3 grid(a->n_obs, a->Hkv);
-    if (a->hd == 64) KVS_LAUNCH((k_attn_probs<64>), grid, 256, KVS_STREAM(stream), *a);
-    else if (a->hd == 128) KVS_LAUNCH((k_attn_probs<128>), grid, 256, KVS_STREAM(stream), *a);
-    else
+    if (a->hd != 64 && a->hd != 128)
         return kvs_error(KVS_EUNSUPPORTED, "CUDA attention supports head dim 64 or 128, not %d",
                          a->hd);
-    KVS_CUDA_LAUNCHED("k_attn_probs");
-    return 0;
+    return KVS_HALF_DISPATCH(a->pool.dtype == MEM_CUDA_BF16, launch_probs, a,
+                             KVS_STREAM(stream));
 }
 
 // ==== sampling ==================================================================================
@@ -946,8 +1037,9 @@ extern "C" int kvs_cuda_sync(void)
     return 0;
 }
 
-extern "C" int kvs_cuda_upload_half(void *d, const float *h, size_t n)
+extern "C" int kvs_cuda_upload_half(void *d, const float *h, size_t n, int dtype)
 {
+    CHECK_DTYPE(dtype);
     const size_t chunk = (size_t)1 << 24; // floats per round trip through device staging
     float *stage = (float *)kvs_cuda_malloc((n < chunk ? n : chunk) * sizeof(float));
     if (!stage) return KVS_ENOMEM;
@@ -955,22 +1047,23 @@ extern "C" int kvs_cuda_upload_half(void *d, const float *h, size_t n)
     for (size_t i = 0; i < n && !rc; i += chunk) {
         size_t k = n - i < chunk ? n - i : chunk;
         rc = kvs_cuda_upload(stage, h + i, k * sizeof(float));
-        if (!rc) rc = kvs_k_f32_to_half(stage, (kvs_half *)d + i, k, NULL);
+        if (!rc) rc = kvs_k_f32_to_half(stage, (uint16_t *)d + i, k, dtype, NULL);
     }
     if (!rc) rc = kvs_cuda_sync();
     kvs_cuda_free(stage);
     return rc;
 }
 
-extern "C" int kvs_cuda_download_half(float *h, const void *d, size_t n)
+extern "C" int kvs_cuda_download_half(float *h, const void *d, size_t n, int dtype)
 {
+    CHECK_DTYPE(dtype);
     const size_t chunk = (size_t)1 << 24;
     float *stage = (float *)kvs_cuda_malloc((n < chunk ? n : chunk) * sizeof(float));
     if (!stage) return KVS_ENOMEM;
     int rc = 0;
     for (size_t i = 0; i < n && !rc; i += chunk) {
         size_t k = n - i < chunk ? n - i : chunk;
-        rc = kvs_k_half_to_f32((const kvs_half *)d + i, stage, k, NULL);
+        rc = kvs_k_half_to_f32((const uint16_t *)d + i, stage, k, dtype, NULL);
         if (!rc) rc = kvs_cuda_download(h + i, stage, k * sizeof(float));
     }
     kvs_cuda_free(stage);
@@ -986,8 +1079,8 @@ extern "C" int kvs_cuda_pool_upload(mem_cuda_pool *d, const mem_pool *h, const k
                          "(or the host store is not f32)");
     size_t slots = (size_t)h->n_pages * h->page_slots, n = slots * kv->head_dim;
     int rc;
-    if ((rc = kvs_cuda_upload_half(d->k, (const float *)kv->k, n))) return rc;
-    if ((rc = kvs_cuda_upload_half(d->v, (const float *)kv->v, n))) return rc;
+    if ((rc = kvs_cuda_upload_half(d->k, (const float *)kv->k, n, d->dtype))) return rc;
+    if ((rc = kvs_cuda_upload_half(d->v, (const float *)kv->v, n, d->dtype))) return rc;
     if ((rc = kvs_cuda_upload(d->pos, h->pos, slots * sizeof(int32_t)))) return rc;
     return kvs_cuda_upload(d->score, h->score, slots * sizeof(float));
 }
@@ -1001,8 +1094,8 @@ extern "C" int kvs_cuda_pool_download(const mem_cuda_pool *d, mem_pool *h, kv_st
                          "(or the host store is not f32)");
     size_t slots = (size_t)h->n_pages * h->page_slots, n = slots * kv->head_dim;
     int rc;
-    if ((rc = kvs_cuda_download_half((float *)kv->k, d->k, n))) return rc;
-    if ((rc = kvs_cuda_download_half((float *)kv->v, d->v, n))) return rc;
+    if ((rc = kvs_cuda_download_half((float *)kv->k, d->k, n, d->dtype))) return rc;
+    if ((rc = kvs_cuda_download_half((float *)kv->v, d->v, n, d->dtype))) return rc;
     if ((rc = kvs_cuda_download(h->pos, d->pos, slots * sizeof(int32_t)))) return rc;
     return kvs_cuda_download(h->score, d->score, slots * sizeof(float));
 }

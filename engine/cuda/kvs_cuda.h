@@ -3,8 +3,9 @@
  * forward (fwd_cuda, engine/device.h) is built from these; the equivalence tests call them
  * directly against their twins in engine/kernels_ref.h.
  *
- * 16-bit buffers (weights, GEMM inputs, K/V pages, attention output) are kvs_half: fp16, or
- * bf16 when built with KVS_CUDA_BF16; they appear here as void *.
+ * 16-bit buffers (weights, GEMM inputs, K/V pages, attention output) appear here as void *;
+ * their element type is chosen at run time: `dtype` MEM_CUDA_F16 (fp16) or MEM_CUDA_BF16
+ * (bf16) (memory/cuda/mem_cuda.h), or the pool's dtype for kernels that take a pool.
  * Launchers return 0 or a negative KVS_E* status with a message, and do not synchronise;
  * `stream` is a cudaStream_t (NULL = the default stream). */
 #ifndef KVS_CUDA_H
@@ -27,12 +28,12 @@ void kvs_cuda_free(void *d);
 int kvs_cuda_upload(void *d, const void *h, size_t bytes);
 int kvs_cuda_download(void *h, const void *d, size_t bytes);
 int kvs_cuda_memset(void *d, int byte, size_t bytes);
-/* fp32 host <-> 16-bit device (converted on the device, through a staging buffer). */
-int kvs_cuda_upload_half(void *d, const float *h, size_t n);
-int kvs_cuda_download_half(float *h, const void *d, size_t n);
+/* fp32 host <-> 16-bit device of `dtype` (converted on the device, through a staging buffer). */
+int kvs_cuda_upload_half(void *d, const float *h, size_t n, int dtype);
+int kvs_cuda_download_half(float *h, const void *d, size_t n, int dtype);
 int kvs_cuda_sync(void);
-/* Copy a whole host pool (K/V as 16-bit, pos, score) into a device pool of the same
- * geometry, and back (K/V widened to fp32). For tests and clones. */
+/* Copy a whole host pool (K/V as 16-bit of the device pool's dtype, pos, score) into a device
+ * pool of the same geometry, and back (K/V widened to fp32). For tests and clones. */
 int kvs_cuda_pool_upload(mem_cuda_pool *d, const mem_pool *h, const kv_store *kv);
 int kvs_cuda_pool_download(const mem_cuda_pool *d, mem_pool *h, kv_store *kv);
 
@@ -47,16 +48,17 @@ mem_cuda_pool *fwd_cuda_pool(fwd_cuda_state *st);
 
 /* ---- forward kernels --------------------------------------------------------------------- */
 
-/* k_f32_to_half / k_half_to_f32 (n elements). */
-int kvs_k_f32_to_half(const float *in, void *out, size_t n, void *stream);
-int kvs_k_half_to_f32(const void *in, float *out, size_t n, void *stream);
-/* k_embed: x[t][D] (fp32) = table[tok[t]][D] (16-bit). */
-int kvs_k_embed(const void *table, const int32_t *tok, int T, int D, float *x, void *stream);
-/* k_rmsnorm: out[r][D] (16-bit) = x[rows ? rows[r] : r] / rms * w (fp32 x and w). */
+/* k_f32_to_half / k_half_to_f32 (n elements, 16-bit of dtype). */
+int kvs_k_f32_to_half(const float *in, void *out, size_t n, int dtype, void *stream);
+int kvs_k_half_to_f32(const void *in, float *out, size_t n, int dtype, void *stream);
+/* k_embed: x[t][D] (fp32) = table[tok[t]][D] (16-bit of dtype). */
+int kvs_k_embed(const void *table, const int32_t *tok, int T, int D, float *x, int dtype,
+                void *stream);
+/* k_rmsnorm: out[r][D] (16-bit of dtype) = x[rows ? rows[r] : r] / rms * w (fp32 x and w). */
 int kvs_k_rmsnorm(const float *x, const int32_t *rows, int R, int D, const float *w, float eps,
-                  void *out, void *stream);
-/* k_swiglu: act[t][F] (16-bit) = silu(gu[t][i]) * gu[t][F + i] (fp32 gu). */
-int kvs_k_swiglu(const float *gu, int T, int F, void *act, void *stream);
+                  void *out, int dtype, void *stream);
+/* k_swiglu: act[t][F] (16-bit of dtype) = silu(gu[t][i]) * gu[t][F + i] (fp32 gu). */
+int kvs_k_swiglu(const float *gu, int T, int F, void *act, int dtype, void *stream);
 
 /* One layer's RoPE + K/V write + key score (twin: kref_rope_kv_write). */
 typedef struct kvs_rope_kv_args {
@@ -66,7 +68,7 @@ typedef struct kvs_rope_kv_args {
     const kvs_seq_info *seq;     /* [S] */
     const float *cos_t, *sin_t;  /* [n_pos][hd/2] */
     const int32_t *slot_map;     /* this layer: [T][Hkv] global slots */
-    mem_cuda_pool pool;          /* device pool (by value: its device pointers) */
+    mem_cuda_pool pool;          /* device pool (by value: its device pointers and dtype) */
     const float *filters;        /* KVS_SCORE_DOT: set s, this layer: filters + s * set_stride */
     size_t set_stride;           /* floats per filter set ([L][Hkv][hd]) */
     float *scores;               /* this layer: [T][Hkv] */
@@ -80,7 +82,8 @@ int kvs_k_rope_kv_write(const kvs_rope_kv_args *a, void *stream);
 typedef struct kvs_attn_args {
     const float *q;              /* q of token t, query head hq: q + t * q_stride + hq * hd */
     int q_stride;
-    void *out;                   /* 16-bit, row of token t, head hq: out + t * out_stride + hq * hd */
+    void *out;                   /* 16-bit of pool.dtype, row of token t, head hq:
+                                    out + t * out_stride + hq * hd */
     int out_stride;
     const int32_t *pos, *tok_seq;/* [T] */
     const kvs_seq_info *seq;     /* [S] */
@@ -118,7 +121,7 @@ typedef struct kvs_sample_row {
 int kvs_k_sample(const float *logits, int R, int V, const kvs_sample_row *rows, int32_t *out,
                  void *stream);
 
-/* ---- benchmark entry points (kvsieve bench --device cuda; synthetic device data) ------------- */
+/* ---- benchmark entry points (kvsieve bench --device cuda; synthetic fp16 device data) -------- */
 /* Device-to-device copy of `bytes` (best of iters): (read + write) bytes per second / 1e9. */
 int kvs_cuda_bench_copy(size_t bytes, int iters, double *gbps);
 /* k_attn_decode (+ combine) for n_seqs query tokens, each over Hkv streams of ctx slots in

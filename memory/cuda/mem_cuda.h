@@ -4,7 +4,7 @@
  * with CUDA (KVS_HAVE_CUDA). Twins: engine/kernels_ref.h (kref_*).
  *
  * Device pool layout, one cudaMalloc (page p, P slots, head dim d, 16-bit K/V):
- *   k     [n_pages][P][d]   kvs_half (fp16, or bf16 with KVS_CUDA_BF16)
+ *   k     [n_pages][P][d]   16-bit: fp16 or bf16, the pool's dtype (chosen when created)
  *   v     [n_pages][P][d]
  *   pos   [n_pages][P]      int32, -1 = empty (only slots below a stream's n_slots are read)
  *   score [n_pages][P]      float
@@ -22,20 +22,27 @@
 extern "C" {
 #endif
 
+/* The 16-bit element type of a device pool's K/V (the CUDA forward uses the same type for its
+ * weights and GEMM inputs). The memory kernels only move 16-bit rows and do not look at it. */
+enum { MEM_CUDA_F16 = 0, MEM_CUDA_BF16 = 1 };
+
 typedef struct mem_cuda_pool {
     int page_slots, page_shift, head_dim;
+    int dtype;         /* MEM_CUDA_F16 | MEM_CUDA_BF16 */
     int32_t n_pages;
     size_t bytes;      /* of the one allocation */
     void *base;        /* the allocation */
-    void *k, *v;       /* kvs_half [n_pages][P][d] */
+    void *k, *v;       /* 16-bit (dtype) [n_pages][P][d] */
     int32_t *pos;      /* [n_pages][P] */
     float *score;      /* [n_pages][P] */
 } mem_cuda_pool;
 
 /* Bytes of one device page: P * (2 d * 2 + 4 + 4). */
 size_t mem_cuda_page_bytes(int page_slots, int head_dim);
-/* One cudaMalloc of n_pages pages; pos = -1, K/V/score = 0. */
-int mem_cuda_pool_create(int page_slots, int head_dim, int32_t n_pages, mem_cuda_pool **out);
+/* One cudaMalloc of n_pages pages of K/V of `dtype` (MEM_CUDA_F16 | MEM_CUDA_BF16); pos = -1,
+ * K/V/score = 0. */
+int mem_cuda_pool_create(int page_slots, int head_dim, int32_t n_pages, int dtype,
+                         mem_cuda_pool **out);
 void mem_cuda_pool_destroy(mem_cuda_pool *p);
 
 /* A stream as the memory kernels see it (device array of these). */
@@ -75,10 +82,11 @@ int mem_cuda_compact_plan(mem_cuda_pool *p, const int32_t *pt, const mem_cuda_st
 int mem_cuda_select(mem_cuda_pool *p, const int32_t *pt, const mem_cuda_stream *streams,
                     int n_streams, int threshold, int mark, int32_t *victims, int32_t *counts,
                     void *stream);
-/* k_attn_reduce: per-stream statistics of probs (see kref_attn_reduce): MEM_CUDA_STATS_H2O
- * adds the column sums into the device score, _TOVA sets the last row, _MEAN writes the mean
- * to out + streams[i].out_off ([n_slots], 0 for holes). */
-enum { MEM_CUDA_STATS_H2O = 0, MEM_CUDA_STATS_TOVA = 1, MEM_CUDA_STATS_MEAN = 2 };
+/* k_attn_reduce: per-stream statistics of probs[n_q][n_slots] over the live slots (see
+ * kref_attn_reduce): MEM_CUDA_STATS_SUM adds the column sums into the device score (what h2o
+ * accumulates), _LAST stores the last row as the score (tova), _MEAN writes the column means
+ * to out + streams[i].out_off ([n_slots], 0 for holes; snapkv before its pooling). */
+enum { MEM_CUDA_STATS_SUM = 0, MEM_CUDA_STATS_LAST = 1, MEM_CUDA_STATS_MEAN = 2 };
 int mem_cuda_attn_reduce(mem_cuda_pool *p, const int32_t *pt, const mem_cuda_stream *streams,
                          int n_streams, const float *probs, int mode, float *out, void *stream);
 

@@ -1,8 +1,14 @@
 // mem_kernels.cu — the device KV pool and the memory kernels (mem_cuda.h): eviction marking,
 // page clearing, batched slot copies (compaction, clones), compaction planning, per-stream
-// top-k / threshold selection and the attention statistics of h2o / tova / snapkv. Twins:
-// engine/kernels_ref.c; tests: tests/cuda/test_cuda_memory.c.
-#include "engine/cuda/cuda_common.cuh"
+// top-k / threshold selection and the attention statistics (column sums, last row, column
+// means) that attention-based policies use. Twins: engine/kernels_ref.c; tests:
+// tests/cuda/test_cuda_memory.c. K/V are moved as 16-bit rows of either type (the pool's
+// dtype), never converted here.
+#include "core/cuda/cuda_common.cuh"
+
+#include <stdlib.h>
+
+#include "memory/cuda/mem_cuda.h" // C linkage of its own
 
 // ==== the pool ===================================================================================
 
@@ -10,13 +16,15 @@ static size_t align256(size_t x) { return (x + 255) & ~(size_t)255; }
 
 extern "C" size_t mem_cuda_page_bytes(int page_slots, int head_dim)
 {
-    return (size_t)page_slots * (2 * (size_t)head_dim * sizeof(kvs_half) + 8);
+    return (size_t)page_slots * (2 * (size_t)head_dim * sizeof(uint16_t) + 8);
 }
 
-extern "C" int mem_cuda_pool_create(int page_slots, int head_dim, int32_t n_pages,
+extern "C" int mem_cuda_pool_create(int page_slots, int head_dim, int32_t n_pages, int dtype,
                                     mem_cuda_pool **out)
 {
     *out = NULL;
+    if (dtype != MEM_CUDA_F16 && dtype != MEM_CUDA_BF16)
+        return kvs_error(KVS_EINVAL, "device KV pool: unknown 16-bit type %d", dtype);
     if (page_slots < 1 || (page_slots & (page_slots - 1)) || head_dim < 1 || n_pages < 1 ||
         (int64_t)n_pages * page_slots > INT32_MAX)
         return kvs_error(KVS_EINVAL, "bad device KV pool geometry: %d pages x %d slots x %d",
@@ -26,9 +34,10 @@ extern "C" int mem_cuda_pool_create(int page_slots, int head_dim, int32_t n_page
     p->page_slots = page_slots;
     while ((1 << p->page_shift) < page_slots) p->page_shift++;
     p->head_dim = head_dim;
+    p->dtype = dtype;
     p->n_pages = n_pages;
     const size_t slots = (size_t)n_pages * page_slots;
-    const size_t kv = align256(slots * head_dim * sizeof(kvs_half));
+    const size_t kv = align256(slots * head_dim * sizeof(uint16_t));
     const size_t meta = align256(slots * sizeof(int32_t));
     p->bytes = 2 * kv + 2 * meta;
     cudaError_t e = cudaMalloc(&p->base, p->bytes);
@@ -123,7 +132,7 @@ __global__ void k_slot_copy(mem_cuda_pool pool, const int32_t *src, const int32_
                 V[(size_t)d * n16 + c] = V[(size_t)s * n16 + c];
             }
         } else {
-            kvs_half *K = (kvs_half *)pool.k, *V = (kvs_half *)pool.v;
+            uint16_t *K = (uint16_t *)pool.k, *V = (uint16_t *)pool.v; // either 16-bit type
             for (int e = lane; e < hd; e += 32) {
                 K[(size_t)d * hd + e] = K[(size_t)s * hd + e];
                 V[(size_t)d * hd + e] = V[(size_t)s * hd + e];
@@ -383,8 +392,9 @@ extern "C" int mem_cuda_select(mem_cuda_pool *p, const int32_t *pt, const mem_cu
 }
 
 // ==== attention statistics =======================================================================
-// One block per stream over probs[n_q][n_slots] (from k_attn_probs): h2o adds the column sums
-// to the stored score, tova stores the last row, snapkv's mean goes to out.
+// One block per stream over probs[n_q][n_slots] (from k_attn_probs): SUM adds the column sums
+// to the stored score (h2o), LAST stores the last row (tova), MEAN writes the column means to
+// out (snapkv, before its pooling).
 
 __global__ void k_attn_reduce(mem_cuda_pool pool, const int32_t *pt,
                               const mem_cuda_stream *streams, const float *probs, int mode,
@@ -397,13 +407,13 @@ __global__ void k_attn_reduce(mem_cuda_pool pool, const int32_t *pt,
     for (int slot = threadIdx.x; slot < n; slot += blockDim.x) {
         const int32_t g = gslot_of(pages, slot, P, shift);
         const bool live = pool.pos[g] >= 0;
-        if (mode == MEM_CUDA_STATS_TOVA) {
+        if (mode == MEM_CUDA_STATS_LAST) {
             if (live && nq > 0) pool.score[g] = pr[(size_t)(nq - 1) * n + slot];
             continue;
         }
         float sum = 0.0f;
         for (int q = 0; q < nq; q++) sum += pr[(size_t)q * n + slot];
-        if (mode == MEM_CUDA_STATS_H2O) {
+        if (mode == MEM_CUDA_STATS_SUM) {
             if (live) pool.score[g] += sum;
         } else {
             out[st.out_off + slot] = live && nq > 0 ? sum / (float)nq : 0.0f;

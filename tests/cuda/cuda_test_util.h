@@ -36,7 +36,44 @@ static inline uint32_t t_rnd(void)
 }
 /* uniform in [-1, 1) */
 static inline float t_unit(void) { return (float)t_rnd() / 4294967296.0f * 2.0f - 1.0f; }
-static inline float t_half_unit(void) { return kref_round_half(t_unit()); }
+
+/* The device 16-bit type under test (&kv_fmt_f16 or &kv_fmt_bf16): one build runs both, each
+ * test that touches 16-bit data once per type (T_PER_TYPE). */
+static const kv_format *t_fmt = &kv_fmt_f16;
+static inline int t_bf16(void) { return t_fmt == &kv_fmt_bf16; }
+#ifdef KVS_HAVE_CUDA
+static inline int t_dtype(void) { return t_bf16() ? MEM_CUDA_BF16 : MEM_CUDA_F16; }
+#endif
+/* x rounded to the type under test */
+static inline float t_round(float x) { return kref_round_half(x, t_fmt); }
+static inline float t_half_unit(void) { return t_round(t_unit()); }
+/* Tolerance for values stored in the 16-bit type under test, of magnitude about 1 (bf16 has
+ * 8 significant bits to fp16's 11). */
+static inline double t_half_tol(void) { return t_bf16() ? 2e-2 : 3e-3; }
+
+/* 1 when every x[i] is a value of the 16-bit type under test (device outputs stored in it). */
+static inline int t_representable(const float *x, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if (x[i] == x[i] && t_round(x[i]) != x[i]) return 0;
+    return 1;
+}
+
+/* fn_f16 and fn_bf16: fn run with the 16-bit type under test set to each type. */
+#define T_PER_TYPE(fn)                                                                       \
+    static void fn##_f16(void)                                                               \
+    {                                                                                        \
+        t_fmt = &kv_fmt_f16;                                                                 \
+        printf(" [f16]");                                                                    \
+        fn();                                                                                \
+    }                                                                                        \
+    static void fn##_bf16(void)                                                              \
+    {                                                                                        \
+        t_fmt = &kv_fmt_bf16;                                                                \
+        printf(" [bf16]");                                                                   \
+        fn();                                                                                \
+        t_fmt = &kv_fmt_f16;                                                                 \
+    }
 
 /* A directory for temporary files ($TMPDIR, else /tmp): tests also run by hand, e.g. under
  * compute-sanitizer, from any directory. */
@@ -74,13 +111,6 @@ static inline double t_max_abs_diff(const float *a, const float *b, size_t n)
     }
     return m;
 }
-
-/* Tolerance for values stored in the device's 16-bit type, of magnitude about 1. */
-#ifdef KVS_CUDA_BF16
-#define T_HALF_TOL 2e-2
-#else
-#define T_HALF_TOL 3e-3
-#endif
 
 /* Fill a stream of a full host pool: n tokens at positions pos0.. with random K/V (16-bit
  * representable) and random scores, then evict each slot with probability evict_pct / 100,

@@ -27,23 +27,19 @@
 #include "tokenizer.h"
 
 /* Logit tolerance of the device forward (16-bit weights, GEMM inputs and K/V; fp32 sums) vs
- * the fp32 CPU forward, relative to the logits' scale: max |gpu - cpu| <= T_LOGIT_TOL * (1 +
- * max |cpu logit|), and mean |gpu - cpu| <= T_LOGIT_MEAN. Measured on the emulator (which
- * rounds like the device, cuda_emu.h): default model 0.054 max (scale 31.8), 0.0075 mean. */
-#ifdef KVS_CUDA_BF16
-#define T_LOGIT_TOL 0.04
-#define T_LOGIT_MEAN 0.15
-#else
-#define T_LOGIT_TOL 0.005
-#define T_LOGIT_MEAN 0.02
-#endif
+ * the fp32 CPU forward, relative to the logits' scale, for the 16-bit type under test:
+ * max |gpu - cpu| <= t_logit_tol() * (1 + max |cpu logit|), and mean |gpu - cpu| <=
+ * t_logit_mean(). Measured on the emulator (which rounds like the device, cuda_emu.h):
+ * default model 0.054 max (scale 31.8), 0.0075 mean (bf16: 0.373, 0.056). */
+static inline double t_logit_tol(void) { return t_bf16() ? 0.04 : 0.005; }
+static inline double t_logit_mean(void) { return t_bf16() ? 0.15 : 0.02; }
 
 /* ---- a tiny random llama ------------------------------------------------------------------ */
 
 static float *rand_w(size_t n, float scale)
 {
     float *w = kvs_alloc(n * sizeof *w);
-    for (size_t i = 0; i < n; i++) w[i] = kref_round_half(scale * t_unit());
+    for (size_t i = 0; i < n; i++) w[i] = t_round(scale * t_unit());
     return w;
 }
 
@@ -281,8 +277,10 @@ static void runner_init(runner *r, backend bk, const model *m, const char *filte
     if (bk == BK_GPU) {
 #ifdef KVS_HAVE_CUDA
         CU_ASSERT_FATAL(fwd_cuda_create(m, P, (size_t)n_pages * mem_cuda_page_bytes(P, c->head_dim),
-                                        0.0, &r->gpu) == 0);
+                                        0.0, t_fmt, &r->gpu) == 0);
         CU_ASSERT_FATAL(fwd_cuda_n_pages(r->gpu) == n_pages);
+        CU_ASSERT(fwd_cuda_kv_format(r->gpu) == t_fmt);
+        CU_ASSERT_EQUAL(fwd_cuda_slot_bytes(r->gpu), (size_t)2 * c->head_dim * 2);
         CU_ASSERT_FATAL(mem_pool_create(P, n_pages, &r->pool) == 0);
 #endif
     } else if (bk == BK_CPU) {
@@ -417,9 +415,9 @@ static void test_tiny_script(void)
         CU_ASSERT_FATAL(!gpu.failed);
         CU_ASSERT_EQUAL_FATAL(cpu.n_logits, gpu.n_logits);
         d = t_max_abs_diff(cpu.logits, gpu.logits, cpu.n_logits);
-        printf(" [gpu vs cpu: max |d| %.2e (tolerance %.2e); hooks q %ld o %ld]", d,
-               T_LOGIT_TOL * (1.0 + scale), gpu.tr.q_calls, gpu.tr.o_calls);
-        CU_ASSERT(d <= T_LOGIT_TOL * (1.0 + scale));
+        printf(" [gpu (%s) vs cpu: max |d| %.2e (tolerance %.2e); hooks q %ld o %ld]",
+               t_fmt->name, d, t_logit_tol() * (1.0 + scale), gpu.tr.q_calls, gpu.tr.o_calls);
+        CU_ASSERT(d <= t_logit_tol() * (1.0 + scale));
         CU_ASSERT_EQUAL(cpu.tr.q_calls, gpu.tr.q_calls);
         CU_ASSERT_EQUAL(cpu.tr.o_calls, gpu.tr.o_calls);
         CU_ASSERT(fabs(cpu.tr.q_sum - gpu.tr.q_sum) <= 1e-2 * (1.0 + fabs(cpu.tr.q_sum)));
@@ -427,7 +425,7 @@ static void test_tiny_script(void)
         mem_pool *kv;
         CU_ASSERT_FATAL(tkv_pool_create(16, m->cfg.head_dim, gpu.pool->n_pages, &kv) == 0);
         CU_ASSERT(kvs_cuda_pool_download(fwd_cuda_pool(gpu.gpu), kv, tkv_store(kv)) == 0);
-        compare_kv(&cpu, &gpu, tkv_store(kv), 40 * T_HALF_TOL, 40 * T_HALF_TOL, "gpu pool");
+        compare_kv(&cpu, &gpu, tkv_store(kv), 40 * t_half_tol(), 40 * t_half_tol(), "gpu pool");
         /* the device pos mirror agrees with the host metadata below n_slots */
         int pos_ok = 1;
         for (int i = 0; i < N_SEQ; i++)
@@ -454,6 +452,8 @@ static void test_tiny_script(void)
     for (int i = 0; i < N_SEQ; i++) free(toks[i]);
     tiny_free(m);
 }
+
+T_PER_TYPE(test_tiny_script)
 
 /* ---- the default model ------------------------------------------------------------------------ */
 
@@ -531,31 +531,35 @@ static void test_default_model(void)
     CU_ASSERT(d < 1e-3);
 #ifdef KVS_HAVE_CUDA
     if (t_gpu()) {
-        fwd_cuda_state *gpu;
-        CU_ASSERT_FATAL(fwd_cuda_create(M, 16, (size_t)256 << 20, 0.0, &gpu) == 0);
-        float *dev = forced_logits(BK_GPU, gpu, ids, n, 17);
-        double sum = 0.0;
-        d = 0.0;
-        int agree = 0, confident = 0;
-        for (int t = 0; t < n; t++) {
-            const float *a = cpu + (size_t)t * c->n_vocab, *b = dev + (size_t)t * c->n_vocab;
-            int32_t ia = smp_argmax(a, c->n_vocab), ib = smp_argmax(b, c->n_vocab);
-            float second = -INFINITY;
-            for (int v = 0; v < c->n_vocab; v++) if (v != ia && a[v] > second) second = a[v];
-            if (a[ia] - second > 0.5f) { confident++; agree += ia == ib; }
-            for (int v = 0; v < c->n_vocab; v++) {
-                double x = fabs((double)a[v] - b[v]);
-                sum += x;
-                if (x > d) d = x;
+        for (int b = 0; b < 2; b++) {
+            t_fmt = b ? &kv_fmt_bf16 : &kv_fmt_f16;
+            fwd_cuda_state *gpu;
+            CU_ASSERT_FATAL(fwd_cuda_create(M, 16, (size_t)256 << 20, 0.0, t_fmt, &gpu) == 0);
+            float *dev = forced_logits(BK_GPU, gpu, ids, n, 17);
+            double sum = 0.0;
+            d = 0.0;
+            int agree = 0, confident = 0;
+            for (int t = 0; t < n; t++) {
+                const float *a = cpu + (size_t)t * c->n_vocab, *b = dev + (size_t)t * c->n_vocab;
+                int32_t ia = smp_argmax(a, c->n_vocab), ib = smp_argmax(b, c->n_vocab);
+                float second = -INFINITY;
+                for (int v = 0; v < c->n_vocab; v++) if (v != ia && a[v] > second) second = a[v];
+                if (a[ia] - second > 0.5f) { confident++; agree += ia == ib; }
+                for (int v = 0; v < c->n_vocab; v++) {
+                    double x = fabs((double)a[v] - b[v]);
+                    sum += x;
+                    if (x > d) d = x;
+                }
             }
+            printf(" [gpu (%s) vs cpu: max |d| %.3f, mean |d| %.4f, argmax agrees on %d/%d "
+                   "confident positions]", t_fmt->name, d, sum / nv, agree, confident);
+            CU_ASSERT(d <= t_logit_tol() * (1.0 + scale));
+            CU_ASSERT(sum / nv <= t_logit_mean());
+            CU_ASSERT_EQUAL(agree, confident);
+            free(dev);
+            fwd_cuda_destroy(gpu);
         }
-        printf(" [gpu vs cpu: max |d| %.3f, mean |d| %.4f, argmax agrees on %d/%d confident "
-               "positions]", d, sum / nv, agree, confident);
-        CU_ASSERT(d <= T_LOGIT_TOL * (1.0 + scale));
-        CU_ASSERT(sum / nv <= T_LOGIT_MEAN);
-        CU_ASSERT_EQUAL(agree, confident);
-        free(dev);
-        fwd_cuda_destroy(gpu);
+        t_fmt = &kv_fmt_f16;
     } else {
         printf(" skipped: no GPU ");
     }
@@ -628,6 +632,8 @@ static void test_engine_backends(void)
         return;
     }
     CU_ASSERT_FATAL(rc == 0 && E_CUDA(e) != NULL);
+    CU_ASSERT(engine_kv_format(e) == &kv_fmt_f16); /* the default */
+    CU_ASSERT_EQUAL(e->be->kv_slot_bytes, (size_t)2 * c->head_dim * 2);
     CU_ASSERT_FATAL(engine_generate(e, prompt, n, 24, toks_gpu, l_gpu, 0) == 0);
     int same = !memcmp(toks_cpu, toks_gpu, sizeof toks_cpu);
     printf(" [engine greedy tokens cpu == cuda: %s]", same ? "yes" : "NO");
@@ -673,6 +679,22 @@ static void test_engine_backends(void)
     engine_seq_destroy(e, b);
     CU_ASSERT_EQUAL(e->pool->n_free, e->pool->n_pages);
     engine_destroy(e);
+    /* --kv-dtype on the CUDA backend: bf16 in the same build; formats it has not: refused */
+    o.kv_dtype = "int8";
+    CU_ASSERT_EQUAL(engine_create(&o, &e), KVS_EUNSUPPORTED);
+    CU_ASSERT_PTR_NULL(e);
+    o.kv_dtype = "bf16";
+    CU_ASSERT_FATAL(engine_create(&o, &e) == 0 && E_CUDA(e) != NULL);
+    CU_ASSERT(engine_kv_format(e) == &kv_fmt_bf16);
+    CU_ASSERT(fwd_cuda_kv_format(E_CUDA(e)) == &kv_fmt_bf16);
+    CU_ASSERT_EQUAL(e->be->kv_slot_bytes, (size_t)2 * c->head_dim * 2);
+    int32_t toks_bf16[24];
+    CU_ASSERT_FATAL(engine_generate(e, prompt, n, 24, toks_bf16, l_gpu, 0) == 0);
+    int same_bf16 = 0;
+    while (same_bf16 < 24 && toks_bf16[same_bf16] == toks_cpu[same_bf16]) same_bf16++;
+    printf(" [bf16: greedy tokens cpu == cuda for the first %d of 24]", same_bf16);
+    CU_ASSERT(same_bf16 == 24);
+    engine_destroy(e);
     free(l_cpu); free(l_gpu); free(l_graph);
 }
 
@@ -685,8 +707,12 @@ int main(void)
         M = NULL;
     }
     static const kvs_test tests[] = {
-        {"tiny model script: twin == fwd_cpu; device within tolerance", test_tiny_script},
-        {"default model: twin == fwd_cpu; device logits and argmax", test_default_model},
+        {"tiny model script: twin == fwd_cpu; device within tolerance (fp16)",
+         test_tiny_script_f16},
+        {"tiny model script: twin == fwd_cpu; device within tolerance (bf16)",
+         test_tiny_script_bf16},
+        {"default model: twin == fwd_cpu; device (fp16, bf16) logits and argmax",
+         test_default_model},
         {"engine --device auto/cpu/cuda: same greedy tokens, graphs, clone, timing",
          test_engine_backends},
     };

@@ -16,41 +16,63 @@
 
 static void test_round_half(void)
 {
-    CU_ASSERT_EQUAL(kref_round_half(1.0f), 1.0f);
-    CU_ASSERT_EQUAL(kref_round_half(-2.5f), -2.5f);
-    CU_ASSERT_EQUAL(kref_round_half(0.0f), 0.0f);
-#ifndef KVS_CUDA_BF16
+    const kv_format *f16 = &kv_fmt_f16, *bf16 = &kv_fmt_bf16;
+    for (int b = 0; b < 2; b++) {
+        const kv_format *f = b ? bf16 : f16;
+        CU_ASSERT_EQUAL(kref_round_half(1.0f, f), 1.0f);
+        CU_ASSERT_EQUAL(kref_round_half(-2.5f, f), -2.5f);
+        CU_ASSERT_EQUAL(kref_round_half(0.0f, f), 0.0f);
+    }
     /* binary16: 11 significant bits; ties to even */
-    CU_ASSERT_EQUAL(kref_round_half(1.0f + 0x1p-11f), 1.0f);              /* tie -> even */
-    CU_ASSERT_EQUAL(kref_round_half(1.0f + 3 * 0x1p-11f), 1.0f + 0x1p-9f); /* tie -> even */
-    CU_ASSERT_EQUAL(kref_round_half(1.0f + 0x1p-10f), 1.0f + 0x1p-10f);
-    CU_ASSERT_EQUAL(kref_round_half(65504.0f), 65504.0f);
-    CU_ASSERT(isinf(kref_round_half(65520.0f)));
-    CU_ASSERT_EQUAL(kref_round_half(65519.0f), 65504.0f);
-    CU_ASSERT_EQUAL(kref_round_half(0x1p-24f), 0x1p-24f); /* smallest subnormal */
-    CU_ASSERT_EQUAL(kref_round_half(0x1p-25f), 0.0f);     /* tie -> even (0) */
-    CU_ASSERT_EQUAL(kref_round_half(0x1.8p-24f), 0x1p-23f);
-    CU_ASSERT_EQUAL(kref_round_half(0.1f), 0.0999755859375f);
-#else
-    CU_ASSERT_EQUAL(kref_round_half(1.0f + 0x1p-8f), 1.0f);             /* tie -> even */
-    CU_ASSERT_EQUAL(kref_round_half(1.0f + 3 * 0x1p-8f), 1.0f + 0x1p-6f); /* tie -> even */
-    CU_ASSERT_EQUAL(kref_round_half(0.1f), 0.10009765625f);
-#endif
+    CU_ASSERT_EQUAL(kref_round_half(1.0f + 0x1p-11f, f16), 1.0f);              /* tie -> even */
+    CU_ASSERT_EQUAL(kref_round_half(1.0f + 3 * 0x1p-11f, f16), 1.0f + 0x1p-9f); /* tie -> even */
+    CU_ASSERT_EQUAL(kref_round_half(1.0f + 0x1p-10f, f16), 1.0f + 0x1p-10f);
+    CU_ASSERT_EQUAL(kref_round_half(65504.0f, f16), 65504.0f);
+    CU_ASSERT(isinf(kref_round_half(65520.0f, f16)));
+    CU_ASSERT_EQUAL(kref_round_half(65519.0f, f16), 65504.0f);
+    CU_ASSERT_EQUAL(kref_round_half(0x1p-24f, f16), 0x1p-24f); /* smallest subnormal */
+    CU_ASSERT_EQUAL(kref_round_half(0x1p-25f, f16), 0.0f);     /* tie -> even (0) */
+    CU_ASSERT_EQUAL(kref_round_half(0x1.8p-24f, f16), 0x1p-23f);
+    CU_ASSERT_EQUAL(kref_round_half(0.1f, f16), 0.0999755859375f);
+    CU_ASSERT_EQUAL(kref_round_half(1.0f, NULL), 1.0f); /* NULL: fp16 */
+    CU_ASSERT_EQUAL(kref_round_half(0.1f, NULL), 0.0999755859375f);
+    /* bf16: 8 significant bits, fp32's range */
+    CU_ASSERT_EQUAL(kref_round_half(1.0f + 0x1p-8f, bf16), 1.0f);             /* tie -> even */
+    CU_ASSERT_EQUAL(kref_round_half(1.0f + 3 * 0x1p-8f, bf16), 1.0f + 0x1p-6f); /* tie -> even */
+    CU_ASSERT_EQUAL(kref_round_half(0.1f, bf16), 0.10009765625f);
+    CU_ASSERT_EQUAL(kref_round_half(65520.0f, bf16), 65536.0f);
+    /* the twins agree with the CPU's own 16-bit KV formats */
+    t_seed(5);
+    int same = 1;
+    for (int i = 0; i < 10000; i++) {
+        float x = t_unit() * ldexpf(1.0f, (int)(t_rnd() % 40) - 20);
+        same &= kref_round_half(x, f16) == kv_f16_to_f32(kv_f32_to_f16(x));
+        same &= kref_round_half(x, bf16) == kv_bf16_to_f32(kv_f32_to_bf16(x));
+    }
+    CU_ASSERT(same);
 #ifdef KVS_HAVE_CUDA
     GPU_OR_SKIP();
-    /* the device conversion rounds like the twin, bit for bit */
+    /* the device conversion of each type rounds like the twin, bit for bit */
     enum { N = 4096 };
     float *h = malloc(N * sizeof *h), *back = malloc(N * sizeof *back), *want = malloc(N * sizeof *want);
-    t_seed(7);
-    for (int i = 0; i < N; i++) {
-        h[i] = t_unit() * ldexpf(1.0f, (int)(t_rnd() % 40) - 26);
-        want[i] = kref_round_half(h[i]);
-    }
     void *d = kvs_cuda_malloc(N * 2);
     CU_ASSERT_FATAL(d != NULL);
-    CU_ASSERT(kvs_cuda_upload_half(d, h, N) == 0);
-    CU_ASSERT(kvs_cuda_download_half(back, d, N) == 0);
-    CU_ASSERT(memcmp(back, want, N * sizeof *back) == 0);
+    for (int b = 0; b < 2; b++) {
+        const kv_format *f = b ? bf16 : f16;
+        t_seed(7);
+        for (int i = 0; i < N; i++) {
+            h[i] = t_unit() * ldexpf(1.0f, (int)(t_rnd() % 40) - 26);
+            want[i] = kref_round_half(h[i], f);
+        }
+        const int dt = b ? MEM_CUDA_BF16 : MEM_CUDA_F16;
+        CU_ASSERT(kvs_cuda_upload_half(d, h, N, dt) == 0);
+        CU_ASSERT(kvs_cuda_download_half(back, d, N, dt) == 0);
+        int exact = memcmp(back, want, N * sizeof *back) == 0;
+        printf(" %s %s", f->name, exact ? "bit-exact" : "DIFFERS");
+        CU_ASSERT(exact);
+    }
+    /* an unknown type is refused */
+    CU_ASSERT_EQUAL(kvs_cuda_upload_half(d, h, N, 7), KVS_EINVAL);
     kvs_cuda_free(d);
     free(h); free(back); free(want);
 #else
@@ -110,38 +132,41 @@ static void test_embed_rmsnorm_swiglu(void)
         int32_t *d_tok = kvs_cuda_malloc(T * 4), *d_rows = kvs_cuda_malloc(5 * 4);
         float *back = malloc((size_t)T * F * sizeof *back);
         CU_ASSERT_FATAL(d_table && d_h && d_x && d_w && d_gu && d_tok && d_rows && back);
-        CU_ASSERT(kvs_cuda_upload_half(d_table, table, (size_t)V * D) == 0);
+        const int dt = t_dtype();
+        CU_ASSERT(kvs_cuda_upload_half(d_table, table, (size_t)V * D, dt) == 0);
         CU_ASSERT(kvs_cuda_upload(d_tok, tok, sizeof tok) == 0);
         CU_ASSERT(kvs_cuda_upload(d_rows, rows, sizeof rows) == 0);
         CU_ASSERT(kvs_cuda_upload(d_w, w, D * 4) == 0);
         CU_ASSERT(kvs_cuda_upload(d_gu, gu, (size_t)T * 2 * F * 4) == 0);
         /* embed: table values are 16-bit representable, so exact */
-        CU_ASSERT(kvs_k_embed(d_table, d_tok, T, D, d_x, NULL) == 0);
+        CU_ASSERT(kvs_k_embed(d_table, d_tok, T, D, d_x, dt, NULL) == 0);
         CU_ASSERT(kvs_cuda_download(back, d_x, (size_t)T * D * 4) == 0);
         CU_ASSERT(memcmp(back, x, (size_t)T * D * 4) == 0);
         /* rmsnorm (all rows, then a row list): 16-bit output */
-        CU_ASSERT(kvs_k_rmsnorm(d_x, NULL, T, D, d_w, 1e-5f, d_h, NULL) == 0);
-        CU_ASSERT(kvs_cuda_download_half(back, d_h, (size_t)T * D) == 0);
+        CU_ASSERT(kvs_k_rmsnorm(d_x, NULL, T, D, d_w, 1e-5f, d_h, dt, NULL) == 0);
+        CU_ASSERT(kvs_cuda_download_half(back, d_h, (size_t)T * D, dt) == 0);
         worst = 0.0;
         for (size_t i = 0; i < (size_t)T * D; i++) {
             double d = fabs(back[i] - out[i]) / (fabs(out[i]) + 1e-3);
             if (d > worst) worst = d;
         }
         printf(" rmsnorm rel %.2e", worst);
-        CU_ASSERT(worst < T_HALF_TOL);
-        CU_ASSERT(kvs_k_rmsnorm(d_x, d_rows, 5, D, d_w, 1e-5f, d_h, NULL) == 0);
-        CU_ASSERT(kvs_cuda_download_half(back, d_h, (size_t)5 * D) == 0);
-        CU_ASSERT(t_max_abs_diff(back, rowsout, 5 * D) < 8 * T_HALF_TOL);
+        CU_ASSERT(worst < t_half_tol());
+        CU_ASSERT(t_representable(back, (size_t)T * D)); /* stored in the type under test */
+        CU_ASSERT(kvs_k_rmsnorm(d_x, d_rows, 5, D, d_w, 1e-5f, d_h, dt, NULL) == 0);
+        CU_ASSERT(kvs_cuda_download_half(back, d_h, (size_t)5 * D, dt) == 0);
+        CU_ASSERT(t_max_abs_diff(back, rowsout, 5 * D) < 8 * t_half_tol());
         /* swiglu */
-        CU_ASSERT(kvs_k_swiglu(d_gu, T, F, d_h, NULL) == 0);
-        CU_ASSERT(kvs_cuda_download_half(back, d_h, (size_t)T * F) == 0);
+        CU_ASSERT(kvs_k_swiglu(d_gu, T, F, d_h, dt, NULL) == 0);
+        CU_ASSERT(kvs_cuda_download_half(back, d_h, (size_t)T * F, dt) == 0);
         worst = 0.0;
         for (size_t i = 0; i < (size_t)T * F; i++) {
             double d = fabs(back[i] - act[i]) / (fabs(act[i]) + 1e-3);
             if (d > worst) worst = d;
         }
         printf(" swiglu rel %.2e", worst);
-        CU_ASSERT(worst < T_HALF_TOL);
+        CU_ASSERT(worst < t_half_tol());
+        CU_ASSERT(t_representable(back, (size_t)T * F));
         kvs_cuda_free(d_table); kvs_cuda_free(d_h); kvs_cuda_free(d_x); kvs_cuda_free(d_w);
         kvs_cuda_free(d_gu); kvs_cuda_free(d_tok); kvs_cuda_free(d_rows);
         free(back);
@@ -254,7 +279,7 @@ static void test_rope_kv_write(void)
             si[s].query_stash = s == 0 ? 0 : -1;
         }
         mem_cuda_pool *dp;
-        CU_ASSERT_FATAL(mem_cuda_pool_create(P, hd, NPAGES, &dp) == 0);
+        CU_ASSERT_FATAL(mem_cuda_pool_create(P, hd, NPAGES, t_dtype(), &dp) == 0);
         mem_pool *back;
         CU_ASSERT_FATAL(tkv_pool_create(P, hd, NPAGES, &back) == 0);
         float *d_qkv = kvs_cuda_malloc((size_t)T * QKV * 4), *d_cs = kvs_cuda_malloc((size_t)NPOS * hd / 2 * 4);
@@ -302,8 +327,8 @@ static void test_rope_kv_write(void)
             for (int h = 0; h < Hkv; h++) {
                 int32_t g = slot_map[t * Hkv + h];
                 for (int e = 0; e < hd; e++) {
-                    if (((float *)tkv_store(back)->k)[(size_t)g * hd + e] != kref_round_half(((float *)tkv_store(pool)->k)[(size_t)g * hd + e])) kv_exact = 0;
-                    if (((float *)tkv_store(back)->v)[(size_t)g * hd + e] != kref_round_half(((float *)tkv_store(pool)->v)[(size_t)g * hd + e])) kv_exact = 0;
+                    if (((float *)tkv_store(back)->k)[(size_t)g * hd + e] != t_round(((float *)tkv_store(pool)->k)[(size_t)g * hd + e])) kv_exact = 0;
+                    if (((float *)tkv_store(back)->v)[(size_t)g * hd + e] != t_round(((float *)tkv_store(pool)->v)[(size_t)g * hd + e])) kv_exact = 0;
                 }
                 if (back->pos[g] != pos[t]) meta_ok = 0;
                 double d = fabs(sc2[t * Hkv + h] - scores[t * Hkv + h]) / (fabs(scores[t * Hkv + h]) + 1.0);
@@ -559,7 +584,7 @@ static void attention_case(int Hkv, int G, int hd, int P, int variant)
 #ifdef KVS_HAVE_CUDA
     if (t_gpu()) {
         mem_cuda_pool *dp;
-        CU_ASSERT_FATAL(mem_cuda_pool_create(P, hd, a.pool->n_pages, &dp) == 0);
+        CU_ASSERT_FATAL(mem_cuda_pool_create(P, hd, a.pool->n_pages, t_dtype(), &dp) == 0);
         CU_ASSERT(kvs_cuda_pool_upload(dp, a.pool, tkv_store(a.pool)) == 0);
         float *d_q = kvs_cuda_malloc((size_t)T * Hq * hd * 4), *d_part = kvs_cuda_malloc((size_t)64 * T * Hq * (hd + 2) * 4);
         float *d_probs = kvs_cuda_malloc((size_t)(a.n_probs + 1) * 4);
@@ -598,18 +623,20 @@ static void attention_case(int Hkv, int G, int hd, int P, int variant)
             CU_ASSERT(kvs_cuda_memset(d_out, 0, (size_t)T * Hq * hd * 2) == 0);
             CU_ASSERT(kvs_k_attn_decode(&aa, NULL) == 0);
             CU_ASSERT(kvs_cuda_sync() == 0);
-            CU_ASSERT(kvs_cuda_download_half(got, d_out, (size_t)T * Hq * hd) == 0);
+            CU_ASSERT(kvs_cuda_download_half(got, d_out, (size_t)T * Hq * hd, t_dtype()) == 0);
             double d = t_max_abs_diff(got, twin, (size_t)T * Hq * hd);
             printf(" decode/%d %.1e", splits[k], d);
-            CU_ASSERT(d < T_HALF_TOL);
+            CU_ASSERT(d < t_half_tol());
+            CU_ASSERT(t_representable(got, (size_t)T * Hq * hd));
         }
         CU_ASSERT(kvs_cuda_memset(d_out, 0, (size_t)T * Hq * hd * 2) == 0);
         CU_ASSERT(kvs_k_attn_prefill(&aa, NULL) == 0);
         CU_ASSERT(kvs_cuda_sync() == 0);
-        CU_ASSERT(kvs_cuda_download_half(got, d_out, (size_t)T * Hq * hd) == 0);
+        CU_ASSERT(kvs_cuda_download_half(got, d_out, (size_t)T * Hq * hd, t_dtype()) == 0);
         double d = t_max_abs_diff(got, twin, (size_t)T * Hq * hd);
         printf(" prefill %.1e", d);
-        CU_ASSERT(d < T_HALF_TOL);
+        CU_ASSERT(d < t_half_tol());
+        CU_ASSERT(t_representable(got, (size_t)T * Hq * hd));
         if (G <= 16) {
             float *gp = malloc((size_t)(a.n_probs + 1) * 4);
             CU_ASSERT(kvs_k_attn_probs(&aa, NULL) == 0);
@@ -647,6 +674,10 @@ static void test_attention(void)
     attention_case(2, 16, 64, 16, 0); /* G = 16: two chunks of 8, 4-token prefill tiles */
     attention_case(1, 7, 64, 8, 1);   /* G = 7 (Qwen2-7B-like), small pages */
 }
+
+T_PER_TYPE(test_embed_rmsnorm_swiglu)
+T_PER_TYPE(test_rope_kv_write)
+T_PER_TYPE(test_attention)
 
 /* ---- sampling -------------------------------------------------------------------------------- */
 
@@ -738,10 +769,15 @@ int main(void)
     kvs_device_describe(dev, sizeof dev);
     printf("device: %s\n", dev);
     static const kvs_test tests[] = {
-        {"16-bit rounding: twin rules, device conversion bit-exact", test_round_half},
-        {"embedding, RMSNorm, SwiGLU", test_embed_rmsnorm_swiglu},
-        {"RoPE + K/V write + fused scores (= qfilters/knorm/streaming)", test_rope_kv_write},
-        {"paged attention: decode (splits), prefill, probs", test_attention},
+        {"16-bit rounding (fp16, bf16): twin rules, device conversion bit-exact", test_round_half},
+        {"embedding, RMSNorm, SwiGLU (fp16)", test_embed_rmsnorm_swiglu_f16},
+        {"embedding, RMSNorm, SwiGLU (bf16)", test_embed_rmsnorm_swiglu_bf16},
+        {"RoPE + K/V write + fused scores (= qfilters/knorm/streaming) (fp16)",
+         test_rope_kv_write_f16},
+        {"RoPE + K/V write + fused scores (= qfilters/knorm/streaming) (bf16)",
+         test_rope_kv_write_bf16},
+        {"paged attention: decode (splits), prefill, probs (fp16 K/V)", test_attention_f16},
+        {"paged attention: decode (splits), prefill, probs (bf16 K/V)", test_attention_bf16},
         {"sampling: twin == smp_sample; device == twin", test_sampling},
     };
     return kvs_test_main("cuda_kernels", tests, sizeof tests / sizeof tests[0]);

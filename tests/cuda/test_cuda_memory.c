@@ -57,11 +57,27 @@ static void test_device_query(void)
     } else {
         CU_ASSERT(rc == 0 && k == KVS_DEVICE_CUDA);
     }
+    /* K/V formats other than the two 16-bit types are refused before anything else */
+    fwd_cuda_state *st = (fwd_cuda_state *)1;
+    CU_ASSERT_EQUAL(fwd_cuda_create(NULL, 16, 0, 0.0, &kv_fmt_int8, &st), KVS_EUNSUPPORTED);
+    CU_ASSERT_PTR_NULL(st);
+    st = (fwd_cuda_state *)1;
+    CU_ASSERT_EQUAL(fwd_cuda_create(NULL, 16, 0, 0.0, &kv_fmt_f32, &st), KVS_EUNSUPPORTED);
+    CU_ASSERT_PTR_NULL(st);
 #ifndef KVS_HAVE_CUDA
     CU_ASSERT_EQUAL(n, 0);
-    fwd_cuda_state *st = (fwd_cuda_state *)1;
-    CU_ASSERT_EQUAL(fwd_cuda_create(NULL, 16, 0, 0.0, &st), KVS_EUNSUPPORTED);
+    st = (fwd_cuda_state *)1;
+    CU_ASSERT_EQUAL(fwd_cuda_create(NULL, 16, 0, 0.0, NULL, &st), KVS_EUNSUPPORTED);
     CU_ASSERT_PTR_NULL(st);
+    st = (fwd_cuda_state *)1;
+    CU_ASSERT_EQUAL(fwd_cuda_create(NULL, 16, 0, 0.0, &kv_fmt_bf16, &st), KVS_EUNSUPPORTED);
+    CU_ASSERT_PTR_NULL(st);
+#else
+    /* the pool's 16-bit type: both take 2 bytes an element; unknown types are refused */
+    CU_ASSERT_EQUAL(mem_cuda_page_bytes(16, 64), (size_t)16 * (2 * 64 * 2 + 8));
+    mem_cuda_pool *bad = (mem_cuda_pool *)1;
+    CU_ASSERT_EQUAL(mem_cuda_pool_create(16, 64, 4, 2, &bad), KVS_EINVAL);
+    CU_ASSERT_PTR_NULL(bad);
 #endif
 }
 
@@ -150,7 +166,8 @@ static void test_compaction(void)
     mem_cuda_stream ms[N_STREAMS];
     int cap_total = 0;
     if (t_gpu()) {
-        CU_ASSERT_FATAL(mem_cuda_pool_create(P, hd, a->n_pages, &dp) == 0);
+        CU_ASSERT_FATAL(mem_cuda_pool_create(P, hd, a->n_pages, t_dtype(), &dp) == 0);
+        CU_ASSERT_EQUAL(dp->dtype, t_dtype());
         CU_ASSERT(kvs_cuda_pool_upload(dp, a, tkv_store(a)) == 0);
         int32_t pt[1024];
         int n_pt = 0;
@@ -268,6 +285,8 @@ static void test_compaction(void)
     tkv_pool_destroy(b);
 }
 
+T_PER_TYPE(test_compaction)
+
 /* ---- selection ----------------------------------------------------------------------------- */
 
 /* Scores with ties, NaN, -0/+0. */
@@ -318,7 +337,7 @@ static void test_select(void)
 #ifdef KVS_HAVE_CUDA
         if (t_gpu()) {
             mem_cuda_pool *dp;
-            CU_ASSERT_FATAL(mem_cuda_pool_create(P, hd, a->n_pages, &dp) == 0);
+            CU_ASSERT_FATAL(mem_cuda_pool_create(P, hd, a->n_pages, t_dtype(), &dp) == 0);
             CU_ASSERT(kvs_cuda_pool_upload(dp, a, tkv_store(a)) == 0);
             mem_cuda_stream ms[N_STREAMS];
             int32_t pt[1024], n_pt = 0, out = 0;
@@ -442,7 +461,7 @@ static void test_mark_clear(void)
 #ifdef KVS_HAVE_CUDA
     if (t_gpu()) {
         mem_cuda_pool *dp;
-        CU_ASSERT_FATAL(mem_cuda_pool_create(P, hd, a->n_pages, &dp) == 0);
+        CU_ASSERT_FATAL(mem_cuda_pool_create(P, hd, a->n_pages, t_dtype(), &dp) == 0);
         memcpy(a->pos, pos0, (size_t)a->n_pages * P * 4);
         CU_ASSERT(kvs_cuda_pool_upload(dp, a, tkv_store(a)) == 0);
         kref_mark(a, marks, 64);
@@ -495,7 +514,7 @@ static void test_attn_reduce(void)
                 if (a->pos[mem_gslot(a, x, slot)] >= 0) probs[q * x->n_slots + slot] = (t_unit() + 1.0f) / 8;
         /* h2o */
         CU_ASSERT(pol_observe_stream(h2o, a, x, i, 0, probs, NQ) == 0);
-        kref_attn_reduce(b, y->pages, y->n_slots, probs, NQ, KREF_STATS_H2O, NULL);
+        kref_attn_reduce(b, y->pages, y->n_slots, probs, NQ, KREF_STATS_SUM, NULL);
         for (int32_t slot = 0; slot < x->n_slots; slot++) {
             int32_t g = mem_gslot(a, x, slot);
             if (a->pos[g] < 0) continue;
@@ -506,7 +525,7 @@ static void test_attn_reduce(void)
         }
         /* tova */
         CU_ASSERT(pol_observe_stream(tova, a, x, i, 0, probs, NQ) == 0);
-        kref_attn_reduce(b, y->pages, y->n_slots, probs, NQ, KREF_STATS_TOVA, NULL);
+        kref_attn_reduce(b, y->pages, y->n_slots, probs, NQ, KREF_STATS_LAST, NULL);
         for (int32_t slot = 0; slot < x->n_slots; slot++) {
             int32_t g = mem_gslot(a, x, slot);
             if (a->pos[g] >= 0) tova_same &= a->score[g] == b->score[g];
@@ -534,7 +553,7 @@ static void test_attn_reduce(void)
         mem_seq *sc;
         build(&c, &sc, P, hd, 99);
         mem_cuda_pool *dp;
-        CU_ASSERT_FATAL(mem_cuda_pool_create(P, hd, c->n_pages, &dp) == 0);
+        CU_ASSERT_FATAL(mem_cuda_pool_create(P, hd, c->n_pages, t_dtype(), &dp) == 0);
         CU_ASSERT(kvs_cuda_pool_upload(dp, c, tkv_store(c)) == 0);
         mem_cuda_stream ms[N_STREAMS];
         int32_t pt[1024], n_pt = 0, out = 0;
@@ -561,11 +580,11 @@ static void test_attn_reduce(void)
         /* twins on c, kernels on dp, in the same order */
         for (int i = 0; i < N_STREAMS; i++) {
             mem_stream *s = &sc->streams[i];
-            kref_attn_reduce(c, s->pages, s->n_slots, probs_all[i], NQ, KREF_STATS_H2O, NULL);
+            kref_attn_reduce(c, s->pages, s->n_slots, probs_all[i], NQ, KREF_STATS_SUM, NULL);
             kref_attn_reduce(c, s->pages, s->n_slots, probs_all[i], NQ, KREF_STATS_MEAN,
                              want_mean + ms[i].out_off);
         }
-        CU_ASSERT(mem_cuda_attn_reduce(dp, d_pt, d_ms, N_STREAMS, d_pr, MEM_CUDA_STATS_H2O, NULL, NULL) == 0);
+        CU_ASSERT(mem_cuda_attn_reduce(dp, d_pt, d_ms, N_STREAMS, d_pr, MEM_CUDA_STATS_SUM, NULL, NULL) == 0);
         CU_ASSERT(mem_cuda_attn_reduce(dp, d_pt, d_ms, N_STREAMS, d_pr, MEM_CUDA_STATS_MEAN, d_out, NULL) == 0);
         CU_ASSERT(kvs_cuda_download(got, d_out, out * 4) == 0);
         ok &= t_max_abs_diff(got, want_mean, out) < 1e-7;
@@ -580,9 +599,9 @@ static void test_attn_reduce(void)
         }
         for (int i = 0; i < N_STREAMS; i++) {
             mem_stream *s = &sc->streams[i];
-            kref_attn_reduce(c, s->pages, s->n_slots, probs_all[i], NQ, KREF_STATS_TOVA, NULL);
+            kref_attn_reduce(c, s->pages, s->n_slots, probs_all[i], NQ, KREF_STATS_LAST, NULL);
         }
-        CU_ASSERT(mem_cuda_attn_reduce(dp, d_pt, d_ms, N_STREAMS, d_pr, MEM_CUDA_STATS_TOVA, NULL, NULL) == 0);
+        CU_ASSERT(mem_cuda_attn_reduce(dp, d_pt, d_ms, N_STREAMS, d_pr, MEM_CUDA_STATS_LAST, NULL, NULL) == 0);
         CU_ASSERT(kvs_cuda_download(dscore, dp->score, (size_t)c->n_pages * P * 4) == 0);
         for (int i = 0; i < N_STREAMS; i++) {
             mem_stream *s = &sc->streams[i];
@@ -616,8 +635,10 @@ int main(void)
     static const kvs_test tests[] = {
         {"device query, --device parsing and resolution", test_device_query},
         {"slot assignment == mem_stream_append; metadata pool invariants", test_take_slot},
-        {"compaction plan + copy == mem_stream_compact (device: plan and batched copy)",
-         test_compaction},
+        {"compaction plan + copy == mem_stream_compact (device: plan and batched copy; fp16)",
+         test_compaction_f16},
+        {"compaction plan + copy == mem_stream_compact (device: plan and batched copy; bf16)",
+         test_compaction_bf16},
         {"top-k selection == pol_enforce_stream; threshold selection", test_select},
         {"eviction marking and page clearing", test_mark_clear},
         {"attention statistics == h2o / tova / snapkv observers", test_attn_reduce},

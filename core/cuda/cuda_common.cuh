@@ -1,10 +1,12 @@
-// cuda_common.cuh — shared by the .cu files of engine/cuda and memory/cuda: the 16-bit type,
-// error handling, warp/block reductions, orderable keys. Internal (not a C header).
+// cuda_common.cuh — shared by the .cu files of engine/cuda and memory/cuda: the two 16-bit
+// element types and their conversions, error handling, warp/block reductions, orderable keys.
+// Internal (not a C header). Includes no engine or memory header: each .cu includes the C API
+// it implements (engine/cuda/kvs_cuda.h, memory/cuda/mem_cuda.h).
 #ifndef KVS_CUDA_COMMON_CUH
 #define KVS_CUDA_COMMON_CUH
 
 #ifdef KVS_CUDA_EMU
-#include "engine/cuda/cuda_emu.h" // the kernels as C++ on the CPU (validation without a GPU)
+#include "core/cuda/cuda_emu.h" // the kernels as C++ on the CPU (validation without a GPU)
 #else
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -16,38 +18,52 @@
 extern "C" {
 #include "core/common.h"
 }
-#include "engine/cuda/kvs_cuda.h"
 
-// ---- the 16-bit storage type --------------------------------------------------------------
-#ifdef KVS_CUDA_BF16
-typedef __nv_bfloat16 kvs_half;
-typedef __nv_bfloat162 kvs_half2;
-#define KVS_CUDA_R_HALF CUDA_R_16BF
-__device__ __forceinline__ float h2f(kvs_half x) { return __bfloat162float(x); }
-__device__ __forceinline__ kvs_half f2h(float x) { return __float2bfloat16_rn(x); }
-__device__ __forceinline__ float2 h22f2(kvs_half2 x) { return __bfloat1622float2(x); }
-__device__ __forceinline__ kvs_half2 f22h2(float2 x) { return __float22bfloat162_rn(x); }
-#else
-typedef __half kvs_half;
-typedef __half2 kvs_half2;
-#define KVS_CUDA_R_HALF CUDA_R_16F
-__device__ __forceinline__ float h2f(kvs_half x) { return __half2float(x); }
-__device__ __forceinline__ kvs_half f2h(float x) { return __float2half_rn(x); }
-__device__ __forceinline__ float2 h22f2(kvs_half2 x) { return __half22float2(x); }
-__device__ __forceinline__ kvs_half2 f22h2(float2 x) { return __float22half2_rn(x); }
-#endif
+// ---- the 16-bit storage types -------------------------------------------------------------
+// Kernels that read or write 16-bit data are templates on the element type H: __half (fp16)
+// or __nv_bfloat16 (bf16), chosen at run time by their launchers. kvs_h16<H> gives the pair
+// type, the cuBLAS data type and the conversions (fp32 sums throughout, round to nearest even).
+template <typename H> struct kvs_h16;
+template <> struct kvs_h16<__half> {
+    typedef __half2 pair;
+    static constexpr cudaDataType blas_type = CUDA_R_16F;
+    static __device__ __forceinline__ float to_f(__half x) { return __half2float(x); }
+    static __device__ __forceinline__ __half from_f(float x) { return __float2half_rn(x); }
+    static __device__ __forceinline__ float2 to_f2(__half2 x) { return __half22float2(x); }
+};
+template <> struct kvs_h16<__nv_bfloat16> {
+    typedef __nv_bfloat162 pair;
+    static constexpr cudaDataType blas_type = CUDA_R_16BF;
+    static __device__ __forceinline__ float to_f(__nv_bfloat16 x) { return __bfloat162float(x); }
+    static __device__ __forceinline__ __nv_bfloat16 from_f(float x)
+    {
+        return __float2bfloat16_rn(x);
+    }
+    static __device__ __forceinline__ float2 to_f2(__nv_bfloat162 x)
+    {
+        return __bfloat1622float2(x);
+    }
+};
+template <typename H> __device__ __forceinline__ float h2f(H x) { return kvs_h16<H>::to_f(x); }
+template <typename H> __device__ __forceinline__ H f2h(float x) { return kvs_h16<H>::from_f(x); }
 
 // 8 16-bit values in one 16-byte load, widened to fp32.
-__device__ __forceinline__ void unpack8(const uint4 &u, float *f)
+template <typename H> __device__ __forceinline__ void unpack8(const uint4 &u, float *f)
 {
-    const kvs_half2 *h = reinterpret_cast<const kvs_half2 *>(&u);
+    typedef typename kvs_h16<H>::pair H2;
+    const H2 *h = reinterpret_cast<const H2 *>(&u);
 #pragma unroll
     for (int i = 0; i < 4; i++) {
-        float2 x = h22f2(h[i]);
+        float2 x = kvs_h16<H>::to_f2(h[i]);
         f[2 * i] = x.x;
         f[2 * i + 1] = x.y;
     }
 }
+
+// Call launcher<H>(args...) with H the element type named by a run-time flag (bf16 != 0:
+// __nv_bfloat16, else __half). Launchers are function templates returning int.
+#define KVS_HALF_DISPATCH(bf16, launcher, ...)                                            \
+    ((bf16) ? launcher<__nv_bfloat16>(__VA_ARGS__) : launcher<__half>(__VA_ARGS__))
 
 // ---- errors -----------------------------------------------------------------------------------
 // Record a CUDA error as a kvsieve error (message names the call and where).
