@@ -154,7 +154,7 @@ static void test_opts_errors(void)
         { "window=", "window needs a value" },
         { "sink=x", "sink=x: sink must be a whole number" },
         { "sink= ", "sink needs a value" },
-        { "when=later", "when=later: when must be prefill, decode or pressure" },
+        { "when=later", "when=later: when must be prefill, prefill_end, decode or pressure" },
         { "when=", "when needs a value" },
         { "ratio=0.5,budget=10", "both ratio and budget" },
         { "window=1,window=2", "'window' is given twice" },
@@ -505,18 +505,28 @@ static void test_enforce_seq_and_compaction(void)
     CU_ASSERT_EQUAL(pool->n_free, 64 - L * H * 2); /* 8 tokens = 2 pages per stream */
     pol_instance_destroy(inst);
 
-    /* Ratio at prefill end: T = live tokens (8) per head; x8 keeps 1, but window + sink = 3
-     * are protected, so 3 stay. */
+    /* Ratio at prefill end: T = prompt tokens seen (32) per head, as after each prefill chunk
+     * (so that chunked eviction and the end agree); x8 keeps 4 of the 8 live ones. */
     inst = inst_new("knorm", "ratio=0.875,window=2,sink=1");
     CU_ASSERT(pol_wants(inst, POL_AT_PREFILL_END));
+    CU_ASSERT(pol_wants(inst, POL_AT_PREFILL_CHUNK));
     CU_ASSERT(!pol_wants(inst, POL_AT_STEP));
-    CU_ASSERT_EQUAL(pol_on_event(inst, pool, q, T - 1, POL_AT_PREFILL_END), L * H * 5);
+    CU_ASSERT_EQUAL(pol_on_event(inst, pool, q, T - 1, POL_AT_PREFILL_END), L * H * 4);
     for (int i = 0; i < L * H; i++) {
-        CU_ASSERT_EQUAL(q->streams[i].n_live, 3);
+        CU_ASSERT_EQUAL(q->streams[i].n_live, 4);
         tkv_compact(pool, &q->streams[i]);
     }
     CU_ASSERT_EQUAL(pool->n_free, 64 - L * H);
     CU_ASSERT_EQUAL(mem_check_invariants(pool, &q, 1), KVS_OK);
+    pol_instance_destroy(inst);
+    /* prefill_end: only at the end; a window-attention policy (snapkv) also only at the end */
+    inst = inst_new("knorm", "ratio=0.875,when=prefill_end");
+    CU_ASSERT(pol_wants(inst, POL_AT_PREFILL_END));
+    CU_ASSERT(!pol_wants(inst, POL_AT_PREFILL_CHUNK));
+    pol_instance_destroy(inst);
+    inst = inst_new("snapkv", "ratio=0.875,window=4");
+    CU_ASSERT(pol_wants(inst, POL_AT_PREFILL_END));
+    CU_ASSERT(!pol_wants(inst, POL_AT_PREFILL_CHUNK));
     pol_instance_destroy(inst);
 
     /* Ratio after a step: T = tokens seen = cur_pos + 1, so a repeated call is idempotent. */
