@@ -23,6 +23,7 @@ typedef struct rec {
     size_t text_len[MAXR];
     int tenant_of[MAXR];
     int n_finished;
+    double t_fin[MAXR];
     kvs_loop *loop;
     int abort_after; /* abort slot 0 after this many tokens (0 = never) */
     uint64_t id0;
@@ -46,6 +47,7 @@ static void on_event(void *user, const sched_event *ev)
             kvs_loop_abort(r->loop, ev->request_id, NULL);
     } else {
         r->finished[c->slot]++;
+        r->t_fin[c->slot] = kvs_now();
         if (getenv("KVS_TEST_VERBOSE")) printf("  [finish slot %d reason %d status %d: %s]\n", c->slot, ev->finish_reason, ev->status, ev->message);
         r->reason[c->slot] = ev->finish_reason;
         r->status[c->slot] = ev->status;
@@ -301,6 +303,51 @@ static void test_deadline_beats_length(void)
     free(r);
 }
 
+/* An abort is reaped before the next step, and the stats show it then, not one (long) step
+ * later: slot 0 decodes and is aborted after 3 tokens while slot 1 prefills a long prompt in
+ * chunks of 256 tokens (each step takes long on a CPU). */
+static void test_abort_stats_at_once(void)
+{
+    rec *r = rec_new();
+    r->abort_after = 3;
+    kvs_loop_opts o = {.max_batch_tokens = 512, .prefill_chunk = 256};
+    CU_ASSERT_FATAL(kvs_loop_create(E, &o, &r->loop) == 0);
+    int32_t ids[64];
+    int n = tokenize("Tell me a story about a dragon.", ids, 64);
+    static int32_t big[1800];
+    for (int i = 0; i < 1800; i++) big[i] = 100 + (i * 37) % 5000;
+    sched_params pa = params(100), pb = params(1);
+    pa.ignore_eos = 1;
+    uint64_t id;
+    CU_ASSERT_EQUAL(kvs_loop_submit(r->loop, NULL, ids, n, &pa, on_event, &ctxs[0], &id), 0);
+    CU_ASSERT_EQUAL(kvs_loop_submit(r->loop, NULL, big, 1800, &pb, on_event, &ctxs[1], &id), 0);
+    pthread_t th;
+    pthread_create(&th, NULL, run_thread, r->loop);
+    wait_finished(r, 1, 120);
+    CU_ASSERT_EQUAL(r->reason[0], SCHED_FINISH_ABORTED);
+    kvs_loop_stats st;
+    double t_seen = 0, t_end = kvs_now() + 20;
+    do {
+        kvs_loop_get_stats(r->loop, &st);
+        if (st.requests_finished_total >= 1) t_seen = kvs_now();
+        else usleep(1000);
+    } while (!t_seen && kvs_now() < t_end);
+    double steps0 = (double)st.steps_total;
+    double t1 = kvs_now();
+    while ((double)st.steps_total < steps0 + 1 && kvs_now() < t1 + 30) {
+        usleep(5000);
+        kvs_loop_get_stats(r->loop, &st);
+    }
+    double step_s = kvs_now() - t1;
+    printf("\n  abort -> stats: %.3fs; one prefill step: >= %.3fs\n", t_seen - r->t_fin[0], step_s);
+    CU_ASSERT(t_seen > 0 && t_seen - r->t_fin[0] < 0.25);
+    CU_ASSERT_EQUAL(st.running, 1);
+    kvs_loop_stop(r->loop, 0);
+    pthread_join(th, NULL);
+    kvs_loop_destroy(r->loop);
+    free(r);
+}
+
 /* A pool far too small for the offered load: every request finishes, with compressions and
  * preemptions. */
 static void test_pressure(void)
@@ -410,6 +457,7 @@ int main(void)
         {"abort, stop string, deadline", test_stops_abort_deadline},
         {"bad requests refused with the right status", test_bad_requests},
         {"a fresh loop reports its pool", test_fresh_stats},
+        {"an abort shows in the stats before the next step", test_abort_stats_at_once},
         {"a deadline passed during the last step wins over length", test_deadline_beats_length},
         {"pool too small: compress, compact, preempt; all finish", test_pressure},
         {"VTC fairness between weighted tenants", test_vtc_fairness},
