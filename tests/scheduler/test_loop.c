@@ -23,7 +23,7 @@ typedef struct rec {
     size_t text_len[MAXR];
     int tenant_of[MAXR];
     int n_finished;
-    double t_fin[MAXR];
+    double t_fin[MAXR], t_first[MAXR];
     kvs_loop *loop;
     int abort_after; /* abort slot 0 after this many tokens (0 = never) */
     uint64_t id0;
@@ -42,7 +42,7 @@ static void on_event(void *user, const sched_event *ev)
         r->text_len[c->slot] += ev->text_len;
     }
     if (ev->type == SCHED_EV_TOKEN) {
-        r->n_tokens[c->slot]++;
+        if (r->n_tokens[c->slot]++ == 0) r->t_first[c->slot] = kvs_now();
         if (r->abort_after && c->slot == 0 && r->n_tokens[0] == r->abort_after)
             kvs_loop_abort(r->loop, ev->request_id, NULL);
     } else {
@@ -348,6 +348,62 @@ static void test_abort_stats_at_once(void)
     free(r);
 }
 
+/* Starvation bound: tenant "long" holds both slots with long requests; tenant "short" arrives
+ * later. VTC alone admits "short" only when a slot frees (after the long requests end); with
+ * the bound it gets a slot within about max_starve_s (the long request is preempted and
+ * recomputed, and still finishes). */
+static double starve_run(double max_starve_s)
+{
+    sched_tenant ts[2] = {{.name = "long", .weight = 1}, {.name = "short", .weight = 1}};
+    rec *r = rec_new();
+    kvs_loop_opts o = {.max_running = 2, .tenants = ts, .n_tenants = 2,
+                       .max_starve_s = max_starve_s};
+    CU_ASSERT_FATAL(kvs_loop_create(E, &o, &r->loop) == 0);
+    int32_t ids[16];
+    int n = tokenize("Tell me a story about a dragon.", ids, 16);
+    uint64_t id;
+    pthread_t th;
+    pthread_create(&th, NULL, run_thread, r->loop);
+    for (int k = 0; k < 2; k++) {
+        sched_params p = params(100);
+        p.ignore_eos = 1;
+        CU_ASSERT_EQUAL(kvs_loop_submit(r->loop, "long", ids, n, &p, on_event, &ctxs[k], &id), 0);
+    }
+    for (double t_end = kvs_now() + 60; kvs_now() < t_end;) {
+        pthread_mutex_lock(&r->mu);
+        int both = r->n_tokens[0] > 0 && r->n_tokens[1] > 0;
+        pthread_mutex_unlock(&r->mu);
+        if (both) break;
+        usleep(2000);
+    }
+    double t_sub = kvs_now();
+    sched_params p = params(4);
+    p.ignore_eos = 1;
+    CU_ASSERT_EQUAL(kvs_loop_submit(r->loop, "short", ids, n, &p, on_event, &ctxs[2], &id), 0);
+    wait_finished(r, 3, 300);
+    double wait = r->t_first[2] - t_sub;
+    wait_finished(r, 3, 300);
+    kvs_loop_stop(r->loop, 60);
+    pthread_join(th, NULL);
+    for (int k = 0; k < 3; k++) CU_ASSERT_EQUAL(r->finished[k], 1);
+    CU_ASSERT_EQUAL(r->reason[0], SCHED_FINISH_LENGTH);
+    CU_ASSERT_EQUAL(r->completion[0], 100);
+    CU_ASSERT_EQUAL(r->completion[1], 100);
+    kvs_loop_destroy(r->loop);
+    free(r);
+    return wait;
+}
+
+static void test_starvation_bound(void)
+{
+    double w = starve_run(0.5);
+    double off = starve_run(-1);
+    printf("\n  'short' waited %.2fs for its first token with a 0.5 s bound, %.2fs without\n",
+           w, off);
+    CU_ASSERT(w < 0.5 + 1.0);
+    CU_ASSERT(off > w);
+}
+
 /* A pool far too small for the offered load: every request finishes, with compressions and
  * preemptions. */
 static void test_pressure(void)
@@ -461,6 +517,7 @@ int main(void)
         {"a deadline passed during the last step wins over length", test_deadline_beats_length},
         {"pool too small: compress, compact, preempt; all finish", test_pressure},
         {"VTC fairness between weighted tenants", test_vtc_fairness},
+        {"starvation bound: a tenant with nothing running gets a slot", test_starvation_bound},
     };
     int rc = kvs_test_main("loop", tests, sizeof tests / sizeof tests[0]);
     engine_destroy(E);

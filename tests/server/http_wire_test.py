@@ -285,6 +285,11 @@ class Draining(unittest.TestCase):
     def test_drain(self):
         srv = kvs_server.Server("--http-listen", "127.0.0.1:0", grace=2.0)
         try:
+            # a fresh server reports its KV pool before the first request
+            text = urllib.request.urlopen("http://%s/metrics" % srv.metrics, timeout=10).read()
+            free = [float(l.rsplit(b" ", 1)[1]) for l in text.splitlines()
+                    if l.startswith(b"kvsieve_kv_pages_free")]
+            self.assertTrue(free and free[0] > 0, free)
             h, p = srv.http.rsplit(":", 1)
             s = socket.create_connection((h, int(p)), timeout=60)
             body = json.dumps({"prompt": "Tell me a story.", "max_tokens": 4000, "stream": True,
