@@ -11,6 +11,7 @@
 #include <string.h>
 
 #include "cli.h"
+#include "memory/policy.h"
 #include "load.h"
 
 static void usage(FILE *f)
@@ -201,8 +202,7 @@ int cmd_load(int argc, char **argv)
         case 'q': o.progress = 0; break;
         case 'h': usage(stdout); rc = 0; goto out;
         default:
-            fprintf(stderr, "kvsieve load: unknown or incomplete option '%s'\n", argv[optind - 1]);
-            usage(stderr);
+            cli_bad_option("load", opts, argv[optind - 1]);
             goto out;
         }
         if (bad) goto out;
@@ -277,6 +277,15 @@ int cmd_load(int argc, char **argv)
                      policy_args ? policy_args : "");
         }
     }
+    for (int i = 0; i < w.n_policies; i++) /* known policies only: the server may have plugins */
+        if (pol_find(w.policies[i].name) &&
+            !cli_policy_sized(w.policies[i].name, w.policies[i].args)) {
+            fprintf(stderr, "kvsieve load: policy %s has no ratio or budget, so it would evict "
+                    "nothing: write %s(ratio=0.5) in --policy-mix, or --policy %s "
+                    "--policy-args ratio=0.5\n", w.policies[i].name, w.policies[i].name,
+                    w.policies[i].name);
+            goto out;
+        }
     if (n_tenants == 0) {
         tenants = calloc(1, sizeof *tenants);
         if (!tenants) goto out;

@@ -148,10 +148,7 @@ int cmd_serve(int argc, char **argv)
         case O_THREADS: if (cli_int(cmd, "--server-threads", optarg, 1, 64, &threads)) return 2; break;
         case 'v': verbose = 1; break;
         case 'h': usage(stdout); return 0;
-        default:
-            fprintf(stderr, "kvsieve serve: unknown or incomplete option '%s'\n", argv[optind - 1]);
-            usage(stderr);
-            return 2;
+        default: return cli_bad_option(cmd, opts, argv[optind - 1]);
         }
     }
     if (optind < argc) {
@@ -165,6 +162,12 @@ int cmd_serve(int argc, char **argv)
     if (!model_path) model_path = cli_default_model();
     cli_policy_finish(&pol, model_path);
     const char *policy = pol.name, *policy_args = pol.args;
+    if (!cli_policy_sized(policy, policy_args)) {
+        fprintf(stderr, "kvsieve serve: --policy %s without --ratio or --budget would evict "
+                "nothing; give e.g. --ratio 0.5 (fraction evicted) or --budget 256 (tokens kept "
+                "per head)\n", policy);
+        return 2;
+    }
     /* The filters file requests with policy qfilters get: the one of --policy-args, else the
      * model's default (<model>.kvsqf) when it exists. */
     char qf_path[sizeof pol.args] = "";
