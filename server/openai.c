@@ -1132,11 +1132,22 @@ void srv_oai_completions(const srv_http_req *q, srv_http_resp *r, int chat)
 
 /* ---- /v1/models, /tokenize, /detokenize -------------------------------------------------- */
 
+/* OpenAI's model object, vLLM's max_model_len, and kvsieve's own facts (the load tester draws
+ * synthetic prompts from the vocabulary and checks policy names against them). */
 static json_t *model_json(const srv_http *h)
 {
-    return json_pack("{s:s,s:s,s:I,s:s,s:i}", "id", h->o.model_name, "object", "model",
-                     "created", (json_int_t)h->created, "owned_by", "kvsieve", "max_model_len",
-                     h->o.engine->m->cfg.n_ctx);
+    const kvs_engine *e = h->o.engine;
+    json_t *pols = json_array();
+    const pol_vtable *vt[64];
+    int np = pol_list(vt, 64);
+    for (int i = 0; i < np && i < 64; i++) json_array_append_new(pols, json_string(vt[i]->name));
+    return json_pack("{s:s,s:s,s:I,s:s,s:i,s:{s:i,s:i,s:i,s:s,s:o}}", "id", h->o.model_name,
+                     "object", "model", "created", (json_int_t)h->created, "owned_by", "kvsieve",
+                     "max_model_len", e->m->cfg.n_ctx, "kvsieve", "n_vocab", e->m->cfg.n_vocab,
+                     "bos_token_id", tok_bos(e->tok),
+                     "eos_token_id", tok_eos(e->tok), "default_policy",
+                     h->o.default_policy && *h->o.default_policy ? h->o.default_policy : "full",
+                     "policies", pols);
 }
 
 void srv_oai_models(const srv_http_req *q, srv_http_resp *r, const char *id)
