@@ -398,8 +398,8 @@ class Errors(unittest.TestCase):
         st, js, _ = post("/v1/completions", None, raw=b'{"prompt": "a\xff\xfe", "max_tokens": 1}')
         self.assertEqual(st, 400)
         self.assertNotIn("\xff", js["error"]["message"])
-        st, _, r = post("/v1/completions", None, raw=b"x" * (2 << 20))
-        self.assertEqual(st, 413)
+        # 413 for bodies over the limit: http_wire_test.py (the server answers before reading
+        # the body, which http.client may see as a broken pipe)
         c = http.client.HTTPConnection(*SRV.http.rsplit(":", 1), timeout=30)
         c.request("GET", "/v1/completions")
         r = c.getresponse()
