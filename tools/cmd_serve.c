@@ -162,7 +162,7 @@ int cmd_serve(int argc, char **argv)
     if (!model_path) model_path = cli_default_model();
     cli_policy_finish(&pol, model_path);
     const char *policy = pol.name, *policy_args = pol.args;
-    if (!cli_policy_sized(policy, policy_args)) {
+    if (pol_find(policy) && !cli_policy_sized(policy, policy_args)) {
         fprintf(stderr, "kvsieve serve: --policy %s without --ratio or --budget would evict "
                 "nothing; give e.g. --ratio 0.5 (fraction evicted) or --budget 256 (tokens kept "
                 "per head)\n", policy);
