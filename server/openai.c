@@ -305,16 +305,23 @@ static int token_array(srv_http_resp *r, json_t *a, const char *param, int n_voc
     out->ids = malloc((n ? n : 1) * sizeof *out->ids);
     if (!out->ids) return srv_http_error(r, 500, NULL, "out of memory"), -1;
     out->n = (int)n;
-    for (size_t i = 0; i < n; i++) {
+    int rc = 0;
+    for (size_t i = 0; i < n && !rc; i++) {
         json_t *v = json_array_get(a, i);
-        if (!json_is_integer(v)) return BAD(param, "%s[%zu] must be a token id (integer)", param, i);
-        json_int_t id = json_integer_value(v);
-        if (id < 0 || id >= n_vocab)
-            return BAD(param, "%s[%zu] = %lld is outside the vocabulary [0, %d)", param, i,
-                       (long long)id, n_vocab);
-        out->ids[i] = (int32_t)id;
+        json_int_t id = json_is_integer(v) ? json_integer_value(v) : 0;
+        if (!json_is_integer(v))
+            rc = BAD(param, "%s[%zu] must be a token id (integer)", param, i);
+        else if (id < 0 || id >= n_vocab)
+            rc = BAD(param, "%s[%zu] = %lld is outside the vocabulary [0, %d)", param, i,
+                     (long long)id, n_vocab);
+        else out->ids[i] = (int32_t)id;
     }
-    return 0;
+    if (rc) { /* the caller owns nothing on failure */
+        free(out->ids);
+        out->ids = NULL;
+        out->n = 0;
+    }
+    return rc;
 }
 
 /* Message content: a string, or an array of {"type": "text", "text": ...} parts. Appended to

@@ -48,9 +48,11 @@ def setUpModule():
 def tearDownModule():
     if SRV:
         rc, _ = SRV.terminate()
-        if rc != 0:
-            print(SRV.log_text())
+        log = SRV.log_text()
         SRV.close()
+        if rc != 0:  # a crash, a hang, or (sanitizer builds) a leak report
+            print(log)
+            raise AssertionError("kvsieve serve exited with %s" % rc)
 
 
 def client(key=ALICE, **kw):
