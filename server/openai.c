@@ -180,6 +180,10 @@ static void on_event(void *user, const sched_event *ev)
         if (itl >= 0) srv_metrics_itl(m, tenant, itl);
         return;
     }
+    /* Metrics first: once n_pending drops the client may get its answer and read them. */
+    pthread_mutex_unlock(&j->mu);
+    srv_metrics_finish(m, tenant, j->policy, ev, e2e);
+    pthread_mutex_lock(&j->mu);
     if (ev->text_len) append_text(c, ev->text, ev->text_len);
     c->fin = *ev;
     c->fin.text = NULL;
@@ -191,7 +195,6 @@ static void on_event(void *user, const sched_event *ev)
     j->n_pending--;
     pthread_cond_broadcast(&j->cv);
     pthread_mutex_unlock(&j->mu);
-    srv_metrics_finish(m, tenant, policy, ev, e2e);
     if (verbose)
         fprintf(stderr, "kvsieve serve: http request %llu finish=%d prompt=%d completion=%d "
                 "e2e=%.3fs policy=%s\n", (unsigned long long)ev->request_id, ev->finish_reason,
