@@ -146,6 +146,7 @@ typedef struct load_model_info {
 
 typedef struct load_opts {
     const char *target;
+    int api_openai;           /* --api openai: the HTTP API (load_http.c), else gRPC */
     int concurrency;          /* closed loop: in flight; open loop: the cap */
     double rate;              /* > 0: open loop, Poisson arrivals at this rate */
     long long requests;       /* 0 = no limit (then duration is set) */
@@ -179,6 +180,11 @@ int load_client_probe(const load_opts *o, const load_workload *w, load_model_inf
 /* Run the load; records go to res, and each finished request to the records file (JSONL)
  * when rec_file is not NULL. Returns 0, or -1 on a local failure (message printed). */
 int load_client_run(const load_opts *o, load_workload *w, load_results *res, FILE *rec_file);
+
+/* The same over the OpenAI HTTP API (load_http.c, --api openai): GET /v1/models to probe,
+ * streamed POST /v1/completions (/v1/chat/completions with --chat) to run. */
+int load_http_probe(const load_opts *o, const load_workload *w, load_model_info *mi);
+int load_http_run(const load_opts *o, load_workload *w, load_results *res, FILE *rec_file);
 
 /* One record as a JSON line. */
 void load_record_write_json(FILE *f, const load_workload *w, const load_record *r,

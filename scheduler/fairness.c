@@ -11,6 +11,12 @@
 int sched_pick_waiting(kvs_loop *l)
 {
     int best = -1;
+    if (l->force_tenant >= 0) {
+        int f = l->force_tenant;
+        l->force_tenant = -1;
+        for (int i = 0; i < l->n_waiting; i++)
+            if (l->waiting[i]->tenant == f) return i;
+    }
     for (int i = 0; i < l->n_waiting; i++) {
         req *r = l->waiting[i];
         tenant_rt *t = &l->tenants[r->tenant];
@@ -50,4 +56,43 @@ void sched_enqueue_new(kvs_loop *l, req *r)
         return;
     }
     l->waiting[l->n_waiting++] = r;
+}
+
+void sched_bound_starvation(kvs_loop *l)
+{
+    double bound = l->o.max_starve_s;
+    if (bound < 0 || l->n_tenants < 2) return;
+    double now = kvs_now();
+    int starved = -1;
+    for (int k = 0; k < l->n_tenants; k++) {
+        tenant_rt *t = &l->tenants[k];
+        int waiting = 0, running = 0;
+        for (int i = 0; i < l->n_waiting && !waiting; i++) waiting = l->waiting[i]->tenant == k;
+        for (int i = 0; i < l->n_running && !running; i++) running = l->running[i]->tenant == k;
+        if (!waiting || running) {
+            t->starve_since = 0;
+            continue;
+        }
+        if (t->starve_since == 0) t->starve_since = now;
+        else if (now - t->starve_since >= bound &&
+                 (starved < 0 || t->vtc < l->tenants[starved].vtc))
+            starved = k;
+    }
+    if (starved < 0) return;
+    /* Victim: the newest request of the running tenant (other than the starved one) with the
+     * largest virtual counter. */
+    int v = -1;
+    for (int i = 0; i < l->n_running; i++) {
+        req *r = l->running[i];
+        if (r->tenant == starved) continue;
+        if (v < 0) { v = i; continue; }
+        req *b = l->running[v];
+        double va = l->tenants[r->tenant].vtc, vb = l->tenants[b->tenant].vtc;
+        if (va > vb + 1e-9 || (fabs(va - vb) <= 1e-9 && r->id > b->id)) v = i;
+    }
+    l->tenants[starved].starve_since = now; /* at most one preemption per bound and tenant */
+    if (v < 0) return;
+    sched_preempt(l, v);
+    l->starve_preemptions++;
+    l->force_tenant = starved;
 }

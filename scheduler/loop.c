@@ -90,6 +90,8 @@ int kvs_loop_create(kvs_engine *e, const kvs_loop_opts *o, kvs_loop **out)
     pthread_mutex_init(&l->mu, NULL);
     pthread_cond_init(&l->cv, NULL);
     l->next_id = 1;
+    l->force_tenant = -1;
+    if (l->o.max_starve_s == 0) l->o.max_starve_s = 2.0;
     publish_stats(l); /* a fresh server reports its pool before the first request */
     *out = l;
     return 0;
@@ -410,6 +412,8 @@ int kvs_loop_run(kvs_loop *l)
             }
             cap = c2;
         }
+        /* 0. A tenant starved past the bound gets a slot (preempting the most-served). */
+        sched_bound_starvation(l);
         /* 1. Running requests first, within the token budget. */
         int32_t budget = l->o.max_batch_tokens;
         for (int i = 0; i < l->n_running; i++) {

@@ -97,6 +97,11 @@ typedef struct kvs_loop_opts {
     const char *default_policy_args;
     const sched_tenant *tenants; /* copied; n_tenants == 0: one tenant "default" */
     int n_tenants;
+    /* Starvation bound: a tenant with waiting requests and none running waits about this long
+     * at most (VTC only orders admissions, so long requests of others could hold every slot or
+     * page for as long as they run); then the newest running request of the tenant with the
+     * largest virtual counter is preempted (recompute) for it. 0 = default 2 s; < 0 = off. */
+    double max_starve_s;
 } kvs_loop_opts;
 
 typedef struct kvs_loop kvs_loop;

@@ -9,7 +9,7 @@
 #include "core/common.h"
 
 /* Preempt by recompute: drop the KV, keep the tokens, back to the front of the queue. */
-static void preempt(kvs_loop *l, int i)
+void sched_preempt(kvs_loop *l, int i)
 {
     req *r = l->running[i];
     sched_remove_at(l->running, &l->n_running, i);
@@ -95,7 +95,7 @@ void sched_relieve_pressure(kvs_loop *l, int32_t *lim)
         for (int i = 1; i < l->n_running; i++)
             if (worse(l->running[i], l->running[v])) v = i;
         memmove(lim + v, lim + v + 1, (size_t)(l->n_running - v - 1) * sizeof *lim);
-        preempt(l, v);
+        sched_preempt(l, v);
     }
     /* A single sequence that does not fit alone can never continue. */
     if (l->n_running == 1 && sched_pages_needed(l, lim) > e->pool->n_free) {

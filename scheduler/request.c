@@ -69,6 +69,12 @@ void sched_finish(kvs_loop *l, req *r, int reason, int status, const char *msg)
         .queue_time_s = r->t_sched > 0 ? r->t_sched - r->t_submit : now - r->t_submit,
         .ttft_s = r->t_first > 0 ? r->t_first - r->t_submit : 0.0, .e2e_s = now - r->t_submit,
         .evicted_tokens = r->evicted + ev_now, .preemptions = r->preemptions};
+    /* Forget it for kvs_loop_abort first: once the callback ran, the client may have its
+     * final status and ask to abort the request again (that must be NOT_FOUND). */
+    pthread_mutex_lock(&l->mu);
+    for (int i = 0; i < l->n_live; i++)
+        if (l->live[i].id == r->id) { l->live[i] = l->live[--l->n_live]; break; }
+    pthread_mutex_unlock(&l->mu);
     r->cb(r->user, &ev);
     tenant_rt *t = &l->tenants[r->tenant];
     t->finished++;
@@ -76,10 +82,6 @@ void sched_finish(kvs_loop *l, req *r, int reason, int status, const char *msg)
     l->evicted_total += ev_now;
     if (r->seq) l->moves_total += r->seq->compaction_moves;
     l->finished_total++;
-    pthread_mutex_lock(&l->mu);
-    for (int i = 0; i < l->n_live; i++)
-        if (l->live[i].id == r->id) { l->live[i] = l->live[--l->n_live]; break; }
-    pthread_mutex_unlock(&l->mu);
     sched_req_free(l, r);
 }
 

@@ -53,6 +53,7 @@ typedef struct tenant_rt {
     int running, waiting;
     int64_t pages;
     int64_t prompt_tokens, generated_tokens, evicted_tokens, finished, preemptions;
+    double starve_since;      /* backlogged with nothing running since (0 = not) */
 } tenant_rt;
 
 typedef struct abort_msg {
@@ -91,6 +92,8 @@ struct kvs_loop {
     char *piece;              /* token text scratch */
     size_t piece_cap;
     int64_t evicted_total, moves_total, preempt_total, finished_total, generated_total, steps;
+    int force_tenant;         /* admit this tenant's request first (starvation bound), or -1 */
+    int64_t starve_preemptions;
 };
 
 /* request.c */
@@ -111,9 +114,13 @@ void sched_logprobs(req *r, const float *logits, int n_vocab, int32_t tok);
 int64_t sched_pages_needed(kvs_loop *l, const int32_t *lim);
 void sched_refresh_tenant_pages(kvs_loop *l);
 void sched_relieve_pressure(kvs_loop *l, int32_t *lim);
+/* Preempt running[i] by recompute: drop its KV, keep its tokens, back to the queue's front. */
+void sched_preempt(kvs_loop *l, int i);
 
 /* fairness.c */
 int sched_pick_waiting(kvs_loop *l);
 void sched_enqueue_new(kvs_loop *l, req *r);
+/* Before admissions: preempt for a tenant starved longer than max_starve_s (see loop.h). */
+void sched_bound_starvation(kvs_loop *l);
 
 #endif

@@ -6,9 +6,12 @@
 Reads DIR/ppl.csv, DIR/passkey.csv, DIR/needle.csv, DIR/recall.csv (whichever exist) and
 writes:
   DIR/ppl.png               perplexity vs budget per policy, one panel per window, the full
-                            cache as a dashed line
-  DIR/ppl_gap.png           the same as the gap to the full cache (second half of the text)
-  DIR/passkey.png, needle.png  accuracy heatmaps, context x compression ratio, one per policy
+                            cache as a dashed line; linear axis, a policy far above the rest
+                            (random) is named in the legend with its range, off the scale
+  DIR/ppl_gap.png           the same as the gap to the full cache (second half of the text),
+                            linear (negative = better than the full cache)
+  DIR/passkey.png, needle.png  accuracy heatmaps, context x compression ratio, one per policy,
+                            with the number of cases behind each cell
   DIR/recall.png            attention recall vs budget per policy (one panel per window) and,
                             per layer, where attention goes and recall at the first budget
   DIR/tables.md             the same numbers as Markdown tables (for docs/QUALITY.md)
@@ -39,32 +42,63 @@ def read(path: str) -> list[dict]:
         return list(csv.DictReader(f))
 
 
-def plot_ppl(rows: list[dict], out_dir: str) -> None:
+def ppl_limits(rows: list[dict], key: str) -> tuple[float, float, dict]:
+    """Linear y-limits for a perplexity panel that show the policies that are close to the
+    full cache; a policy whose values are far above the rest (random) would flatten them all,
+    so it is left off the scale and reported as {policy: (lo, hi)} for the legend."""
+    vals: dict = defaultdict(list)
+    for r in rows:
+        if r["policy"] != "full":
+            vals[r["policy"]].append(float(r[key]))
+    full = [float(r[key]) for r in rows if r["policy"] == "full"]
+    base = full + [v for vs in vals.values() for v in vs]
+    # off scale: a policy that stretches the range of all the others more than 2.5 times
+    off = {}
+    for p, vs in vals.items():
+        others = [v for q, ws in vals.items() if q != p for v in ws] + full
+        if len(others) < 2:
+            continue
+        r_o = max(others) - min(others)
+        r_all = max(max(others), max(vs)) - min(min(others), min(vs))
+        if r_o > 0 and r_all > 2.5 * r_o:
+            off[p] = (min(vs), max(vs))
+    kept = [v for p, vs in vals.items() if p not in off for v in vs] + full
+    lo, hi = (min(kept), max(kept)) if kept else (min(base), max(base))
+    pad = 0.06 * (hi - lo if hi > lo else abs(hi) + 1)
+    return (min(lo - pad, 0) if key != "ppl" else lo - pad), hi + pad, off
+
+
+def plot_ppl(rows: list[dict], out_dir: str) -> list:
+    """ppl.png and ppl_gap.png on linear axes (the gap can be negative: a policy may beat the
+    full cache, which a log or symlog axis distorts). Returns the figures' axes (tests)."""
     full = [r for r in rows if r["policy"] == "full"][0]
     windows = sorted({int(r["window"]) for r in rows if r["policy"] != "full"})
     policies = [p for p in dict.fromkeys(r["policy"] for r in rows) if p != "full"]
+    made = []
     for key, fname, ylabel in (("ppl", "ppl.png", "perplexity (whole text)"),
                                ("gap_second_half", "ppl_gap.png",
-                                "ppl gap to full (second half)")):
+                                "ppl gap to full (second half; < 0: better than full)")):
+        lo, hi, off = ppl_limits(rows, key)
         fig, axes = plt.subplots(1, len(windows), figsize=(5.2 * len(windows), 4.2),
                                  squeeze=False, sharey=True)
         for ax, w in zip(axes[0], windows):
             for p in policies:
                 pts = sorted((int(r["budget"]), float(r[key])) for r in rows
                              if r["policy"] == p and int(r["window"]) == w)
-                if not pts:
+                if not pts or p in off:
                     continue
                 c, m = STYLE.get(p, (None, "."))
                 ax.plot([b for b, _ in pts], [v for _, v in pts], marker=m, color=c, label=p)
+            for p, (a, b) in off.items():  # an entry in the legend, no line
+                c, m = STYLE.get(p, (None, "."))
+                ax.plot([], [], marker=m, color=c, ls="none",
+                        label=f"{p}: {a:.3g} to {b:.3g}, off the scale")
             if key == "ppl":
                 ax.axhline(float(full["ppl"]), color="black", ls="--", lw=1, label="full")
             else:
-                ax.axhline(0, color="black", ls="--", lw=1)
+                ax.axhline(0, color="black", ls="--", lw=1, label="full (0)")
             ax.set_xscale("log", base=2)
-            if key == "ppl":
-                ax.set_yscale("log")
-            else:  # gaps can be negative (a policy may beat the full cache)
-                ax.set_yscale("symlog", linthresh=0.1)
+            ax.set_ylim(lo, hi)
             ax.set_xlabel("budget (tokens kept per head)")
             ax.set_title(f"window {w}")
             ax.grid(True, which="both", alpha=0.3)
@@ -73,10 +107,12 @@ def plot_ppl(rows: list[dict], out_dir: str) -> None:
         fig.suptitle(f"Generation perplexity under a fixed KV budget ({full['tokens']} tokens)")
         fig.tight_layout()
         fig.savefig(os.path.join(out_dir, fname), dpi=110)
+        made.append(axes[0])
         plt.close(fig)
+    return made
 
 
-def plot_retrieval(rows: list[dict], task: str, out_dir: str) -> None:
+def plot_retrieval(rows: list[dict], task: str, out_dir: str):
     contexts = sorted({int(r["context"]) for r in rows})
     ratios = sorted({float(r["ratio"]) for r in rows if r["policy"] != "full"})
     policies = [p for p in dict.fromkeys(r["policy"] for r in rows)]
@@ -95,15 +131,20 @@ def plot_retrieval(rows: list[dict], task: str, out_dir: str) -> None:
         rs = [0.0] if p == "full" else ratios
         grid = [[acc[(p, c, r)][0] / acc[(p, c, r)][1] if acc[(p, c, r)][1] else float("nan")
                  for r in rs] for c in contexts]
+        counts = [[acc[(p, c, r)][1] for r in rs] for c in contexts]
         im = ax.imshow(grid, vmin=0, vmax=1, cmap="RdYlGn", aspect="auto", origin="lower")
+        same = len({k for row in counts for k in row}) == 1
         for yi, row in enumerate(grid):
             for xi, v in enumerate(row):
-                ax.text(xi, yi, f"{100 * v:.0f}", ha="center", va="center", fontsize=8)
+                # the number of cases behind each cell: in the title when it is the same for
+                # every cell, else in the cell
+                label = f"{100 * v:.0f}" if same else f"{100 * v:.0f}\nn={counts[yi][xi]}"
+                ax.text(xi, yi, label, ha="center", va="center", fontsize=8)
         ax.set_xticks(range(len(rs)))
         ax.set_xticklabels(["x1" if r == 0 else f"x{round(1 / (1 - r))}" for r in rs])
         ax.set_yticks(range(len(contexts)))
         ax.set_yticklabels([f"{c // 1024}K" if c % 1024 == 0 else str(c) for c in contexts])
-        ax.set_title(p)
+        ax.set_title(f"{p} ({counts[0][0]} cases per cell)" if same else p)
         if i % cols == 0:
             ax.set_ylabel("context")
         ax.set_xlabel("compression")
@@ -114,6 +155,7 @@ def plot_retrieval(rows: list[dict], task: str, out_dir: str) -> None:
                  f"(prefill compression, question kept)")
     fig.savefig(os.path.join(out_dir, f"{task}.png"), dpi=110, bbox_inches="tight")
     plt.close(fig)
+    return axes
 
 
 RECALL_POLICIES = ["oracle", "streaming", "knorm", "qfilters", "qfilters-self", "self-preRoPE"]

@@ -3,7 +3,8 @@
 # then start the gRPC server on the default model in the foreground (Ctrl-C / SIGTERM stops it
 # gracefully). Override with environment variables:
 #   KVS_LISTEN (127.0.0.1:50051)  KVS_METRICS (127.0.0.1:9090)  KVS_KV_MEMORY (1G)
-#   KVS_SERVE_ARGS (extra flags for `kvsieve serve`, e.g. "--policy qfilters --ratio 0.875")
+#   KVS_SERVE_ARGS (extra flags for `kvsieve serve`, e.g. "--policy qfilters --ratio 0.875";
+#   without them the server runs policy full: no eviction)
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 "$root/scripts/setup.sh"

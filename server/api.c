@@ -257,8 +257,13 @@ static void gen_on_cancel(srv_call *c)
     if (!submitted || done) return;
     /* gRPC cancels a call whose deadline passed before the loop's own check sees it: record
      * that as DEADLINE, not as an abort. */
+    /* The client's deadline is a little earlier than the server's copy (computed on arrival
+     * from grpc-timeout), and the client may reset the stream when its own passes: a cancel
+     * within 250 ms of the server's deadline is that deadline. */
     int expired = gpr_time_cmp(c->deadline, gpr_inf_future(c->deadline.clock_type)) != 0 &&
-                  gpr_time_cmp(gpr_now(c->deadline.clock_type), c->deadline) >= 0;
+                  gpr_time_cmp(gpr_time_add(gpr_now(c->deadline.clock_type),
+                                            gpr_time_from_millis(250, GPR_TIMESPAN)),
+                               c->deadline) >= 0;
     kvs_loop_cancel(c->s->o.loop, id, NULL, expired ? SCHED_FINISH_DEADLINE : SCHED_FINISH_ABORTED);
 }
 

@@ -21,6 +21,7 @@
 #include <unistd.h>
 
 #include "core/common.h"
+#include "listen.h"
 #include "proto_check.h"
 #include "srv_internal.h"
 
@@ -567,6 +568,11 @@ int srv_create(const srv_opts *o, srv **out)
     for (int i = 0; i < s->n_cq; i++) {
         s->cq[i] = grpc_completion_queue_create_for_next(NULL);
         grpc_server_register_completion_queue(s->server, s->cq[i], NULL);
+    }
+    if (srv_addr_in_use(o->listen)) { /* one line, not gRPC core's multi-line log */
+        rc = kvs_error(KVS_EIO, "cannot listen on %s: the address is already in use (another "
+                       "server on that port?)", o->listen);
+        goto fail;
     }
     grpc_server_credentials *creds = grpc_insecure_server_credentials_create();
     s->port = grpc_server_add_http2_port(s->server, o->listen, creds);

@@ -399,6 +399,7 @@ int srv_http_start(const srv_http_opts *o, srv_http **out, int *bound_port)
     if (!h->o.model_name) h->o.model_name = o->engine->m->cfg.name;
     h->created = (long)time(NULL);
     snprintf(h->addr, sizeof h->addr, "%s", o->listen);
+    json_object_seed(0); /* jansson's hash seed, set once before connection threads exist */
     int fd = -1, port = 0;
     int rc = srv_listen_socket("--http-listen", o->listen, &fd, &port);
     if (rc) {

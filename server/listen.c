@@ -48,8 +48,8 @@ int srv_listen_socket(const char *what, const char *addr, int *fd_out, int *port
         freeaddrinfo(res);
         close(fd);
         if (e == EADDRINUSE)
-            return kvs_error(KVS_EIO, "%s: address %.200s is already in use (another server on "
-                             "that port?)", what, addr);
+            return kvs_error(KVS_EIO, "%s: cannot listen on %.200s: the address is already in "
+                             "use (another server on that port?)", what, addr);
         return kvs_error(KVS_EIO, "%s: cannot listen on %.200s: %s", what, addr, strerror(e));
     }
     freeaddrinfo(res);
@@ -63,4 +63,33 @@ int srv_listen_socket(const char *what, const char *addr, int *fd_out, int *port
     *fd_out = fd;
     if (port_out) *port_out = port;
     return 0;
+}
+
+int srv_addr_in_use(const char *addr)
+{
+    char host[256];
+    const char *colon = strrchr(addr, ':');
+    if (!colon || colon == addr || !colon[1] || (size_t)(colon - addr) >= sizeof host) return 0;
+    memcpy(host, addr, (size_t)(colon - addr));
+    host[colon - addr] = 0;
+    size_t hl = strlen(host);
+    if (hl >= 2 && host[0] == '[' && host[hl - 1] == ']') {
+        memmove(host, host + 1, hl - 2);
+        host[hl - 2] = 0;
+    }
+    struct addrinfo hints = {0}, *res = NULL;
+    hints.ai_family = AF_UNSPEC;
+    hints.ai_socktype = SOCK_STREAM;
+    hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV;
+    if (getaddrinfo(host, colon + 1, &hints, &res) || !res) return 0;
+    int in_use = 0;
+    int fd = socket(res->ai_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd >= 0) {
+        int one = 1;
+        setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+        in_use = bind(fd, res->ai_addr, res->ai_addrlen) != 0 && errno == EADDRINUSE;
+        close(fd);
+    }
+    freeaddrinfo(res);
+    return in_use;
 }

@@ -7,4 +7,8 @@
  * message naming the address ("address 127.0.0.1:8000 is already in use"). */
 int srv_listen_socket(const char *what, const char *addr, int *fd_out, int *port_out);
 
+/* 1 if binding "host:port" fails because the address is in use (a probe for listeners that
+ * report it badly, gRPC's); 0 otherwise, including addresses it cannot parse. */
+int srv_addr_in_use(const char *addr);
+
 #endif

@@ -11,8 +11,10 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <unistd.h>
 
 #include "core/common.h"
+#include "listen.h"
 
 /* Bucket bounds (seconds), as vLLM uses for the same metrics. */
 static const double ttft_b[] = {0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5,
@@ -403,35 +405,27 @@ static enum MHD_Result on_http(void *cls, struct MHD_Connection *conn, const cha
     return rc;
 }
 
+static void mhd_quiet(void *cls, const char *fmt, va_list ap)
+{
+    (void)cls;
+    (void)fmt;
+    (void)ap;
+}
+
 int srv_metrics_listen(srv_metrics *m, const char *addr, int *bound_port)
 {
-    char host[256];
-    const char *colon = strrchr(addr, ':');
-    if (!colon || colon == addr || !colon[1] || (size_t)(colon - addr) >= sizeof host)
-        return kvs_error(KVS_EINVAL, "metrics address '%s': expected HOST:PORT", addr);
-    memcpy(host, addr, (size_t)(colon - addr));
-    host[colon - addr] = 0;
-    if (host[0] == '[' && host[strlen(host) - 1] == ']') { /* [::1]:9090 */
-        memmove(host, host + 1, strlen(host));
-        host[strlen(host) - 1] = 0;
+    int fd = -1, port = 0;
+    int rc = srv_listen_socket("metrics", addr, &fd, &port);
+    if (rc) return rc;
+    m->httpd = MHD_start_daemon(MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_ERROR_LOG, 0, NULL,
+                                NULL, &on_http, m, MHD_OPTION_LISTEN_SOCKET, fd,
+                                MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)10,
+                                MHD_OPTION_EXTERNAL_LOGGER, mhd_quiet, NULL, MHD_OPTION_END);
+    if (!m->httpd) {
+        close(fd);
+        return kvs_error(KVS_EIO, "metrics: cannot start the HTTP server on %s", addr);
     }
-    struct addrinfo hints = {0}, *res = NULL;
-    hints.ai_family = AF_UNSPEC;
-    hints.ai_socktype = SOCK_STREAM;
-    hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV;
-    int gai = getaddrinfo(host, colon + 1, &hints, &res);
-    if (gai || !res)
-        return kvs_error(KVS_EINVAL, "metrics address '%s': %s", addr, gai_strerror(gai));
-    unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_ERROR_LOG;
-    if (res->ai_family == AF_INET6) flags |= MHD_USE_IPv6;
-    m->httpd = MHD_start_daemon(flags, 0, NULL, NULL, &on_http, m, MHD_OPTION_SOCK_ADDR,
-                                res->ai_addr, MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)10,
-                                MHD_OPTION_END);
-    freeaddrinfo(res);
-    if (!m->httpd)
-        return kvs_error(KVS_EIO, "metrics: cannot listen on %s (address in use?)", addr);
-    const union MHD_DaemonInfo *di = MHD_get_daemon_info(m->httpd, MHD_DAEMON_INFO_BIND_PORT);
-    if (bound_port) *bound_port = di ? di->port : 0;
+    if (bound_port) *bound_port = port;
     return 0;
 }
 

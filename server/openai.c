@@ -180,6 +180,10 @@ static void on_event(void *user, const sched_event *ev)
         if (itl >= 0) srv_metrics_itl(m, tenant, itl);
         return;
     }
+    /* Metrics first: once n_pending drops the client may get its answer and read them. */
+    pthread_mutex_unlock(&j->mu);
+    srv_metrics_finish(m, tenant, j->policy, ev, e2e);
+    pthread_mutex_lock(&j->mu);
     if (ev->text_len) append_text(c, ev->text, ev->text_len);
     c->fin = *ev;
     c->fin.text = NULL;
@@ -191,7 +195,6 @@ static void on_event(void *user, const sched_event *ev)
     j->n_pending--;
     pthread_cond_broadcast(&j->cv);
     pthread_mutex_unlock(&j->mu);
-    srv_metrics_finish(m, tenant, policy, ev, e2e);
     if (verbose)
         fprintf(stderr, "kvsieve serve: http request %llu finish=%d prompt=%d completion=%d "
                 "e2e=%.3fs policy=%s\n", (unsigned long long)ev->request_id, ev->finish_reason,
@@ -305,16 +308,23 @@ static int token_array(srv_http_resp *r, json_t *a, const char *param, int n_voc
     out->ids = malloc((n ? n : 1) * sizeof *out->ids);
     if (!out->ids) return srv_http_error(r, 500, NULL, "out of memory"), -1;
     out->n = (int)n;
-    for (size_t i = 0; i < n; i++) {
+    int rc = 0;
+    for (size_t i = 0; i < n && !rc; i++) {
         json_t *v = json_array_get(a, i);
-        if (!json_is_integer(v)) return BAD(param, "%s[%zu] must be a token id (integer)", param, i);
-        json_int_t id = json_integer_value(v);
-        if (id < 0 || id >= n_vocab)
-            return BAD(param, "%s[%zu] = %lld is outside the vocabulary [0, %d)", param, i,
-                       (long long)id, n_vocab);
-        out->ids[i] = (int32_t)id;
+        json_int_t id = json_is_integer(v) ? json_integer_value(v) : 0;
+        if (!json_is_integer(v))
+            rc = BAD(param, "%s[%zu] must be a token id (integer)", param, i);
+        else if (id < 0 || id >= n_vocab)
+            rc = BAD(param, "%s[%zu] = %lld is outside the vocabulary [0, %d)", param, i,
+                     (long long)id, n_vocab);
+        else out->ids[i] = (int32_t)id;
     }
-    return 0;
+    if (rc) { /* the caller owns nothing on failure */
+        free(out->ids);
+        out->ids = NULL;
+        out->n = 0;
+    }
+    return rc;
 }
 
 /* Message content: a string, or an array of {"type": "text", "text": ...} parts. Appended to
@@ -1132,11 +1142,22 @@ void srv_oai_completions(const srv_http_req *q, srv_http_resp *r, int chat)
 
 /* ---- /v1/models, /tokenize, /detokenize -------------------------------------------------- */
 
+/* OpenAI's model object, vLLM's max_model_len, and kvsieve's own facts (the load tester draws
+ * synthetic prompts from the vocabulary and checks policy names against them). */
 static json_t *model_json(const srv_http *h)
 {
-    return json_pack("{s:s,s:s,s:I,s:s,s:i}", "id", h->o.model_name, "object", "model",
-                     "created", (json_int_t)h->created, "owned_by", "kvsieve", "max_model_len",
-                     h->o.engine->m->cfg.n_ctx);
+    const kvs_engine *e = h->o.engine;
+    json_t *pols = json_array();
+    const pol_vtable *vt[64];
+    int np = pol_list(vt, 64);
+    for (int i = 0; i < np && i < 64; i++) json_array_append_new(pols, json_string(vt[i]->name));
+    return json_pack("{s:s,s:s,s:I,s:s,s:i,s:{s:i,s:i,s:i,s:s,s:o}}", "id", h->o.model_name,
+                     "object", "model", "created", (json_int_t)h->created, "owned_by", "kvsieve",
+                     "max_model_len", e->m->cfg.n_ctx, "kvsieve", "n_vocab", e->m->cfg.n_vocab,
+                     "bos_token_id", tok_bos(e->tok),
+                     "eos_token_id", tok_eos(e->tok), "default_policy",
+                     h->o.default_policy && *h->o.default_policy ? h->o.default_policy : "full",
+                     "policies", pols);
 }
 
 void srv_oai_models(const srv_http_req *q, srv_http_resp *r, const char *id)

@@ -3,6 +3,7 @@
 #include "memory/kv_format.h"
 
 #include <errno.h>
+#include <getopt.h>
 #include <libgen.h>
 #include <limits.h>
 #include <math.h>
@@ -208,4 +209,57 @@ int cli_kv_dtype(const char *cmd, const char *spec)
         return 1;
     }
     return 0;
+}
+
+int cli_policy_sized(const char *name, const char *args)
+{
+    if (!name || !*name || !strcmp(name, "full") || !strcmp(name, "default")) return 1;
+    const char *cur = args ? args : "";
+    char key[64], val[256];
+    int r;
+    while ((r = pol_args_next(&cur, key, sizeof key, val, sizeof val)) > 0)
+        if (!strcmp(key, "ratio") || !strcmp(key, "budget")) return 1;
+    return 0;
+}
+
+/* Edit distance (insertions, deletions, substitutions), capped at 99. */
+static int edit_distance(const char *a, const char *b)
+{
+    size_t la = strlen(a), lb = strlen(b);
+    if (la > 60 || lb > 60) return 99;
+    int d[61][61];
+    for (size_t i = 0; i <= la; i++) d[i][0] = (int)i;
+    for (size_t j = 0; j <= lb; j++) d[0][j] = (int)j;
+    for (size_t i = 1; i <= la; i++)
+        for (size_t j = 1; j <= lb; j++) {
+            int c = d[i - 1][j - 1] + (a[i - 1] != b[j - 1]);
+            int x = d[i - 1][j] + 1, y = d[i][j - 1] + 1;
+            d[i][j] = c < x ? (c < y ? c : y) : (x < y ? x : y);
+        }
+    return d[la][lb];
+}
+
+int cli_bad_option(const char *cmd, const struct option *opts, const char *arg)
+{
+    char name[128];
+    const char *a = arg ? arg : "";
+    while (*a == '-') a++;
+    snprintf(name, sizeof name, "%.*s", (int)strcspn(a, "="), a);
+    const struct option *known = NULL, *best = NULL;
+    int best_d = 99;
+    for (const struct option *o = opts; o && o->name; o++) {
+        if (!strcmp(o->name, name)) known = o;
+        int d = edit_distance(name, o->name);
+        if (!strncmp(o->name, name, strlen(name)) && strlen(name) >= 3) d = 1;
+        if (d < best_d) best_d = d, best = o;
+    }
+    if (known && known->has_arg == required_argument)
+        fprintf(stderr, "kvsieve %s: option '--%s' needs a value\n", cmd, known->name);
+    else if (best && best_d <= (strlen(name) > 6 ? 3 : 2))
+        fprintf(stderr, "kvsieve %s: unknown option '%s'; did you mean '--%s'?\n", cmd, arg,
+                best->name);
+    else
+        fprintf(stderr, "kvsieve %s: unknown option '%s'\n", cmd, arg);
+    fprintf(stderr, "'kvsieve %s --help' lists the options\n", cmd);
+    return 2;
 }

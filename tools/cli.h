@@ -38,6 +38,17 @@ void cli_policy_finish(cli_policy *p, const char *model_path);
 /* Help text of the policy flags. */
 extern const char cli_policy_help[];
 
+/* 1 if a policy with these options evicts something or is meant to keep all: full (and ""
+ * = the server's default), or options with ratio= or budget=. A policy with neither would
+ * evict nothing, silently. */
+int cli_policy_sized(const char *name, const char *args);
+
+struct option;
+/* An unknown option or one missing its value (getopt_long returned '?'): one error line, a
+ * "did you mean" when a known option is close, and where --help is. Returns 2 (the exit
+ * status). */
+int cli_bad_option(const char *cmd, const struct option *opts, const char *arg);
+
 /* Load every `--policy-plugin PATH` (accepted by every subcommand) and remove them from argv.
  * Returns the new argc, or -1 after printing the error. */
 int cli_load_plugins(int argc, char **argv);

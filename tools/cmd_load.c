@@ -11,6 +11,7 @@
 #include <string.h>
 
 #include "cli.h"
+#include "memory/policy.h"
 #include "load/load.h"
 
 static void usage(FILE *f)
@@ -21,7 +22,10 @@ static void usage(FILE *f)
         "TPOT and end-to-end latency percentiles, throughput, goodput and errors. Point it only\n"
         "at servers you run (docs/LOAD.md).\n\n"
         "arrivals (the run always stops: after --requests, or --duration, whichever first):\n"
-        "  --target HOST:PORT     the server's gRPC address (required)\n"
+        "  --target HOST:PORT     the server's gRPC address (required), or its --http-listen\n"
+        "                         address with --api openai\n"
+        "  --api API              grpc (default) | openai: streamed /v1/completions (chat with\n"
+        "                         --chat) over HTTP, the same workload and report\n"
         "  -c, --concurrency N    closed loop: N requests in flight at all times (default 4);\n"
         "                         with --rate: the most in flight (default 1000)\n"
         "  -r, --rate R           open loop: Poisson arrivals at R requests/s\n"
@@ -120,7 +124,7 @@ int cmd_load(int argc, char **argv)
     memset(&w, 0, sizeof w);
     memset(&res, 0, sizeof res);
     enum { O_TARGET = 256, O_TIMEOUT, O_CONNECT, O_IN_LEN, O_IN_DIST, O_OUT_LEN, O_OUT_DIST,
-           O_PROMPTS, O_CHAT, O_NO_EOS, O_SEED, O_TENANT, O_POLICY, O_POLICY_ARGS, O_MIX,
+           O_PROMPTS, O_CHAT, O_NO_EOS, O_SEED, O_TENANT, O_POLICY, O_POLICY_ARGS, O_MIX, O_API,
            O_SLO_TTFT, O_SLO_TPOT, O_JSON, O_RECORDS };
     static const struct option opts[] = {
         {"target", required_argument, 0, O_TARGET},
@@ -142,6 +146,7 @@ int cmd_load(int argc, char **argv)
         {"policy", required_argument, 0, O_POLICY},
         {"policy-args", required_argument, 0, O_POLICY_ARGS},
         {"policy-mix", required_argument, 0, O_MIX},
+        {"api", required_argument, 0, O_API},
         {"slo-ttft", required_argument, 0, O_SLO_TTFT},
         {"slo-tpot", required_argument, 0, O_SLO_TPOT},
         {"json", required_argument, 0, O_JSON},
@@ -194,6 +199,13 @@ int cmd_load(int argc, char **argv)
         case O_POLICY: policy = optarg; break;
         case O_POLICY_ARGS: policy_args = optarg; break;
         case O_MIX: policy_mix = optarg; break;
+        case O_API:
+            if (!strcmp(optarg, "openai")) o.api_openai = 1;
+            else if (strcmp(optarg, "grpc")) {
+                fprintf(stderr, "kvsieve load: --api: '%s' is not grpc or openai\n", optarg);
+                goto out;
+            }
+            break;
         case O_SLO_TTFT: bad = cli_float(cmd, "--slo-ttft", optarg, 1e-3, 1e9, &slo_ttft_ms); break;
         case O_SLO_TPOT: bad = cli_float(cmd, "--slo-tpot", optarg, 1e-3, 1e9, &slo_tpot_ms); break;
         case O_JSON: json_path = optarg; break;
@@ -201,8 +213,7 @@ int cmd_load(int argc, char **argv)
         case 'q': o.progress = 0; break;
         case 'h': usage(stdout); rc = 0; goto out;
         default:
-            fprintf(stderr, "kvsieve load: unknown or incomplete option '%s'\n", argv[optind - 1]);
-            usage(stderr);
+            cli_bad_option("load", opts, argv[optind - 1]);
             goto out;
         }
         if (bad) goto out;
@@ -277,6 +288,15 @@ int cmd_load(int argc, char **argv)
                      policy_args ? policy_args : "");
         }
     }
+    for (int i = 0; i < w.n_policies; i++) /* known policies only: the server may have plugins */
+        if (pol_find(w.policies[i].name) &&
+            !cli_policy_sized(w.policies[i].name, w.policies[i].args)) {
+            fprintf(stderr, "kvsieve load: policy %s has no ratio or budget, so it would evict "
+                    "nothing: write %s(ratio=0.5) in --policy-mix, or --policy %s "
+                    "--policy-args ratio=0.5\n", w.policies[i].name, w.policies[i].name,
+                    w.policies[i].name);
+            goto out;
+        }
     if (n_tenants == 0) {
         tenants = calloc(1, sizeof *tenants);
         if (!tenants) goto out;
@@ -303,7 +323,7 @@ int cmd_load(int argc, char **argv)
 
     grpc_init();
     grpc_up = 1;
-    if (load_client_probe(&o, &w, &mi)) goto out;
+    if (o.api_openai ? load_http_probe(&o, &w, &mi) : load_client_probe(&o, &w, &mi)) goto out;
     if (mi.known) {
         for (int i = 0; i < w.n_policies; i++)
             if (w.policies[i].name[0] && !in_list(mi.policies, w.policies[i].name)) {
@@ -344,7 +364,8 @@ int cmd_load(int argc, char **argv)
     o.stop = &load_stop;
     sigaction(SIGINT, &sa, &old_int);
     sigaction(SIGTERM, &sa, &old_term);
-    int run_rc = load_client_run(&o, &w, &res, rec_file);
+    int run_rc = o.api_openai ? load_http_run(&o, &w, &res, rec_file)
+                              : load_client_run(&o, &w, &res, rec_file);
     sigaction(SIGINT, &old_int, NULL);
     sigaction(SIGTERM, &old_term, NULL);
     if (run_rc) goto out;

@@ -48,6 +48,9 @@ static void usage(FILE *f)
         "  --max-batch-tokens N    token budget of one engine step (default 512)\n"
         "  --max-running N         sequences in one step (default 64)\n"
         "  --prefill-chunk N       prompt tokens of one sequence per step (default 256)\n"
+        "  --fair-max-wait SECONDS a tenant with waiting requests and none running gets a slot\n"
+        "                          after about this long, preempting the newest request of the\n"
+        "                          most-served tenant (default 2; 0 = off)\n"
         "  --grace SECONDS         on SIGTERM/SIGINT, time running requests get to finish before\n"
         "                          they are stopped with finish reason SHUTDOWN (default 15)\n"
         "  --server-threads N      gRPC completion-queue threads (default 1)\n"
@@ -82,9 +85,10 @@ int cmd_serve(int argc, char **argv)
     size_t kv_bytes = 0;
     kvs_device_kind device = KVS_DEVICE_CPU;
     long long max_batch = 512, max_running = 64, chunk = 256, threads = 1;
-    double grace = 15.0;
+    double grace = 15.0, fair_wait = 2.0;
     enum { O_MODEL = 256, O_LISTEN, O_METRICS, O_TENANTS, O_KV, O_POLICY, O_BATCH, O_RUNNING,
-           O_CHUNK, O_GRACE, O_THREADS, O_DEVICE, O_HTTP, O_HTTP_METRICS, O_SERVED };
+           O_CHUNK, O_GRACE, O_THREADS, O_DEVICE, O_HTTP, O_HTTP_METRICS, O_SERVED,
+           O_FAIR };
     static const struct option opts[] = {
         {"model", required_argument, 0, O_MODEL},
         {"listen", required_argument, 0, O_LISTEN},
@@ -105,6 +109,7 @@ int cmd_serve(int argc, char **argv)
         {"max-running", required_argument, 0, O_RUNNING},
         {"prefill-chunk", required_argument, 0, O_CHUNK},
         {"grace", required_argument, 0, O_GRACE},
+        {"fair-max-wait", required_argument, 0, O_FAIR},
         {"server-threads", required_argument, 0, O_THREADS},
         {"device", required_argument, 0, O_DEVICE},
         {"verbose", no_argument, 0, 'v'},
@@ -139,13 +144,11 @@ int cmd_serve(int argc, char **argv)
         case O_RUNNING: if (cli_int(cmd, "--max-running", optarg, 1, 1 << 16, &max_running)) return 2; break;
         case O_CHUNK: if (cli_int(cmd, "--prefill-chunk", optarg, 1, 1 << 20, &chunk)) return 2; break;
         case O_GRACE: if (cli_float(cmd, "--grace", optarg, 0, 86400, &grace)) return 2; break;
+        case O_FAIR: if (cli_float(cmd, "--fair-max-wait", optarg, 0, 86400, &fair_wait)) return 2; break;
         case O_THREADS: if (cli_int(cmd, "--server-threads", optarg, 1, 64, &threads)) return 2; break;
         case 'v': verbose = 1; break;
         case 'h': usage(stdout); return 0;
-        default:
-            fprintf(stderr, "kvsieve serve: unknown or incomplete option '%s'\n", argv[optind - 1]);
-            usage(stderr);
-            return 2;
+        default: return cli_bad_option(cmd, opts, argv[optind - 1]);
         }
     }
     if (optind < argc) {
@@ -159,6 +162,12 @@ int cmd_serve(int argc, char **argv)
     if (!model_path) model_path = cli_default_model();
     cli_policy_finish(&pol, model_path);
     const char *policy = pol.name, *policy_args = pol.args;
+    if (pol_find(policy) && !cli_policy_sized(policy, policy_args)) {
+        fprintf(stderr, "kvsieve serve: --policy %s without --ratio or --budget would evict "
+                "nothing; give e.g. --ratio 0.5 (fraction evicted) or --budget 256 (tokens kept "
+                "per head)\n", policy);
+        return 2;
+    }
     /* The filters file requests with policy qfilters get: the one of --policy-args, else the
      * model's default (<model>.kvsqf) when it exists. */
     char qf_path[sizeof pol.args] = "";
@@ -218,6 +227,7 @@ int cmd_serve(int argc, char **argv)
     kvs_loop_opts lo = {.max_batch_tokens = (int32_t)max_batch,
                         .max_running = (int32_t)max_running,
                         .prefill_chunk = (int32_t)chunk,
+                        .max_starve_s = fair_wait > 0 ? fair_wait : -1,
                         .default_policy = policy,
                         .default_policy_args = policy_args,
                         .tenants = st,

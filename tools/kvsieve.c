@@ -12,11 +12,11 @@ static const struct {
     {"generate", cmd_generate, "generate text from a prompt (streams tokens, reports tokens/s)"},
     {"bench", cmd_bench, "CPU throughput: prefill/decode tokens/s at several batch sizes vs sgemm peak"},
     {"policies", cmd_policies, "list the KV eviction policies and their options"},
-    {"serve", cmd_serve, "serve the model over gRPC (multi-tenant, streaming, metrics)"},
+    {"serve", cmd_serve, "serve the model over gRPC and the OpenAI HTTP API (multi-tenant, metrics)"},
     {"load", cmd_load, "load-test a running server: latency percentiles, throughput, goodput"},
     {"hash-key", cmd_hash_key, "print the hash of an API key for the tenants file (or --generate one)"},
     {"calibrate", cmd_calibrate, "make a model's Q-Filters from a text (with per-head diagnostics)"},
-    {"eval", cmd_eval, "quality under KV compression: ppl, passkey, needle, cost (CSV/JSON)"},
+    {"eval", cmd_eval, "quality under KV compression: ppl, passkey, needle, cost, recall (CSV/JSON)"},
     {"dump-logits", cmd_dump_logits, "write raw logits for token ids (for reference comparisons)"},
 };
 
@@ -37,7 +37,7 @@ int main(int argc, char **argv)
     cli_blas_core_fix(argv);
     argc = cli_load_plugins(argc, argv);
     if (argc < 0) return 2;
-    if (argc < 2) {
+    if (argc < 2) { /* bare `kvsieve`: the command list, and exit 2 (nothing was run) */
         usage(stderr);
         return 2;
     }
@@ -51,7 +51,16 @@ int main(int argc, char **argv)
     }
     for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
         if (!strcmp(argv[1], commands[i].name)) return commands[i].fn(argc - 1, argv + 1);
-    fprintf(stderr, "kvsieve: unknown command '%s'\n\n", argv[1]);
-    usage(stderr);
+    /* One line and a suggestion, not the whole help. */
+    const char *best = NULL;
+    size_t n1 = strlen(argv[1]);
+    for (size_t i = 0; i < sizeof commands / sizeof commands[0] && !best; i++)
+        if ((n1 >= 2 && !strncmp(commands[i].name, argv[1], n1)) ||
+            (n1 >= 3 && strstr(commands[i].name, argv[1])) ||
+            (n1 >= 3 && !strncmp(commands[i].name, argv[1], 3)))
+            best = commands[i].name;
+    if (best) fprintf(stderr, "kvsieve: unknown command '%s'; did you mean '%s'?\n", argv[1], best);
+    else fprintf(stderr, "kvsieve: unknown command '%s'\n", argv[1]);
+    fprintf(stderr, "'kvsieve --help' lists the commands\n");
     return 2;
 }

@@ -23,6 +23,7 @@ typedef struct rec {
     size_t text_len[MAXR];
     int tenant_of[MAXR];
     int n_finished;
+    double t_fin[MAXR], t_first[MAXR];
     kvs_loop *loop;
     int abort_after; /* abort slot 0 after this many tokens (0 = never) */
     uint64_t id0;
@@ -41,11 +42,12 @@ static void on_event(void *user, const sched_event *ev)
         r->text_len[c->slot] += ev->text_len;
     }
     if (ev->type == SCHED_EV_TOKEN) {
-        r->n_tokens[c->slot]++;
+        if (r->n_tokens[c->slot]++ == 0) r->t_first[c->slot] = kvs_now();
         if (r->abort_after && c->slot == 0 && r->n_tokens[0] == r->abort_after)
             kvs_loop_abort(r->loop, ev->request_id, NULL);
     } else {
         r->finished[c->slot]++;
+        r->t_fin[c->slot] = kvs_now();
         if (getenv("KVS_TEST_VERBOSE")) printf("  [finish slot %d reason %d status %d: %s]\n", c->slot, ev->finish_reason, ev->status, ev->message);
         r->reason[c->slot] = ev->finish_reason;
         r->status[c->slot] = ev->status;
@@ -301,6 +303,111 @@ static void test_deadline_beats_length(void)
     free(r);
 }
 
+/* An abort is reaped before the next step, and the stats show it then, not one (long) step
+ * later: slot 0 decodes and is aborted after 3 tokens while slot 1 prefills a long prompt in
+ * chunks of 256 tokens (each step takes long on a CPU). */
+static void test_abort_stats_at_once(void)
+{
+    rec *r = rec_new();
+    r->abort_after = 3;
+    kvs_loop_opts o = {.max_batch_tokens = 512, .prefill_chunk = 256};
+    CU_ASSERT_FATAL(kvs_loop_create(E, &o, &r->loop) == 0);
+    int32_t ids[64];
+    int n = tokenize("Tell me a story about a dragon.", ids, 64);
+    static int32_t big[1800];
+    for (int i = 0; i < 1800; i++) big[i] = 100 + (i * 37) % 5000;
+    sched_params pa = params(100), pb = params(1);
+    pa.ignore_eos = 1;
+    uint64_t id;
+    CU_ASSERT_EQUAL(kvs_loop_submit(r->loop, NULL, ids, n, &pa, on_event, &ctxs[0], &id), 0);
+    CU_ASSERT_EQUAL(kvs_loop_submit(r->loop, NULL, big, 1800, &pb, on_event, &ctxs[1], &id), 0);
+    pthread_t th;
+    pthread_create(&th, NULL, run_thread, r->loop);
+    wait_finished(r, 1, 120);
+    CU_ASSERT_EQUAL(r->reason[0], SCHED_FINISH_ABORTED);
+    kvs_loop_stats st;
+    double t_seen = 0, t_end = kvs_now() + 20;
+    do {
+        kvs_loop_get_stats(r->loop, &st);
+        if (st.requests_finished_total >= 1) t_seen = kvs_now();
+        else usleep(1000);
+    } while (!t_seen && kvs_now() < t_end);
+    double steps0 = (double)st.steps_total;
+    double t1 = kvs_now();
+    while ((double)st.steps_total < steps0 + 1 && kvs_now() < t1 + 30) {
+        usleep(5000);
+        kvs_loop_get_stats(r->loop, &st);
+    }
+    double step_s = kvs_now() - t1;
+    printf("\n  abort -> stats: %.3fs; one prefill step: >= %.3fs\n", t_seen - r->t_fin[0], step_s);
+    CU_ASSERT(t_seen > 0 && t_seen - r->t_fin[0] < 0.25);
+    CU_ASSERT_EQUAL(st.running, 1);
+    kvs_loop_stop(r->loop, 0);
+    pthread_join(th, NULL);
+    kvs_loop_destroy(r->loop);
+    free(r);
+}
+
+/* Starvation bound: tenant "long" holds both slots with long requests; tenant "short" arrives
+ * later. VTC alone admits "short" only when a slot frees (after the long requests end); with
+ * the bound it gets a slot within about max_starve_s (the long request is preempted and
+ * recomputed, and still finishes). */
+static double starve_run(double max_starve_s, double *step_s)
+{
+    sched_tenant ts[2] = {{.name = "long", .weight = 1}, {.name = "short", .weight = 1}};
+    rec *r = rec_new();
+    kvs_loop_opts o = {.max_running = 2, .tenants = ts, .n_tenants = 2,
+                       .max_starve_s = max_starve_s};
+    CU_ASSERT_FATAL(kvs_loop_create(E, &o, &r->loop) == 0);
+    int32_t ids[16];
+    int n = tokenize("Tell me a story about a dragon.", ids, 16);
+    uint64_t id;
+    pthread_t th;
+    pthread_create(&th, NULL, run_thread, r->loop);
+    for (int k = 0; k < 2; k++) {
+        sched_params p = params(100);
+        p.ignore_eos = 1;
+        CU_ASSERT_EQUAL(kvs_loop_submit(r->loop, "long", ids, n, &p, on_event, &ctxs[k], &id), 0);
+    }
+    for (double t_end = kvs_now() + 60; kvs_now() < t_end;) {
+        pthread_mutex_lock(&r->mu);
+        int both = r->n_tokens[0] > 0 && r->n_tokens[1] > 0;
+        pthread_mutex_unlock(&r->mu);
+        if (both) break;
+        usleep(2000);
+    }
+    double t_sub = kvs_now();
+    sched_params p = params(4);
+    p.ignore_eos = 1;
+    CU_ASSERT_EQUAL(kvs_loop_submit(r->loop, "short", ids, n, &p, on_event, &ctxs[2], &id), 0);
+    wait_finished(r, 3, 300);
+    double wait = r->t_first[2] - t_sub;
+    wait_finished(r, 3, 300);
+    /* the long requests' mean time per token (a step, plus a recompute when preempted) */
+    *step_s = (r->t_fin[1] - r->t_first[1]) / 99.0;
+    kvs_loop_stop(r->loop, 60);
+    pthread_join(th, NULL);
+    for (int k = 0; k < 3; k++) CU_ASSERT_EQUAL(r->finished[k], 1);
+    CU_ASSERT_EQUAL(r->reason[0], SCHED_FINISH_LENGTH);
+    CU_ASSERT_EQUAL(r->completion[0], 100);
+    CU_ASSERT_EQUAL(r->completion[1], 100);
+    kvs_loop_destroy(r->loop);
+    free(r);
+    return wait;
+}
+
+static void test_starvation_bound(void)
+{
+    double step, step_off;
+    double w = starve_run(0.5, &step);
+    double off = starve_run(-1, &step_off);
+    printf("\n  'short' waited %.2fs for its first token with a 0.5 s bound, %.2fs without "
+           "(a decode step: %.3fs)\n", w, off, step);
+    /* the bound, plus the step in progress, the preemption and the short request's prefill */
+    CU_ASSERT(w < 0.5 + 4 * step + 0.5);
+    CU_ASSERT(off > 2 * w);
+}
+
 /* A pool far too small for the offered load: every request finishes, with compressions and
  * preemptions. */
 static void test_pressure(void)
@@ -410,9 +517,11 @@ int main(void)
         {"abort, stop string, deadline", test_stops_abort_deadline},
         {"bad requests refused with the right status", test_bad_requests},
         {"a fresh loop reports its pool", test_fresh_stats},
+        {"an abort shows in the stats before the next step", test_abort_stats_at_once},
         {"a deadline passed during the last step wins over length", test_deadline_beats_length},
         {"pool too small: compress, compact, preempt; all finish", test_pressure},
         {"VTC fairness between weighted tenants", test_vtc_fairness},
+        {"starvation bound: a tenant with nothing running gets a slot", test_starvation_bound},
     };
     int rc = kvs_test_main("loop", tests, sizeof tests / sizeof tests[0]);
     engine_destroy(E);

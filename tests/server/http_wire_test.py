@@ -27,9 +27,11 @@ def setUpModule():
 def tearDownModule():
     if SRV:
         rc, _ = SRV.terminate()
-        if rc != 0:
-            print(SRV.log_text())
+        log = SRV.log_text()
         SRV.close()
+        if rc != 0:  # a crash, a hang, or (sanitizer builds) a leak report
+            print(log)
+            raise AssertionError("kvsieve serve exited with %s" % rc)
 
 
 def url(path):
@@ -285,6 +287,11 @@ class Draining(unittest.TestCase):
     def test_drain(self):
         srv = kvs_server.Server("--http-listen", "127.0.0.1:0", grace=2.0)
         try:
+            # a fresh server reports its KV pool before the first request
+            text = urllib.request.urlopen("http://%s/metrics" % srv.metrics, timeout=10).read()
+            free = [float(l.rsplit(b" ", 1)[1]) for l in text.splitlines()
+                    if l.startswith(b"kvsieve_kv_pages_free")]
+            self.assertTrue(free and free[0] > 0, free)
             h, p = srv.http.rsplit(":", 1)
             s = socket.create_connection((h, int(p)), timeout=60)
             body = json.dumps({"prompt": "Tell me a story.", "max_tokens": 4000, "stream": True,

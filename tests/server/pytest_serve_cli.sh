@@ -44,7 +44,7 @@ expect_fail "missing model" "cannot open" "$bin" serve --model "$tmp/none.gguf" 
 expect_fail "bad listen address" "cannot listen" "$bin" serve --model "$model" --listen 999.1.1.1:5
 expect_fail "bad metrics address" "metrics" \
   "$bin" serve --model "$model" --listen 127.0.0.1:0 --metrics-listen nohostport
-expect_fail "unknown flag" "unknown or incomplete option" "$bin" serve --bogus
+expect_fail "unknown flag" "unknown option" "$bin" serve --bogus
 expect_fail "bad --grace" "grace" "$bin" serve --grace -1
 
 # Port in use: a second server on the first one's port must fail, not share it.
