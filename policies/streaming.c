@@ -21,7 +21,7 @@ static void streaming_device_score(void *state, pol_device_score *out)
 const pol_vtable pol_streaming_vtable = {
     .version = POL_API_VERSION,
     .name = "streaming",
-    .description = "StreamingLLM: keep the first `sink` tokens (default 4) and the most recent",
+    .description = "StreamingLLM: keep the first `sink` tokens (default 4) and the most recent ones; score = position",
     .default_args = "sink=4",
     .score_keys = streaming_score,
     .device_score = streaming_device_score,

@@ -107,10 +107,7 @@ int cmd_bench(int argc, char **argv)
             kv_dtype = optarg;
             break;
         case 'h': usage(stdout); return 0;
-        default:
-            fprintf(stderr, "kvsieve bench: unknown or incomplete option '%s'\n", argv[optind - 1]);
-            usage(stderr);
-            return 2;
+        default: return cli_bad_option("bench", opts, argv[optind - 1]);
         }
     }
     if (optind < argc) { fprintf(stderr, "kvsieve bench: unexpected argument '%s'\n", argv[optind]); return 2; }

@@ -194,10 +194,7 @@ int cmd_bench_cuda(int argc, char **argv)
         case O_JSON: json_path = optarg; break;
         case O_DEVICE: break; /* chose this command */
         case 'h': usage(stdout); return 0;
-        default:
-            fprintf(stderr, "kvsieve bench: unknown or incomplete option '%s'\n", argv[optind - 1]);
-            usage(stderr);
-            return 2;
+        default: return cli_bad_option("bench --device cuda", opts, argv[optind - 1]);
         }
     }
     if (optind < argc) { fprintf(stderr, "kvsieve bench: unexpected argument '%s'\n", argv[optind]); return 2; }

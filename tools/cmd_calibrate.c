@@ -154,11 +154,7 @@ int cmd_calibrate(int argc, char **argv)
         case O_KV: if (cli_size(cmd, "--kv-memory", optarg, &kv_bytes)) return 2; break;
         case O_CHECK: check_path = optarg; break;
         case 'h': usage(stdout); return 0;
-        default:
-            fprintf(stderr, "kvsieve calibrate: unknown or incomplete option '%s'\n",
-                    argv[optind - 1]);
-            usage(stderr);
-            return 2;
+        default: return cli_bad_option("calibrate", opts, argv[optind - 1]);
         }
     }
     if (optind < argc) {

@@ -67,8 +67,7 @@ int cmd_dump_logits(int argc, char **argv)
         case O_DEV: device = optarg; break;
         case 'h': usage(stdout); rc = 0; goto done;
         default:
-            fprintf(stderr, "kvsieve %s: unknown or incomplete option '%s'\n", cmd, argv[optind - 1]);
-            usage(stderr);
+            cli_bad_option(cmd, opts, argv[optind - 1]);
             goto done;
         }
     }

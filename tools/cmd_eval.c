@@ -251,9 +251,7 @@ int cmd_eval(int argc, char **argv)
             co.window = (int32_t)v;
             break;
         case 'h': usage(stdout); return 0;
-        default:
-            fprintf(stderr, "kvsieve %s: unknown or incomplete option '%s'\n", cmd, argv[optind - 1]);
-            return 2;
+        default: return cli_bad_option(cmd, opts, argv[optind - 1]);
         }
     }
     if (optind < argc) {

@@ -91,11 +91,7 @@ int cmd_generate(int argc, char **argv)
             }
             break;
         case 'h': usage(stdout); return 0;
-        default:
-            fprintf(stderr, "kvsieve generate: unknown or incomplete option '%s'\n",
-                    argv[optind - 1]);
-            usage(stderr);
-            return 2;
+        default: return cli_bad_option(cmd, opts, argv[optind - 1]);
         }
     }
     if (optind < argc) {
