@@ -107,7 +107,7 @@ else ko "eval recall: $(tail -3 "$tmp/rc.err")"; fi
 
 # ---- bad input -----------------------------------------------------------------------------
 expect_fail "eval: unknown mode" "unknown mode" "$bin" eval frobnicate
-expect_fail "eval: unknown option" "unknown or incomplete option" "$bin" eval ppl --text "$tmp/eval.txt" --bogus
+expect_fail "eval: unknown option" "unknown option '--bogus'" "$bin" eval ppl --text "$tmp/eval.txt" --bogus
 expect_fail "eval: option of another mode" "not an option of this mode" "$bin" eval passkey --budgets 128
 expect_fail "eval ppl: --text required" "--text FILE is required" "$bin" eval ppl --model "$model"
 expect_fail "eval needle: --haystack required" "--haystack" "$bin" eval needle --model "$model" --policies full

@@ -21,7 +21,8 @@ if [ -n "$a" ] && [ "$a" = "$b" ]; then ok "same seed gives the same sample"; el
 
 if "$bin" --help | grep -q generate && "$bin" generate --help | grep -q -- "--top-p"; then ok "--help"; else ko "--help"; fi
 expect_fail "unknown command" "unknown command" "$bin" frobnicate
-expect_fail "unknown flag" "unknown or incomplete option" "$bin" generate --model "$model" --prompt hi --bogus
+expect_fail "unknown flag" "unknown option '--bogus'" "$bin" generate --model "$model" --prompt hi --bogus
+expect_fail "unknown flag: did you mean" "did you mean '--prompt'?" "$bin" generate --model "$model" --promt hi
 expect_fail "missing --prompt" "--prompt is required" "$bin" generate --model "$model"
 expect_fail "bad number" "not an integer" "$bin" generate --model "$model" --prompt hi -n abc
 expect_fail "top-p out of range" "out of range" "$bin" generate --model "$model" --prompt hi --top-p 2
