@@ -44,6 +44,7 @@ int kvs_loop_create(kvs_engine *e, const kvs_loop_opts *o, kvs_loop **out)
     if (!l) return kvs_error(KVS_ENOMEM, "out of memory");
     l->e = e;
     l->o = *o;
+    snprintf(l->kv_dtype, sizeof l->kv_dtype, "%s", engine_kv_dtype(e));
     if (l->o.max_batch_tokens <= 0) l->o.max_batch_tokens = 512;
     if (l->o.max_running <= 0) l->o.max_running = 64;
     if (l->o.prefill_chunk <= 0) l->o.prefill_chunk = 256;
@@ -295,6 +296,10 @@ static void publish_stats(kvs_loop *l)
     for (req *r = l->inbox_head; r; r = r->next) inbox++;
     st->waiting = l->n_waiting + inbox;
     st->kv_pages_total = l->e->pool->n_pages;
+    snprintf(st->kv_dtype, sizeof st->kv_dtype, "%s", l->kv_dtype);
+    st->kv_bytes_per_token = (int64_t)engine_kv_bytes_per_token(l->e);
+    st->kv_bytes_total = (int64_t)l->e->pool->n_pages *
+                         (int64_t)mem_pool_page_bytes(l->e->pool->page_slots, l->e->be->kv_slot_bytes);
     st->kv_pages_free = l->e->pool->n_free;
     st->kv_pages_used = st->kv_pages_total - st->kv_pages_free;
     st->kv_usage = st->kv_pages_total ? (double)st->kv_pages_used / st->kv_pages_total : 0.0;

@@ -118,6 +118,9 @@ typedef struct kvs_loop_stats {
     int64_t requests_finished_total;
     int64_t generated_tokens_total;
     int64_t steps_total;
+    char kv_dtype[32];           /* the engine's KV format ("f16", "int8/int4") */
+    int64_t kv_bytes_per_token;  /* KV bytes of one token of a sequence, bookkeeping included */
+    int64_t kv_bytes_total;      /* the pool: pages x page bytes */
 } kvs_loop_stats;
 
 /* Per-tenant counters for metrics. */

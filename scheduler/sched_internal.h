@@ -65,6 +65,7 @@ typedef struct abort_msg {
 struct kvs_loop {
     kvs_engine *e;
     kvs_loop_opts o;
+    char kv_dtype[32];           /* the engine's KV dtype, read once at create */
     char default_policy[SCHED_NAME_MAX], default_args[SCHED_ARGS_MAX];
     tenant_rt *tenants;
     int n_tenants;

@@ -10,6 +10,7 @@
 #include "core/common.h"
 #include "kvsieve/v1/kvsieve.pb-c.h"
 #include "memory/policy.h"
+#include "request_policy.h"
 #include "srv_internal.h"
 
 #define KVS_VERSION_STRING "0.1.0"
@@ -341,6 +342,9 @@ void srv_api_generate(srv_call *c)
                 break;
             }
     }
+    if (!code && q->kv_dtype && q->kv_dtype[0] &&
+        srv_request_kv_dtype(q->kv_dtype, s->o.kv_dtype, err, sizeof err))
+        code = GRPC_STATUS_INVALID_ARGUMENT;
     if (!code && !strcmp(q->policy, "qfilters")) {
         const char *qf = s->o.qfilters_path;
         size_t n = strlen(p.policy_args);
@@ -537,7 +541,7 @@ void srv_api_model_info(srv_call *c)
     snprintf(path, sizeof path, "%s", e->m->path);
     r.name = (char *)(s->o.model_name ? s->o.model_name : cfg->name);
     r.file = basename(path);
-    r.architecture = (char *)"llama";
+    r.architecture = (char *)cfg->arch->name; /* general.architecture of the GGUF */
     r.n_vocab = cfg->n_vocab;
     r.n_ctx = cfg->n_ctx;
     r.n_layers = cfg->n_layers;
@@ -598,6 +602,9 @@ void srv_api_server_info(srv_call *c)
     r.requests_finished_total = st.requests_finished_total;
     r.generated_tokens_total = st.generated_tokens_total;
     r.steps_total = st.steps_total;
+    r.kv_dtype = st.kv_dtype;
+    r.kv_bytes_per_token = st.kv_bytes_per_token;
+    r.kv_bytes_total = st.kv_bytes_total;
 
     /* The caller's tenant: its configuration and its counters (other tenants stay hidden). */
     Kvsieve__V1__TenantInfo ti = KVSIEVE__V1__TENANT_INFO__INIT;

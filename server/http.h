@@ -29,6 +29,7 @@ typedef struct srv_http_opts {
     const char *model_name;      /* the id clients send as "model" (--served-model-name) */
     const char *default_policy;  /* for the policy label of metrics */
     const char *qfilters_path;   /* added to requests for policy qfilters; NULL = none */
+    const char *kv_dtype;        /* the engine's KV dtype (engine_kv_dtype), for requests */
     int serve_metrics;           /* also GET /metrics */
     size_t max_body;             /* request body limit in bytes (0: 1 MiB); larger: 413 */
     int max_connections;         /* 0: 256 */

@@ -320,6 +320,14 @@ char *srv_metrics_render(srv_metrics *m, size_t *len)
         sb_printf(&b, "kvsieve_kv_pages_free %lld\n", (long long)ls.kv_pages_free);
         head(&b, "kvsieve_kv_pages_total", "gauge", "KV pages in the pool.");
         sb_printf(&b, "kvsieve_kv_pages_total %lld\n", (long long)ls.kv_pages_total);
+        head(&b, "kvsieve_kv_dtype_info", "gauge",
+             "The KV element format of the pool (keys/values when they differ).");
+        sb_printf(&b, "kvsieve_kv_dtype_info{dtype=\"%s\"} 1\n", ls.kv_dtype);
+        head(&b, "kvsieve_kv_bytes_per_token", "gauge",
+             "KV bytes of one token of a sequence (all layers and KV heads).");
+        sb_printf(&b, "kvsieve_kv_bytes_per_token %lld\n", (long long)ls.kv_bytes_per_token);
+        head(&b, "kvsieve_kv_bytes_total", "gauge", "Bytes of the KV pool.");
+        sb_printf(&b, "kvsieve_kv_bytes_total %lld\n", (long long)ls.kv_bytes_total);
         head(&b, "kvsieve_kv_live_tokens", "gauge",
              "KV entries alive (token x layer x KV head).");
         sb_printf(&b, "kvsieve_kv_live_tokens %lld\n", (long long)ls.live_tokens);

@@ -496,14 +496,14 @@ static int unsupported(srv_http_resp *r, json_t *root, int chat)
 }
 
 /* The "kvsieve" extension object: policy, policy_args, ratio, budget, window, sink,
- * priority, ignore_eos, top_k, stop_token_ids. */
+ * priority, ignore_eos, top_k, stop_token_ids, kv_dtype. */
 static int parse_ext(const srv_http_req *q, srv_http_resp *r, json_t *ext, sched_params *p)
 {
     if (!ext || json_is_null(ext)) return 0;
     if (!json_is_object(ext)) return BAD("kvsieve", "kvsieve must be an object");
     static const char *const known[] = {"policy", "policy_args", "ratio", "budget", "window",
                                         "sink", "priority", "ignore_eos", "top_k",
-                                        "stop_token_ids"};
+                                        "stop_token_ids", "kv_dtype"};
     const char *key;
     json_t *v;
     json_object_foreach(ext, key, v) {
@@ -514,7 +514,7 @@ static int parse_ext(const srv_http_req *q, srv_http_resp *r, json_t *ext, sched
             srv_sanitize(key, strlen(key), safe, sizeof safe);
             return BAD("kvsieve", "kvsieve.%s: unknown field (known: policy, policy_args, "
                        "ratio, budget, window, sink, priority, ignore_eos, top_k, "
-                       "stop_token_ids)", safe);
+                       "stop_token_ids, kv_dtype)", safe);
         }
     }
     json_t *pol = json_object_get(ext, "policy"), *pa = json_object_get(ext, "policy_args");
@@ -548,6 +548,12 @@ static int parse_ext(const srv_http_req *q, srv_http_resp *r, json_t *ext, sched
     const char *name = json_is_string(pol) ? json_string_value(pol) : "";
     int rc = srv_request_policy(name, args, q->h->o.qfilters_path, p, err, sizeof err);
     if (rc) return srv_http_error(r, srv_http_status_from_kvs(rc), "kvsieve.policy", "%s", err), -1;
+    json_t *kd = json_object_get(ext, "kv_dtype");
+    if (kd && !json_is_null(kd)) {
+        if (!json_is_string(kd)) return BAD("kvsieve.kv_dtype", "kvsieve.kv_dtype must be a string");
+        if (srv_request_kv_dtype(json_string_value(kd), q->h->o.kv_dtype, err, sizeof err))
+            return srv_http_error(r, 400, "kvsieve.kv_dtype", "%s", err), -1;
+    }
     long long pr = 0;
     int g = get_int(r, ext, "priority", -1000000, 1000000, &pr);
     if (g < 0) return -1;

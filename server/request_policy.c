@@ -1,6 +1,8 @@
 /* request_policy.c — see request_policy.h. */
 #include "request_policy.h"
 
+#include "memory/kv_format.h"
+
 #include <stdio.h>
 #include <string.h>
 
@@ -56,6 +58,25 @@ int srv_request_policy(const char *name, const char *args, const char *qfilters_
             snprintf(err, errsz, "policy_args too long");
             return KVS_EINVAL;
         }
+    }
+    return 0;
+}
+
+int srv_request_kv_dtype(const char *spec, const char *server_dtype, char *err, size_t errsz)
+{
+    if (!spec || !*spec) return 0;
+    const kv_format *k, *v;
+    if (kv_format_spec_parse(spec, &k, &v)) {
+        snprintf(err, errsz, "kv_dtype: not a KV dtype (known: %s, or KEYS/VALUES such as "
+                 "int8/int4)", kv_format_names());
+        return KVS_EINVAL;
+    }
+    char name[64];
+    kv_format_spec_name(k, v, name, sizeof name);
+    if (server_dtype && strcmp(name, server_dtype)) {
+        snprintf(err, errsz, "kv_dtype %s: this server stores KV as %s (one format per server: "
+                 "start one with --kv-dtype %s to serve %s)", name, server_dtype, name, name);
+        return KVS_EINVAL;
     }
     return 0;
 }

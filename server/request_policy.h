@@ -15,4 +15,9 @@
 int srv_request_policy(const char *name, const char *args, const char *qfilters_path,
                        sched_params *p, char *err, size_t errsz);
 
+/* A request's kv_dtype ("" = the server's): a valid KV dtype spec (NAME or KEYS/VALUES) whose
+ * canonical name is the server's. KVS_EINVAL with the message in err otherwise (the
+ * request's bytes are not echoed when they are not a known name). */
+int srv_request_kv_dtype(const char *spec, const char *server_dtype, char *err, size_t errsz);
+
 #endif

@@ -36,6 +36,7 @@ typedef struct srv_opts {
     /* Filters file added to requests for policy qfilters: requests may not name server files
      * themselves (filters= in policy_args is refused). NULL = none on this server. */
     const char *qfilters_path;
+    const char *kv_dtype;        /* the engine's KV dtype (engine_kv_dtype), for requests */
     const char *model_name;      /* GetModelInfo's name (--served-model-name); NULL = GGUF name */
     int verbose;                 /* log one line per finished request to stderr */
 } srv_opts;

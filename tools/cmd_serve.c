@@ -45,6 +45,7 @@ static void usage(FILE *f)
         "                          one tenant 'default' without limits\n"
         "  --kv-memory SIZE        KV page pool size, e.g. 256M, 2G (default 1G)\n"
         "  --device DEV            cpu | cuda | auto (default cpu; cuda needs a GPU build)\n"
+        "  --kv-dtype T            KV cache element format (one per server): " CLI_KV_DTYPE_HELP "\n"
         "  --max-batch-tokens N    token budget of one engine step (default 512)\n"
         "  --max-running N         sequences in one step (default 64)\n"
         "  --prefill-chunk N       prompt tokens of one sequence per step (default 256)\n"
@@ -83,12 +84,13 @@ int cmd_serve(int argc, char **argv)
     cli_policy pol = {0};
     int verbose = 0;
     size_t kv_bytes = 0;
+    const char *kv_dtype = NULL;
     kvs_device_kind device = KVS_DEVICE_CPU;
     long long max_batch = 512, max_running = 64, chunk = 256, threads = 1;
     double grace = 15.0, fair_wait = 2.0;
     enum { O_MODEL = 256, O_LISTEN, O_METRICS, O_TENANTS, O_KV, O_POLICY, O_BATCH, O_RUNNING,
            O_CHUNK, O_GRACE, O_THREADS, O_DEVICE, O_HTTP, O_HTTP_METRICS, O_SERVED,
-           O_FAIR };
+           O_FAIR, O_KVD };
     static const struct option opts[] = {
         {"model", required_argument, 0, O_MODEL},
         {"listen", required_argument, 0, O_LISTEN},
@@ -112,6 +114,7 @@ int cmd_serve(int argc, char **argv)
         {"fair-max-wait", required_argument, 0, O_FAIR},
         {"server-threads", required_argument, 0, O_THREADS},
         {"device", required_argument, 0, O_DEVICE},
+        {"kv-dtype", required_argument, 0, O_KVD},
         {"verbose", no_argument, 0, 'v'},
         {"help", no_argument, 0, 'h'},
         {0, 0, 0, 0}};
@@ -133,6 +136,10 @@ int cmd_serve(int argc, char **argv)
             served_name = optarg;
             break;
         case O_KV: if (cli_size(cmd, "--kv-memory", optarg, &kv_bytes)) return 2; break;
+        case O_KVD:
+            if (cli_kv_dtype(cmd, optarg)) return 2;
+            kv_dtype = optarg;
+            break;
         case O_DEVICE:
             if (kvs_device_parse(optarg, &device)) {
                 fprintf(stderr, "kvsieve serve: %s\n", kvs_last_error());
@@ -217,7 +224,8 @@ int cmd_serve(int argc, char **argv)
         for (int i = 0; i < tenants.n; i++) st[i] = tenants.v[i].st;
     }
 
-    engine_opts eo = {.model_path = model_path, .kv_bytes = kv_bytes, .device = device};
+    engine_opts eo = {.model_path = model_path, .kv_bytes = kv_bytes, .device = device,
+                      .kv_dtype = kv_dtype};
     if (engine_create(&eo, &e)) {
         fprintf(stderr, "kvsieve serve: %s\n", kvs_last_error());
         if (access(model_path, R_OK) != 0)
@@ -254,6 +262,8 @@ int cmd_serve(int argc, char **argv)
         goto done;
     }
 
+    char kv_dtype_name[32];
+    snprintf(kv_dtype_name, sizeof kv_dtype_name, "%s", engine_kv_dtype(e));
     srv_opts so = {.listen = listen,
                    .n_threads = (int)threads,
                    .engine = e,
@@ -263,6 +273,7 @@ int cmd_serve(int argc, char **argv)
                    .default_policy = policy,
                    .default_policy_args = policy_args,
                    .qfilters_path = qf_path[0] ? qf_path : NULL,
+                   .kv_dtype = kv_dtype_name,
                    .model_name = model_name,
                    .verbose = verbose};
     if (srv_create(&so, &server)) {
@@ -278,6 +289,7 @@ int cmd_serve(int argc, char **argv)
                             .model_name = model_name,
                             .default_policy = policy,
                             .qfilters_path = qf_path[0] ? qf_path : NULL,
+                            .kv_dtype = kv_dtype_name,
                             .serve_metrics = http_metrics,
                             .verbose = verbose};
         if (srv_http_start(&ho, &http, &http_port)) {
@@ -296,8 +308,10 @@ int cmd_serve(int argc, char **argv)
     bound_addr(listen, srv_port(server), gaddr, sizeof gaddr);
     if (metrics_listen) bound_addr(metrics_listen, metrics_port, maddr, sizeof maddr);
     fprintf(stderr,
-            "kvsieve serve: model %s (%s), KV pool %lld pages of %d tokens, policy %s%s%s, %s\n",
-            e->m->cfg.name, model_path, (long long)e->pool->n_pages, e->pool->page_slots, policy,
+            "kvsieve serve: model %s (%s), KV pool %lld pages of %d tokens (%s, %zu bytes per "
+            "token), policy %s%s%s, %s\n",
+            e->m->cfg.name, model_path, (long long)e->pool->n_pages, e->pool->page_slots,
+            kv_dtype_name, engine_kv_bytes_per_token(e), policy,
             *policy_args ? " " : "", policy_args,
             tenants_path ? "tenants from file" : "open (no API key; tenant 'default')");
     printf("kvsieve serve: ready grpc=%s metrics=%s http=%s\n", gaddr, maddr, haddr);

@@ -284,6 +284,19 @@ class Extension(unittest.TestCase):
                     if k.startswith("kvsieve_evicted_tokens_total{") and 'policy="knorm"' in k)
         self.assertGreater(after, before)
 
+    def test_kv_dtype(self):
+        c = client()
+        r = c.completions.create(model=MODEL, prompt="hi", max_tokens=1,
+                                 extra_body={"kvsieve": {"kv_dtype": "f32"}})
+        self.assertEqual(len(r.choices), 1)
+        with self.assertRaises(openai.BadRequestError) as cm:  # one format per server
+            c.completions.create(model=MODEL, prompt="hi", max_tokens=1,
+                                 extra_body={"kvsieve": {"kv_dtype": "int8/int4"}})
+        self.assertIn("this server stores KV as f32", cm.exception.message)
+        with self.assertRaises(openai.BadRequestError):
+            c.completions.create(model=MODEL, prompt="hi", max_tokens=1,
+                                 extra_body={"kvsieve": {"kv_dtype": 16}})
+
     def test_policy_errors(self):
         c = client()
         with self.assertRaises(openai.BadRequestError) as cm:  # would evict nothing

@@ -541,5 +541,56 @@ class MetricsTest(unittest.TestCase):
         self.assertEqual(cm.exception.code, 404)
 
 
+class KvDtypeTest(unittest.TestCase):
+    """--kv-dtype: one KV format per server, reported in GetServerInfo and the metrics; a
+    request naming another one is INVALID_ARGUMENT naming the server's."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.srv = kvs_server.Server("--kv-dtype", "f16")
+        cls.ch = grpc.insecure_channel(cls.srv.grpc)
+        grpc.channel_ready_future(cls.ch).result(timeout=10)
+        cls.st = pb_grpc.KvsieveStub(cls.ch)
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.ch.close()
+        cls.srv.terminate()
+        cls.srv.close()
+
+    def test_info_and_metrics(self):
+        f32 = stub().GetServerInfo(pb.GetServerInfoRequest(), metadata=md(ALICE))
+        f16 = self.st.GetServerInfo(pb.GetServerInfoRequest())
+        self.assertEqual(f32.kv_dtype, "f32")
+        self.assertEqual(f16.kv_dtype, "f16")
+        # SmolLM2-135M: 30 layers x 3 KV heads x (K + V rows of 64 + pos + score)
+        heads, meta = 30 * 3, 8
+        self.assertEqual(f32.kv_bytes_per_token, heads * (2 * 64 * 4 + meta))
+        self.assertEqual(f16.kv_bytes_per_token, heads * (2 * 64 * 2 + meta))
+        self.assertEqual(f32.kv_bytes_per_token - heads * meta,
+                         2 * (f16.kv_bytes_per_token - heads * meta))
+        # the same --kv-memory holds about twice the pages (the pos/score part does not shrink)
+        self.assertGreater(f16.kv_pages_total, 1.9 * f32.kv_pages_total)
+        self.assertLessEqual(f16.kv_bytes_total, 256 << 20)
+        body = urllib.request.urlopen("http://%s/metrics" % self.srv.metrics, timeout=10).read()
+        self.assertIn(b'kvsieve_kv_dtype_info{dtype="f16"} 1', body)
+        self.assertIn(b"kvsieve_kv_bytes_per_token %d" % f16.kv_bytes_per_token, body)
+
+    def test_request_dtype(self):
+        ok = list(self.st.Generate(pb.GenerateRequest(text="The capital of France is",
+                                                     max_tokens=2, kv_dtype="f16")))
+        self.assertEqual(ok[-1].finish.reason, pb.FINISH_REASON_LENGTH)
+        for bad, needle in (("f32", "this server stores KV as f16"),
+                            ("int8/int4", "this server stores KV as f16"),
+                            ("fp4x", "not a KV dtype")):
+            with self.assertRaises(grpc.RpcError) as cm:
+                list(self.st.Generate(pb.GenerateRequest(text="hi", max_tokens=2,
+                                                         kv_dtype=bad)))
+            self.assertEqual(cm.exception.code(), grpc.StatusCode.INVALID_ARGUMENT, bad)
+            self.assertIn(needle, cm.exception.details())
+            if needle == "not a KV dtype":  # an unknown name is not echoed back
+                self.assertNotIn("fp4x", cm.exception.details())
+
+
 if __name__ == "__main__":
     unittest.main(verbosity=2)
