@@ -347,6 +347,8 @@ class BadRequestTest(unittest.TestCase):
                                          policy_args="filters=/etc/passwd"), INVALID),
             ("policy_args without policy", G(text="hi", max_tokens=5, policy_args="ratio=0.5"),
              INVALID),
+            ("policy without ratio or budget (would evict nothing)",
+             G(text="hi", max_tokens=5, policy="knorm"), INVALID),
             ("max_tokens 0", G(text="hi", max_tokens=0), INVALID),
             ("max_tokens negative", G(text="hi", max_tokens=-4), INVALID),
             ("max_tokens huge", G(text="hi", max_tokens=10 ** 9), INVALID),
@@ -363,7 +365,7 @@ class BadRequestTest(unittest.TestCase):
         ]
         if not os.path.exists(kvs_server.MODEL[:-5] + ".kvsqf"):
             cases.append(("qfilters without a filters file",
-                          G(text="hi", max_tokens=5, policy="qfilters"),
+                          G(text="hi", max_tokens=5, policy="qfilters", policy_args="ratio=0.5"),
                           grpc.StatusCode.FAILED_PRECONDITION))
         for name, req, code in cases:
             with self.subTest(name):
@@ -373,7 +375,8 @@ class BadRequestTest(unittest.TestCase):
                 self.assertTrue(cm.exception.details())
         with self.subTest("policy not allowed for the tenant"):
             with self.assertRaises(grpc.RpcError) as cm:
-                list(stub().Generate(G(text="hi", max_tokens=5, policy="knorm"), metadata=md(BOB)))
+                list(stub().Generate(G(text="hi", max_tokens=5, policy="knorm",
+                                       policy_args="ratio=0.5"), metadata=md(BOB)))
             self.assertEqual(cm.exception.code(), grpc.StatusCode.PERMISSION_DENIED)
             self.assertIn("knorm", cm.exception.details())
         for name, data in [("truncated field", b"\x0a\x40ab"),
