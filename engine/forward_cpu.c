@@ -16,6 +16,9 @@
 
 #include "core/common.h"
 
+/* Attention of a step with fewer query rows x slots than this runs on the calling thread:
+ * waking the OpenMP team costs more than it saves (9 heads x 256 slots is ~1 us of work). */
+#define ATT_PAR_WORK 32768
 /* Query tokens handled by one attention task (with all G heads of the group). */
 #define ATT_QBLOCK 16
 
@@ -514,9 +517,12 @@ int fwd_cpu(fwd_state *st, const model *m, mem_pool *pool, kv_store *kv, const k
 
         /* Attention: one task per (sequence, kv head, block of query tokens). */
         int n_tasks = 0;
-        for (int s = 0; s < S; s++)
+        int64_t att_work = 0; /* query rows x slots: small decode steps stay on this thread */
+        for (int s = 0; s < S; s++) {
             n_tasks += Hkv * ((p->seq[s].n_tok + ATT_QBLOCK - 1) / ATT_QBLOCK);
-#pragma omp parallel for schedule(dynamic, 1)
+            att_work += (int64_t)p->seq[s].n_tok * Hq * p->stream[((size_t)s * L + l) * Hkv].n_slots;
+        }
+#pragma omp parallel for schedule(dynamic, 1) if (att_work >= ATT_PAR_WORK)
         for (int task = 0; task < n_tasks; task++) {
             int s = 0, rem = task;
             for (;;) {

@@ -99,6 +99,57 @@ static int mul_blas(const wmat_part *P, float *Y, int ldy, const float *X, int T
     return 0;
 }
 
+/* One dot-path product, split in chunks of rows. */
+typedef struct mul_job {
+    const wmat *W;
+    float *Y;
+    const float *X;
+    const void *act;
+    int T;
+    float beta;
+    size_t xq_stride;
+    int first[WMAT_MAX_PARTS + 1], off[WMAT_MAX_PARTS];
+} mul_job;
+
+static void mul_chunk(void *ctx, int c)
+{
+    const mul_job *j = ctx;
+    const wmat *W = j->W;
+    const int N = W->rows, K = W->cols, T = j->T;
+    const float beta = j->beta;
+    float *Y = j->Y;
+    int p = 0;
+    while (c >= j->first[p + 1]) p++;
+    const wmat_part *P = &W->part[p];
+    const wfmt_dot_fn dot = wfmt_dot(P->fmt);
+    const wfmt_dot4_fn dot4 = T > 1 ? wfmt_dot4(P->fmt) : NULL;
+    const char *xs = P->fmt->act_q8 ? (const char *)j->act : (const char *)j->X;
+    const size_t stride = P->fmt->act_q8 ? j->xq_stride : (size_t)K * sizeof(float);
+    const int r0 = (c - j->first[p]) * WMAT_CHUNK_ROWS;
+    const int r1 = r0 + WMAT_CHUNK_ROWS < P->rows ? r0 + WMAT_CHUNK_ROWS : P->rows;
+    for (int r = r0; r < r1; r++) {
+        const uint8_t *wr = P->data + (size_t)r * P->row_bytes;
+        float *y = Y + j->off[p] + r;
+        int t = 0;
+        if (dot4)
+            for (; t < T; t += 4) { /* groups of 4 tokens; a short last group repeats */
+                const void *xg[4];
+                float v[4];
+                for (int k = 0; k < 4; k++) xg[k] = xs + (t + k < T ? t + k : T - 1) * stride;
+                dot4(wr, xg, K, v);
+                for (int k = 0; k < 4 && t + k < T; k++) {
+                    float *yy = y + (size_t)(t + k) * N;
+                    *yy = beta != 0.0f ? *yy + v[k] : v[k];
+                }
+            }
+        for (; t < T; t++) {
+            float v;
+            dot(wr, xs + t * stride, K, &v);
+            y[(size_t)t * N] = beta != 0.0f ? y[(size_t)t * N] + v : v;
+        }
+    }
+}
+
 int wmat_mul(const wmat *W, float *Y, const float *X, int T, float beta, wmat_scratch *s)
 {
     const int N = W->rows, K = W->cols;
@@ -131,39 +182,13 @@ int wmat_mul(const wmat *W, float *Y, const float *X, int T, float beta, wmat_sc
             n_chunks += (P->rows + WMAT_CHUNK_ROWS - 1) / WMAT_CHUNK_ROWS;
     }
     first[W->n_parts] = n_chunks;
-    const void *act = s->act;
+    mul_job job = {W, Y, X, s->act, T, beta, xq_stride, {0}, {0}};
+    memcpy(job.first, first, sizeof first);
+    memcpy(job.off, off, sizeof off);
+    /* chunks taken dynamically: a thread another process holds off its core delays only
+     * the chunk it has, not a share fixed in advance (an engine-own pool whose caller never
+     * waits for workers that had not started measured slower under load: BENCHMARKS.md) */
 #pragma omp parallel for schedule(dynamic, 1)
-    for (int c = 0; c < n_chunks; c++) {
-        int p = 0;
-        while (c >= first[p + 1]) p++;
-        const wmat_part *P = &W->part[p];
-        const wfmt_dot_fn dot = wfmt_dot(P->fmt);
-        const wfmt_dot4_fn dot4 = T > 1 ? wfmt_dot4(P->fmt) : NULL;
-        const char *xs = P->fmt->act_q8 ? (const char *)act : (const char *)X;
-        const size_t stride = P->fmt->act_q8 ? xq_stride : (size_t)K * sizeof(float);
-        const int r0 = (c - first[p]) * WMAT_CHUNK_ROWS;
-        const int r1 = r0 + WMAT_CHUNK_ROWS < P->rows ? r0 + WMAT_CHUNK_ROWS : P->rows;
-        for (int r = r0; r < r1; r++) {
-            const uint8_t *wr = P->data + (size_t)r * P->row_bytes;
-            float *y = Y + off[p] + r;
-            int t = 0;
-            if (dot4)
-                for (; t < T; t += 4) { /* groups of 4 tokens; a short last group repeats */
-                    const void *xg[4];
-                    float v[4];
-                    for (int k = 0; k < 4; k++) xg[k] = xs + (t + k < T ? t + k : T - 1) * stride;
-                    dot4(wr, xg, K, v);
-                    for (int k = 0; k < 4 && t + k < T; k++) {
-                        float *yy = y + (size_t)(t + k) * N;
-                        *yy = beta != 0.0f ? *yy + v[k] : v[k];
-                    }
-                }
-            for (; t < T; t++) {
-                float v;
-                dot(wr, xs + t * stride, K, &v);
-                y[(size_t)t * N] = beta != 0.0f ? y[(size_t)t * N] + v : v;
-            }
-        }
-    }
+    for (int c = 0; c < n_chunks; c++) mul_chunk(&job, c);
     return 0;
 }
