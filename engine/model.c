@@ -397,20 +397,9 @@ int model_load_ex(const char *path, model_weights weights, model **out)
         }
     }
     if (first_err) { rc = kvs_error(first_err, "%s", err_msg); goto fail; }
-    if (!native) { /* the forward's views of the fp32 matrices */
-        const wfmt *f = &wfmt_f32;
-        if ((rc = wmat_add(&m->embd, f, m->tok_embd, c->n_vocab, D))) goto fail;
-        if (outw && (rc = wmat_add(&m->out, f, m->output, c->n_vocab, D))) goto fail;
-        for (int l = 0; l < L && !rc; l++) {
-            model_layer *ly = &m->layers[l];
-            if ((rc = wmat_add(&ly->qkv, f, ly->wqkv, QKV, D)) ||
-                (rc = wmat_add(&ly->o, f, ly->wo, D, q_rows)) ||
-                (rc = wmat_add(&ly->gate_up, f, ly->w_gate_up, 2 * F, D)) ||
-                (rc = wmat_add(&ly->down, f, ly->w_down, D, F)))
-                goto fail;
-        }
-    }
+    if (!native && (rc = model_wrap_f32(m))) goto fail;
     if (!outw) m->out = m->embd;
+    m->out.f32_act = 1; /* logits: fp32 activations (wmat.h) */
     free(jobs);
     free(cl.t);
     *out = m;
@@ -426,6 +415,35 @@ fail:
         kvs_error(rc, "%s: %s", path, why);
     }
     return rc;
+}
+
+int model_wrap_f32(model *m)
+{
+    const model_config *c = &m->cfg;
+    const int D = c->d_model, hd = c->head_dim, F = c->d_ff;
+    const int q_rows = c->n_heads * hd, QKV = q_rows + 2 * c->n_kv_heads * hd;
+    const wfmt *f = &wfmt_f32;
+    int rc;
+    memset(&m->embd, 0, sizeof m->embd);
+    memset(&m->out, 0, sizeof m->out);
+    if ((rc = wmat_add(&m->embd, f, m->tok_embd, c->n_vocab, D))) return rc;
+    if (m->output && m->output != m->tok_embd) {
+        if ((rc = wmat_add(&m->out, f, m->output, c->n_vocab, D))) return rc;
+    } else {
+        m->out = m->embd;
+    }
+    for (int l = 0; l < c->n_layers; l++) {
+        model_layer *ly = &m->layers[l];
+        memset(&ly->qkv, 0, sizeof ly->qkv); memset(&ly->o, 0, sizeof ly->o);
+        memset(&ly->gate_up, 0, sizeof ly->gate_up); memset(&ly->down, 0, sizeof ly->down);
+        if ((rc = wmat_add(&ly->qkv, f, ly->wqkv, QKV, D)) ||
+            (rc = wmat_add(&ly->o, f, ly->wo, D, q_rows)) ||
+            (rc = wmat_add(&ly->gate_up, f, ly->w_gate_up, 2 * F, D)) ||
+            (rc = wmat_add(&ly->down, f, ly->w_down, D, F)))
+            return rc;
+    }
+    m->weights = MODEL_WEIGHTS_F32;
+    return 0;
 }
 
 int model_needs_extensions(const model *m, char *why, size_t why_size)

@@ -80,6 +80,9 @@ typedef struct model {
  * what is wrong. */
 int model_load(const char *path, model **out); /* MODEL_WEIGHTS_F32 */
 int model_load_ex(const char *path, model_weights weights, model **out);
+/* Set the wmat views of a model whose fp32 float pointers are filled (model_load does it;
+ * for models built in memory by tests). */
+int model_wrap_f32(model *m);
 /* "native" / "f32" -> mode (KVS_EINVAL otherwise); and its name. */
 int model_weights_parse(const char *s, model_weights *out);
 const char *model_weights_name(model_weights w);

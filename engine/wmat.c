@@ -111,6 +111,37 @@ typedef struct mul_job {
     int first[WMAT_MAX_PARTS + 1], off[WMAT_MAX_PARTS];
 } mul_job;
 
+/* sum a[i] b[i] in fp32, 16 partial sums (vectorises without reassociation flags) */
+static float dot_f32(const float *a, const float *b, int n)
+{
+    float acc[16] = {0};
+    int i = 0;
+    for (; i + 16 <= n; i += 16)
+        for (int j = 0; j < 16; j++) acc[j] += a[i + j] * b[i + j];
+    float s = 0.0f;
+    for (int j = 0; j < 16; j++) s += acc[j];
+    for (; i < n; i++) s += a[i] * b[i];
+    return s;
+}
+
+/* The f32_act dot path: each row dequantised (exactly, as for BLAS) and dotted with the
+ * fp32 activations. */
+static void mul_chunk_f32(const mul_job *j, const wmat_part *P, int p, int r0, int r1)
+{
+    const int N = j->W->rows, K = j->W->cols;
+    float *row = malloc((size_t)K * sizeof(float));
+    if (!row) return; /* cannot happen for model widths; leaves Y as it was */
+    for (int r = r0; r < r1; r++) {
+        gguf_dequantize(P->fmt->type, P->data + (size_t)r * P->row_bytes, row, (uint64_t)K);
+        float *y = j->Y + j->off[p] + r;
+        for (int t = 0; t < j->T; t++) {
+            float v = dot_f32(row, j->X + (size_t)t * K, K);
+            y[(size_t)t * N] = j->beta != 0.0f ? y[(size_t)t * N] + v : v;
+        }
+    }
+    free(row);
+}
+
 static void mul_chunk(void *ctx, int c)
 {
     const mul_job *j = ctx;
@@ -127,6 +158,10 @@ static void mul_chunk(void *ctx, int c)
     const size_t stride = P->fmt->act_q8 ? j->xq_stride : (size_t)K * sizeof(float);
     const int r0 = (c - j->first[p]) * WMAT_CHUNK_ROWS;
     const int r1 = r0 + WMAT_CHUNK_ROWS < P->rows ? r0 + WMAT_CHUNK_ROWS : P->rows;
+    if (W->f32_act) {
+        mul_chunk_f32(j, P, p, r0, r1);
+        return;
+    }
     for (int r = r0; r < r1; r++) {
         const uint8_t *wr = P->data + (size_t)r * P->row_bytes;
         float *y = Y + j->off[p] + r;
@@ -163,7 +198,7 @@ int wmat_mul(const wmat *W, float *Y, const float *X, int T, float beta, wmat_sc
             if ((rc = mul_blas(P, Y + o, N, X, T, K, beta, s))) return rc;
         } else {
             n_dot++;
-            need_q8 |= P->fmt->act_q8;
+            need_q8 |= P->fmt->act_q8 && !W->f32_act;
         }
     }
     if (!n_dot || T <= 0) return 0;
