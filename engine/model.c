@@ -399,7 +399,7 @@ int model_load_ex(const char *path, model_weights weights, model **out)
     if (first_err) { rc = kvs_error(first_err, "%s", err_msg); goto fail; }
     if (!native && (rc = model_wrap_f32(m))) goto fail;
     if (!outw) m->out = m->embd;
-    m->out.f32_act = 1; /* logits: fp32 activations (wmat.h) */
+    m->out.act_residual = 1; /* logits: two-pass 8-bit activations (wmat.h) */
     free(jobs);
     free(cl.t);
     *out = m;

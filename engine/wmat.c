@@ -111,35 +111,36 @@ typedef struct mul_job {
     int first[WMAT_MAX_PARTS + 1], off[WMAT_MAX_PARTS];
 } mul_job;
 
-/* sum a[i] b[i] in fp32, 16 partial sums (vectorises without reassociation flags) */
-static float dot_f32(const float *a, const float *b, int n)
+/* The act_residual dot path: activation rows 2t (x) and 2t+1 (its residual); y = sum. */
+static void mul_chunk_res(const mul_job *j, const wmat_part *P, int p, int r0, int r1)
 {
-    float acc[16] = {0};
-    int i = 0;
-    for (; i + 16 <= n; i += 16)
-        for (int j = 0; j < 16; j++) acc[j] += a[i + j] * b[i + j];
-    float s = 0.0f;
-    for (int j = 0; j < 16; j++) s += acc[j];
-    for (; i < n; i++) s += a[i] * b[i];
-    return s;
-}
-
-/* The f32_act dot path: each row dequantised (exactly, as for BLAS) and dotted with the
- * fp32 activations. */
-static void mul_chunk_f32(const mul_job *j, const wmat_part *P, int p, int r0, int r1)
-{
-    const int N = j->W->rows, K = j->W->cols;
-    float *row = malloc((size_t)K * sizeof(float));
-    if (!row) return; /* cannot happen for model widths; leaves Y as it was */
+    const int N = j->W->rows, K = j->W->cols, T = j->T;
+    const wfmt_dot_fn dot = wfmt_dot(P->fmt);
+    const wfmt_dot4_fn dot4 = wfmt_dot4(P->fmt);
+    const char *xs = (const char *)j->act;
+    const size_t st = j->xq_stride;
     for (int r = r0; r < r1; r++) {
-        gguf_dequantize(P->fmt->type, P->data + (size_t)r * P->row_bytes, row, (uint64_t)K);
+        const uint8_t *wr = P->data + (size_t)r * P->row_bytes;
         float *y = j->Y + j->off[p] + r;
-        for (int t = 0; t < j->T; t++) {
-            float v = dot_f32(row, j->X + (size_t)t * K, K);
-            y[(size_t)t * N] = j->beta != 0.0f ? y[(size_t)t * N] + v : v;
+        for (int t = 0; t < T; t += 2) {
+            const int t1 = t + 1 < T ? t + 1 : t;
+            float v[4];
+            if (dot4) {
+                const void *xg[4] = {xs + 2 * t * st, xs + (2 * t + 1) * st, xs + 2 * t1 * st,
+                                     xs + (2 * t1 + 1) * st};
+                dot4(wr, xg, K, v);
+            } else {
+                dot(wr, xs + 2 * t * st, K, &v[0]);
+                dot(wr, xs + (2 * t + 1) * st, K, &v[1]);
+                dot(wr, xs + 2 * t1 * st, K, &v[2]);
+                dot(wr, xs + (2 * t1 + 1) * st, K, &v[3]);
+            }
+            for (int k = 0; k < 2 && t + k < T; k++) {
+                float *yy = y + (size_t)(t + k) * N, val = v[2 * k] + v[2 * k + 1];
+                *yy = j->beta != 0.0f ? *yy + val : val;
+            }
         }
     }
-    free(row);
 }
 
 static void mul_chunk(void *ctx, int c)
@@ -158,8 +159,8 @@ static void mul_chunk(void *ctx, int c)
     const size_t stride = P->fmt->act_q8 ? j->xq_stride : (size_t)K * sizeof(float);
     const int r0 = (c - j->first[p]) * WMAT_CHUNK_ROWS;
     const int r1 = r0 + WMAT_CHUNK_ROWS < P->rows ? r0 + WMAT_CHUNK_ROWS : P->rows;
-    if (W->f32_act) {
-        mul_chunk_f32(j, P, p, r0, r1);
+    if (W->act_residual && P->fmt->act_q8) {
+        mul_chunk_res(j, P, p, r0, r1);
         return;
     }
     for (int r = r0; r < r1; r++) {
@@ -198,15 +199,26 @@ int wmat_mul(const wmat *W, float *Y, const float *X, int T, float beta, wmat_sc
             if ((rc = mul_blas(P, Y + o, N, X, T, K, beta, s))) return rc;
         } else {
             n_dot++;
-            need_q8 |= P->fmt->act_q8 && !W->f32_act;
+            need_q8 |= P->fmt->act_q8;
         }
     }
     if (!n_dot || T <= 0) return 0;
     const size_t xq_stride = (size_t)(K / WQ_QK) * sizeof(wq8_block);
     if (need_q8) {
-        if ((rc = grow(&s->act, &s->act_bytes, (size_t)T * xq_stride))) return rc;
-        for (int t = 0; t < T; t++)
-            wq8_quantize(X + (size_t)t * K, (wq8_block *)((char *)s->act + t * xq_stride), K);
+        const int res = W->act_residual, rows = res ? 2 * T : T;
+        if ((rc = grow(&s->act, &s->act_bytes, (size_t)rows * xq_stride))) return rc;
+        float *tmp = NULL;
+        if (res && !(tmp = malloc((size_t)K * sizeof(float))))
+            return kvs_error(KVS_ENOMEM, "out of memory");
+        for (int t = 0; t < T; t++) {
+            const float *x = X + (size_t)t * K;
+            wq8_block *q1 = (wq8_block *)((char *)s->act + (size_t)(res ? 2 * t : t) * xq_stride);
+            wq8_quantize(x, q1, K);
+            if (!res) continue;
+            for (int i = 0; i < K; i++) tmp[i] = x[i] - q1[i / WQ_QK].d * q1[i / WQ_QK].q[i % WQ_QK];
+            wq8_quantize(tmp, (wq8_block *)((char *)q1 + xq_stride), K);
+        }
+        free(tmp);
     }
     /* Chunks of rows of the dot-path parts, numbered part after part. */
     int first[WMAT_MAX_PARTS + 1], n_chunks = 0;

@@ -30,9 +30,10 @@ typedef struct wmat_part {
 
 typedef struct wmat {
     int rows, cols; /* N (sum of the parts' rows), K */
-    int f32_act;    /* 1: the dot path keeps fp32 activations (rows dequantised one at a time
-                     * and dotted in fp32): for the logits, where the 8-bit activations
-                     * flipped greedy tokens at near-ties */
+    int act_residual; /* 1: the dot path quantises each activation row twice, x ~= q1 d1 +
+                       * q2 d2 with q2 the 8-bit residual of the first pass (error /127, cost
+                       * x2): for the logits, where one pass flipped greedy tokens at
+                       * near-ties */
     int n_parts;
     wmat_part part[WMAT_MAX_PARTS];
 } wmat;
