@@ -32,7 +32,21 @@ int engine_create(const engine_opts *o, kvs_engine **out)
     kvs_engine *e = calloc(1, sizeof *e);
     if (!e) return kvs_error(KVS_ENOMEM, "out of memory");
     int rc;
-    if ((rc = model_load(o->model_path, &e->m))) goto fail;
+    model_weights wm = MODEL_WEIGHTS_NATIVE;
+    const char *ws = o->weights ? o->weights : getenv("KVSIEVE_WEIGHTS");
+    kvs_device_kind dev = o->device;
+    if (ws && ws[0]) {
+        if ((rc = model_weights_parse(ws, &wm))) goto fail;
+    } else if (kvs_device_resolve(o->device, &dev) == 0 && dev == KVS_DEVICE_CUDA) {
+        wm = MODEL_WEIGHTS_F32; /* the CUDA uploader converts fp32 matrices */
+    }
+    if (wm == MODEL_WEIGHTS_NATIVE && kvs_device_resolve(o->device, &dev) == 0 &&
+        dev == KVS_DEVICE_CUDA) {
+        rc = kvs_error(KVS_EUNSUPPORTED, "--weights native runs on the CPU backend only; the "
+                       "CUDA backend needs --weights f32");
+        goto fail;
+    }
+    if ((rc = model_load_ex(o->model_path, wm, &e->m))) goto fail;
     if ((rc = tok_create_from_gguf(e->m->gguf, &e->tok))) goto fail;
     if (tok_n_vocab(e->tok) > e->m->cfg.n_vocab) {
         rc = kvs_error(KVS_EFORMAT, "tokenizer has %d tokens but the embedding only %d rows",

@@ -23,6 +23,9 @@ typedef struct engine_opts {
     const char *kv_dtype;   /* KV dtype spec: a format name (memory/kv_format.h) or
                              * KEYS/VALUES ("int8/int4"); NULL = the backend's default (CPU
                              * f32, CUDA its 16-bit type) */
+    const char *weights;    /* "native" (matrices kept in their GGUF blocks, CPU only) or
+                             * "f32" (dequantised at load); NULL = $KVSIEVE_WEIGHTS, else
+                             * native on the CPU and f32 on CUDA */
 } engine_opts;
 
 typedef struct kvs_engine {

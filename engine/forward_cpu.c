@@ -1,5 +1,6 @@
-/* forward_cpu.c — the CPU forward of a step plan: fp32 activations, BLAS GEMMs, OpenMP for
- * everything else; K/V rows read through their format's tile reader (forward_cpu.h).
+/* forward_cpu.c — the CPU forward of a step plan: fp32 activations, products on the weights
+ * in their GGUF formats (wmat.h: integer dot kernels for small batches, BLAS on dequantised
+ * tiles for large ones; BLAS in place for fp32 weights), OpenMP for everything else; K/V rows read through their format's tile reader (forward_cpu.h).
  *
  * Shapes (T = tokens in the step, D = d_model, hd = head_dim, Hq/Hkv = query/KV heads,
  * G = Hq/Hkv, F = d_ff, V = vocab):
@@ -9,13 +10,15 @@
  *   logits = rmsnorm(x[rows]) @ Wout^T */
 #include "forward_cpu.h"
 
-#include <cblas.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "core/common.h"
 
+/* Attention of a step with fewer query rows x slots than this runs on the calling thread:
+ * waking the OpenMP team costs more than it saves (9 heads x 256 slots is ~1 us of work). */
+#define ATT_PAR_WORK 32768
 /* Query tokens handled by one attention task (with all G heads of the group). */
 #define ATT_QBLOCK 16
 
@@ -28,6 +31,7 @@ struct fwd_state {
     double *inv_freq;                    /* [hd/2] */
     float *score_buf, *key_buf;          /* [T] scores, [T][hd] keys of one head */
     int32_t *pos_buf;
+    wmat_scratch wsc;                    /* the weight products' scratch */
     fwd_timing timing;
 };
 
@@ -108,6 +112,7 @@ void fwd_destroy(fwd_state *st)
     if (!st) return;
     free_buffers(st);
     kvs_free(st->xrows); kvs_free(st->logits);
+    wmat_scratch_free(&st->wsc);
     free(st->inv_freq);
     free(st);
 }
@@ -128,11 +133,6 @@ static void rmsnorm_rows(float *out, const float *x, const float *w, int T, int 
     }
 }
 
-/* Y[T][N] (+)= X[T][K] @ W[N][K]^T */
-static void gemm_xwt(float *Y, const float *X, const float *W, int T, int N, int K, float beta)
-{
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, N, K, 1.0f, X, K, W, K, beta, Y, N);
-}
 
 static void rope_apply(float *v, const float *cs, const float *sn, int half, arch_rope type)
 {
@@ -444,8 +444,7 @@ int fwd_cpu(fwd_state *st, const model *m, mem_pool *pool, kv_store *kv, const k
 
     /* Embeddings, positions, RoPE tables. */
     for (int t = 0; t < T; t++) {
-        memcpy(st->x + (size_t)t * D, m->tok_embd + (size_t)p->tok[t] * D,
-               (size_t)D * sizeof(float));
+        if ((rc = wmat_row(&m->embd, p->tok[t], st->x + (size_t)t * D))) return rc;
         st->tok_pos[t] = p->pos[t];
     }
 #pragma omp parallel for schedule(static) if (T > 8)
@@ -461,7 +460,7 @@ int fwd_cpu(fwd_state *st, const model *m, mem_pool *pool, kv_store *kv, const k
         const model_layer *ly = &m->layers[l];
         rmsnorm_rows(st->h, st->x, ly->attn_norm, T, D, c->rms_eps);
         t1 = kvs_now(); st->timing.other += t1 - t0; t0 = t1;
-        gemm_xwt(st->qkv, st->h, ly->wqkv, T, QKV, D, 0.0f);
+        if ((rc = wmat_mul(&ly->qkv, st->qkv, st->h, T, 0.0f, &st->wsc))) return rc;
         t1 = kvs_now(); st->timing.gemm += t1 - t0; t0 = t1;
         /* [issue 12: model families] Q/K/V biases (qwen2), before RoPE. */
         if (ly->bqkv) {
@@ -518,9 +517,12 @@ int fwd_cpu(fwd_state *st, const model *m, mem_pool *pool, kv_store *kv, const k
 
         /* Attention: one task per (sequence, kv head, block of query tokens). */
         int n_tasks = 0;
-        for (int s = 0; s < S; s++)
+        int64_t att_work = 0; /* query rows x slots: small decode steps stay on this thread */
+        for (int s = 0; s < S; s++) {
             n_tasks += Hkv * ((p->seq[s].n_tok + ATT_QBLOCK - 1) / ATT_QBLOCK);
-#pragma omp parallel for schedule(dynamic, 1)
+            att_work += (int64_t)p->seq[s].n_tok * Hq * p->stream[((size_t)s * L + l) * Hkv].n_slots;
+        }
+#pragma omp parallel for schedule(dynamic, 1) if (att_work >= ATT_PAR_WORK)
         for (int task = 0; task < n_tasks; task++) {
             int s = 0, rem = task;
             for (;;) {
@@ -542,11 +544,12 @@ int fwd_cpu(fwd_state *st, const model *m, mem_pool *pool, kv_store *kv, const k
         if ((rc = observe_layer(st, c, pool, kv, p, seqs, l))) return rc;
         t1 = kvs_now(); st->timing.attention += t1 - t0; t0 = t1;
 
-        gemm_xwt(st->x, st->att, ly->wo, T, D, Hq * hd, 1.0f); /* x += att @ Wo^T */
+        /* x += att @ Wo^T */
+        if ((rc = wmat_mul(&ly->o, st->x, st->att, T, 1.0f, &st->wsc))) return rc;
         t1 = kvs_now(); st->timing.gemm += t1 - t0; t0 = t1;
         rmsnorm_rows(st->h, st->x, ly->ffn_norm, T, D, c->rms_eps);
         t1 = kvs_now(); st->timing.other += t1 - t0; t0 = t1;
-        gemm_xwt(st->gu, st->h, ly->w_gate_up, T, 2 * F, D, 0.0f);
+        if ((rc = wmat_mul(&ly->gate_up, st->gu, st->h, T, 0.0f, &st->wsc))) return rc;
         t1 = kvs_now(); st->timing.gemm += t1 - t0; t0 = t1;
 #pragma omp parallel for schedule(static) if (T > 1)
         for (int t = 0; t < T; t++) {
@@ -555,7 +558,8 @@ int fwd_cpu(fwd_state *st, const model *m, mem_pool *pool, kv_store *kv, const k
             for (int i = 0; i < F; i++) a[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
         }
         t1 = kvs_now(); st->timing.other += t1 - t0; t0 = t1;
-        gemm_xwt(st->x, st->act, ly->w_down, T, D, F, 1.0f); /* x += act @ Wdown^T */
+        /* x += act @ Wdown^T */
+        if ((rc = wmat_mul(&ly->down, st->x, st->act, T, 1.0f, &st->wsc))) return rc;
         t1 = kvs_now(); st->timing.gemm += t1 - t0; t0 = t1;
     }
 
@@ -564,7 +568,7 @@ int fwd_cpu(fwd_state *st, const model *m, mem_pool *pool, kv_store *kv, const k
         memcpy(st->xrows + (size_t)r * D, st->x + (size_t)p->rows[r] * D, (size_t)D * sizeof(float));
     if (R > 0) {
         rmsnorm_rows(st->xrows, st->xrows, m->output_norm, R, D, c->rms_eps);
-        gemm_xwt(st->logits, st->xrows, m->output, R, c->n_vocab, D, 0.0f);
+        if ((rc = wmat_mul(&m->out, st->logits, st->xrows, R, 0.0f, &st->wsc))) return rc;
     }
     t1 = kvs_now(); st->timing.logits += t1 - t0;
     *logits = st->logits;

@@ -214,15 +214,56 @@ static int load_rope_freqs(gguf_ctx *g, claims *cl, model *m)
     return 0;
 }
 
+/* A matrix tensor kept in its GGUF blocks: one more part of w. */
+static int add_native(wmat *w, const gguf_tensor *t)
+{
+    const wfmt *f = wfmt_get(t->type);
+    if (!f) {
+        const char *tn = gguf_type_name(t->type);
+        return kvs_error(KVS_EUNSUPPORTED, "tensor '%s' is %s, which the CPU kernels do not "
+                         "compute on (supported: F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, "
+                         "Q4_K, Q5_K, Q6_K, Q8_K); try --weights f32 if it can be dequantised",
+                         t->name, tn ? tn : "an unknown type");
+    }
+    int rc = wmat_add(w, f, t->data, (int)t->ne[1], (int)t->ne[0]);
+    if (rc) {
+        char why[512];
+        snprintf(why, sizeof why, "%s", kvs_last_error());
+        return kvs_error(rc, "tensor '%s': %s", t->name, why);
+    }
+    return 0;
+}
+
+int model_weights_parse(const char *s, model_weights *out)
+{
+    if (s && !strcmp(s, "native")) *out = MODEL_WEIGHTS_NATIVE;
+    else if (s && (!strcmp(s, "f32") || !strcmp(s, "fp32"))) *out = MODEL_WEIGHTS_F32;
+    else return kvs_error(KVS_EINVAL, "weights mode '%s': expected native (GGUF blocks) or f32",
+                          s ? s : "(null)");
+    return 0;
+}
+
+const char *model_weights_name(model_weights w)
+{
+    return w == MODEL_WEIGHTS_NATIVE ? "native" : "f32";
+}
+
 int model_load(const char *path, model **out)
 {
+    return model_load_ex(path, MODEL_WEIGHTS_F32, out);
+}
+
+int model_load_ex(const char *path, model_weights weights, model **out)
+{
     *out = NULL;
+    const int native = weights == MODEL_WEIGHTS_NATIVE;
     gguf_ctx *g = NULL;
     int rc = gguf_open(path, NULL, &g);
     if (rc) return rc;
     model *m = calloc(1, sizeof *m);
     if (!m) { gguf_close(g); return kvs_error(KVS_ENOMEM, "out of memory"); }
     m->gguf = g;
+    m->weights = native ? MODEL_WEIGHTS_NATIVE : MODEL_WEIGHTS_F32;
     snprintf(m->path, sizeof m->path, "%s", path);
     model_config *c = &m->cfg;
     load_job *jobs = NULL;
@@ -267,18 +308,27 @@ int model_load(const char *path, model **out)
     if (!jobs || !m->layers) { rc = kvs_error(KVS_ENOMEM, "out of memory"); goto fail; }
 
     /* Sizes in floats; one allocation per matrix keeps freeing simple. */
-    m->tok_embd = kvs_alloc((size_t)c->n_vocab * D * sizeof(float));
     m->output_norm = kvs_alloc((size_t)D * sizeof(float));
-    if (!m->tok_embd || !m->output_norm) { rc = KVS_ENOMEM; goto fail; }
-    jobs[n_jobs++] = (load_job){embd, m->tok_embd};
+    if (!m->output_norm) { rc = KVS_ENOMEM; goto fail; }
+    if (native) {
+        if ((rc = add_native(&m->embd, embd))) goto fail;
+    } else {
+        m->tok_embd = kvs_alloc((size_t)c->n_vocab * D * sizeof(float));
+        if (!m->tok_embd) { rc = KVS_ENOMEM; goto fail; }
+        jobs[n_jobs++] = (load_job){embd, m->tok_embd};
+    }
     if ((rc = find_tensor(g, &cl, "output_norm.weight", (uint64_t)D, 1, &t))) goto fail;
     jobs[n_jobs++] = (load_job){t, m->output_norm};
     if (outw) {
         if ((rc = find_tensor(g, &cl, "output.weight", (uint64_t)D, (uint64_t)c->n_vocab, &t)))
             goto fail;
-        m->output = kvs_alloc((size_t)c->n_vocab * D * sizeof(float));
-        if (!m->output) { rc = KVS_ENOMEM; goto fail; }
-        jobs[n_jobs++] = (load_job){t, m->output};
+        if (native) {
+            if ((rc = add_native(&m->out, t))) goto fail;
+        } else {
+            m->output = kvs_alloc((size_t)c->n_vocab * D * sizeof(float));
+            if (!m->output) { rc = KVS_ENOMEM; goto fail; }
+            jobs[n_jobs++] = (load_job){t, m->output};
+        }
     } else {
         m->output = m->tok_embd;
     }
@@ -288,33 +338,47 @@ int model_load(const char *path, model **out)
         char name[96];
         ly->attn_norm = kvs_alloc((size_t)D * sizeof(float));
         ly->ffn_norm = kvs_alloc((size_t)D * sizeof(float));
-        ly->wqkv = kvs_alloc((size_t)QKV * D * sizeof(float));
-        ly->wo = kvs_alloc((size_t)D * q_rows * sizeof(float));
-        ly->w_gate_up = kvs_alloc((size_t)2 * F * D * sizeof(float));
-        ly->w_down = kvs_alloc((size_t)D * F * sizeof(float));
+        if (!native) {
+            ly->wqkv = kvs_alloc((size_t)QKV * D * sizeof(float));
+            ly->wo = kvs_alloc((size_t)D * q_rows * sizeof(float));
+            ly->w_gate_up = kvs_alloc((size_t)2 * F * D * sizeof(float));
+            ly->w_down = kvs_alloc((size_t)D * F * sizeof(float));
+            if (!ly->wqkv || !ly->wo || !ly->w_gate_up || !ly->w_down) { rc = KVS_ENOMEM; goto fail; }
+        }
         if (c->qkv_bias) ly->bqkv = kvs_alloc((size_t)QKV * sizeof(float));
-        if (!ly->attn_norm || !ly->ffn_norm || !ly->wqkv || !ly->wo || !ly->w_gate_up ||
-            !ly->w_down || (c->qkv_bias && !ly->bqkv)) { rc = KVS_ENOMEM; goto fail; }
-        struct { const char *name; uint64_t ne0, ne1; float *dst; } spec[12] = {
-            {"attn_norm.weight", (uint64_t)D, 1, ly->attn_norm},
-            {"attn_q.weight", (uint64_t)D, (uint64_t)q_rows, ly->wqkv},
-            {"attn_k.weight", (uint64_t)D, (uint64_t)kv_rows, ly->wqkv + (size_t)q_rows * D},
+        if (!ly->attn_norm || !ly->ffn_norm || (c->qkv_bias && !ly->bqkv)) {
+            rc = KVS_ENOMEM;
+            goto fail;
+        }
+        /* mat: the wmat the tensor is a part of (NATIVE mode keeps its blocks there) */
+        struct { const char *name; uint64_t ne0, ne1; float *dst; wmat *mat; int want; } spec[12] = {
+            {"attn_norm.weight", (uint64_t)D, 1, ly->attn_norm, NULL, 1},
+            {"attn_q.weight", (uint64_t)D, (uint64_t)q_rows, ly->wqkv, &ly->qkv, 1},
+            {"attn_k.weight", (uint64_t)D, (uint64_t)kv_rows,
+             ly->wqkv ? ly->wqkv + (size_t)q_rows * D : NULL, &ly->qkv, 1},
             {"attn_v.weight", (uint64_t)D, (uint64_t)kv_rows,
-             ly->wqkv + (size_t)(q_rows + kv_rows) * D},
-            {"attn_output.weight", (uint64_t)q_rows, (uint64_t)D, ly->wo},
-            {"ffn_norm.weight", (uint64_t)D, 1, ly->ffn_norm},
-            {"ffn_gate.weight", (uint64_t)D, (uint64_t)F, ly->w_gate_up},
-            {"ffn_up.weight", (uint64_t)D, (uint64_t)F, ly->w_gate_up + (size_t)F * D},
-            {"ffn_down.weight", (uint64_t)F, (uint64_t)D, ly->w_down},
-            {"attn_q.bias", (uint64_t)q_rows, 1, ly->bqkv},
-            {"attn_k.bias", (uint64_t)kv_rows, 1, ly->bqkv ? ly->bqkv + q_rows : NULL},
-            {"attn_v.bias", (uint64_t)kv_rows, 1, ly->bqkv ? ly->bqkv + q_rows + kv_rows : NULL},
+             ly->wqkv ? ly->wqkv + (size_t)(q_rows + kv_rows) * D : NULL, &ly->qkv, 1},
+            {"attn_output.weight", (uint64_t)q_rows, (uint64_t)D, ly->wo, &ly->o, 1},
+            {"ffn_norm.weight", (uint64_t)D, 1, ly->ffn_norm, NULL, 1},
+            {"ffn_gate.weight", (uint64_t)D, (uint64_t)F, ly->w_gate_up, &ly->gate_up, 1},
+            {"ffn_up.weight", (uint64_t)D, (uint64_t)F,
+             ly->w_gate_up ? ly->w_gate_up + (size_t)F * D : NULL, &ly->gate_up, 1},
+            {"ffn_down.weight", (uint64_t)F, (uint64_t)D, ly->w_down, &ly->down, 1},
+            {"attn_q.bias", (uint64_t)q_rows, 1, ly->bqkv, NULL, c->qkv_bias},
+            {"attn_k.bias", (uint64_t)kv_rows, 1, ly->bqkv ? ly->bqkv + q_rows : NULL, NULL,
+             c->qkv_bias},
+            {"attn_v.bias", (uint64_t)kv_rows, 1, ly->bqkv ? ly->bqkv + q_rows + kv_rows : NULL,
+             NULL, c->qkv_bias},
         };
         for (int i = 0; i < 12; i++) {
-            if (!spec[i].dst) continue; /* bias of a model without biases: must be absent */
+            if (!spec[i].want) continue; /* bias of a model without biases: must be absent */
             snprintf(name, sizeof name, "blk.%d.%s", l, spec[i].name);
             if ((rc = find_tensor(g, &cl, name, spec[i].ne0, spec[i].ne1, &t))) goto fail;
-            jobs[n_jobs++] = (load_job){t, spec[i].dst};
+            if (native && spec[i].mat) {
+                if ((rc = add_native(spec[i].mat, t))) goto fail;
+            } else {
+                jobs[n_jobs++] = (load_job){t, spec[i].dst};
+            }
         }
     }
     if ((rc = check_all_claimed(g, &cl, c))) goto fail;
@@ -333,6 +397,9 @@ int model_load(const char *path, model **out)
         }
     }
     if (first_err) { rc = kvs_error(first_err, "%s", err_msg); goto fail; }
+    if (!native && (rc = model_wrap_f32(m))) goto fail;
+    if (!outw) m->out = m->embd;
+    m->out.act_residual = 1; /* logits: two-pass 8-bit activations (wmat.h) */
     free(jobs);
     free(cl.t);
     *out = m;
@@ -348,6 +415,35 @@ fail:
         kvs_error(rc, "%s: %s", path, why);
     }
     return rc;
+}
+
+int model_wrap_f32(model *m)
+{
+    const model_config *c = &m->cfg;
+    const int D = c->d_model, hd = c->head_dim, F = c->d_ff;
+    const int q_rows = c->n_heads * hd, QKV = q_rows + 2 * c->n_kv_heads * hd;
+    const wfmt *f = &wfmt_f32;
+    int rc;
+    memset(&m->embd, 0, sizeof m->embd);
+    memset(&m->out, 0, sizeof m->out);
+    if ((rc = wmat_add(&m->embd, f, m->tok_embd, c->n_vocab, D))) return rc;
+    if (m->output && m->output != m->tok_embd) {
+        if ((rc = wmat_add(&m->out, f, m->output, c->n_vocab, D))) return rc;
+    } else {
+        m->out = m->embd;
+    }
+    for (int l = 0; l < c->n_layers; l++) {
+        model_layer *ly = &m->layers[l];
+        memset(&ly->qkv, 0, sizeof ly->qkv); memset(&ly->o, 0, sizeof ly->o);
+        memset(&ly->gate_up, 0, sizeof ly->gate_up); memset(&ly->down, 0, sizeof ly->down);
+        if ((rc = wmat_add(&ly->qkv, f, ly->wqkv, QKV, D)) ||
+            (rc = wmat_add(&ly->o, f, ly->wo, D, q_rows)) ||
+            (rc = wmat_add(&ly->gate_up, f, ly->w_gate_up, 2 * F, D)) ||
+            (rc = wmat_add(&ly->down, f, ly->w_down, D, F)))
+            return rc;
+    }
+    m->weights = MODEL_WEIGHTS_F32;
+    return 0;
 }
 
 int model_needs_extensions(const model *m, char *why, size_t why_size)
@@ -384,6 +480,25 @@ void model_free(model *m)
 int64_t model_kv_bytes_per_token(const model_config *c)
 {
     return (int64_t)c->n_layers * c->n_kv_heads * c->head_dim * 2 * (int64_t)sizeof(float);
+}
+
+static int64_t wmat_bytes(const wmat *w)
+{
+    int64_t b = 0;
+    for (int p = 0; p < w->n_parts; p++) b += (int64_t)w->part[p].rows * (int64_t)w->part[p].row_bytes;
+    return b;
+}
+
+int64_t model_weight_bytes(const model *m)
+{
+    int64_t b = wmat_bytes(&m->embd);
+    if (!m->cfg.tied_embeddings) b += wmat_bytes(&m->out);
+    for (int l = 0; l < m->cfg.n_layers; l++) {
+        const model_layer *ly = &m->layers[l];
+        b += wmat_bytes(&ly->qkv) + wmat_bytes(&ly->o) + wmat_bytes(&ly->gate_up) +
+             wmat_bytes(&ly->down);
+    }
+    return b;
 }
 
 int64_t model_n_params(const model *m)

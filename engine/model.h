@@ -3,9 +3,16 @@
  *
  * Every number comes from the GGUF metadata (ARCH.* keys, ARCH = general.architecture);
  * nothing is hard-coded for the default model. What differs between families reaches the
- * forward passes as data here (rope_type, QKV biases, rope_freqs), not as the name. Weights are dequantised once to fp32 at load (the CPU backend computes in
- * fp32 with BLAS). Q/K/V are fused into one matrix and gate/up into another so that each
- * layer runs 4 GEMMs instead of 7. */
+ * forward passes as data here (rope_type, QKV biases, rope_freqs), not as the name.
+ *
+ * Weights come in one of two modes (model_weights):
+ *   - MODEL_WEIGHTS_NATIVE: matrices stay in their GGUF blocks inside the mmap'd file (no
+ *     copy; the CPU forward computes on them through wmat.h). The float pointers below are
+ *     NULL, only the wmat views are set. Norm weights, biases and rope_freqs are fp32 copies.
+ *   - MODEL_WEIGHTS_F32: every weight dequantised once to fp32 (the CUDA uploader, the exact
+ *     fp32 reference path, tests); the float pointers are set and the wmat views point at them.
+ * Q/K/V are fused into one matrix and gate/up into another so that each layer runs 4 products
+ * instead of 7 (in NATIVE mode as parts of one wmat: nothing is copied). */
 #ifndef KVS_MODEL_H
 #define KVS_MODEL_H
 
@@ -14,6 +21,7 @@
 
 #include "arch.h"
 #include "gguf.h"
+#include "wmat.h"
 
 typedef struct model_config {
     int n_layers;     /* ARCH.block_count */
@@ -43,7 +51,14 @@ typedef struct model_layer {
     float *ffn_norm;  /* [d_model] */
     float *w_gate_up; /* [2 d_ff][d_model]: gate rows then up rows */
     float *w_down;    /* [d_model][d_ff] */
+    /* The same matrices as the CPU forward reads them (either mode): */
+    wmat qkv, o, gate_up, down;
 } model_layer;
+
+typedef enum model_weights {
+    MODEL_WEIGHTS_F32 = 0,    /* dequantise everything to fp32 at load */
+    MODEL_WEIGHTS_NATIVE = 1  /* keep the GGUF blocks (mmap'd) */
+} model_weights;
 
 typedef struct model {
     model_config cfg;
@@ -53,6 +68,8 @@ typedef struct model {
     float *rope_freqs;  /* [head_dim / 2] or NULL: pair i turns by pos * theta_i / rope_freqs[i]
                          * (rope_freqs.weight, llama3-style RoPE scaling) */
     model_layer *layers;
+    wmat embd, out;     /* token_embd and the logits matrix (== embd when tied), either mode */
+    model_weights weights;
     gguf_ctx *gguf;     /* kept open: tokenizer metadata lives in it */
     char path[1024];
 } model;
@@ -61,7 +78,16 @@ typedef struct model {
  * architecture, missing tensor, a tensor the engine would not use, shape mismatch,
  * unsupported tensor type or RoPE scaling) return a negative status with a message naming
  * what is wrong. */
-int model_load(const char *path, model **out);
+int model_load(const char *path, model **out); /* MODEL_WEIGHTS_F32 */
+int model_load_ex(const char *path, model_weights weights, model **out);
+/* Set the wmat views of a model whose fp32 float pointers are filled (model_load does it;
+ * for models built in memory by tests). */
+int model_wrap_f32(model *m);
+/* "native" / "f32" -> mode (KVS_EINVAL otherwise); and its name. */
+int model_weights_parse(const char *s, model_weights *out);
+const char *model_weights_name(model_weights w);
+/* Bytes of weight matrices as held for the forward (blocks in NATIVE mode, fp32 in F32). */
+int64_t model_weight_bytes(const model *m);
 
 /* 0 if the model computes exactly like the original llama forward (no QKV biases, adjacent-
  * pair RoPE, no rope_freqs); else 1, with the features it needs beyond that written to why

@@ -55,8 +55,9 @@ int cli_load_plugins(int argc, char **argv);
 
 /* OpenBLAS kernel choice (blas_core.c): when the library fell back to its generic "Prescott"
  * kernels on a CPU with AVX2 or AVX-512 and OPENBLAS_CORETYPE is unset, set it and execute
- * the program again (argv as given to main). Returns only when nothing had to change or the
- * restart failed. cli_blas_core_for_cpu: the OpenBLAS core name for this CPU's features. */
+ * the program again (argv as given to main). Likewise OMP_WAIT_POLICY=PASSIVE when neither it
+ * nor GOMP_SPINCOUNT is set (spinning OpenMP threads collapse decode on shared cores). Returns
+ * only when nothing had to change or the restart failed. cli_blas_core_for_cpu: the OpenBLAS core name for this CPU's features. */
 void cli_blas_core_fix(char **argv);
 const char *cli_blas_core_for_cpu(void);
 

@@ -24,6 +24,7 @@ static void usage(FILE *f)
         "  --prompt-len N     prompt tokens per sequence (default 128)\n"
         "  --gen-len N        decode steps per batch (default 32)\n"
         "  --kv-memory SIZE   KV page pool (default 1G)\n"
+        "  --weights W        native (GGUF blocks, default) or f32 (dequantised at load)\n"
         "  --kv-dtype T       KV cache element format: " CLI_KV_DTYPE_HELP "\n"
         "  --device DEV       cpu (default), cuda or auto (cuda: `kvsieve bench --device cuda\n"
         "                     --help` lists the GPU benchmarks)\n"
@@ -81,14 +82,14 @@ int cmd_bench(int argc, char **argv)
     int n_batches = 3;
     long long prompt_len = 128, gen_len = 32;
     size_t kv_bytes = 0;
-    enum { O_MODEL = 256, O_BATCHES, O_PL, O_GL, O_KV, O_JSON, O_DEVICE, O_KVD };
-    const char *kv_dtype = NULL;
+    enum { O_MODEL = 256, O_BATCHES, O_PL, O_GL, O_KV, O_JSON, O_DEVICE, O_KVD, O_W };
+    const char *kv_dtype = NULL, *weights = NULL;
     static const struct option opts[] = {
         {"model", required_argument, 0, O_MODEL}, {"batches", required_argument, 0, O_BATCHES},
         {"prompt-len", required_argument, 0, O_PL}, {"gen-len", required_argument, 0, O_GL},
         {"kv-memory", required_argument, 0, O_KV}, {"json", required_argument, 0, O_JSON},
         {"device", required_argument, 0, O_DEVICE}, {"kv-dtype", required_argument, 0, O_KVD},
-        {"help", no_argument, 0, 'h'}, {0, 0, 0, 0}};
+        {"weights", required_argument, 0, O_W}, {"help", no_argument, 0, 'h'}, {0, 0, 0, 0}};
     int c;
     opterr = 0;
     while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
@@ -102,6 +103,7 @@ int cmd_bench(int argc, char **argv)
         case O_KV: if (cli_size(cmd, "--kv-memory", optarg, &kv_bytes)) return 2; break;
         case O_JSON: json_path = optarg; break;
         case O_DEVICE: break; /* cpu here; checked above */
+        case O_W: weights = optarg; break;
         case O_KVD:
             if (cli_kv_dtype(cmd, optarg)) return 2;
             kv_dtype = optarg;
@@ -113,7 +115,8 @@ int cmd_bench(int argc, char **argv)
     if (optind < argc) { fprintf(stderr, "kvsieve bench: unexpected argument '%s'\n", argv[optind]); return 2; }
     if (!model_path) model_path = cli_default_model();
     kvs_engine *e = NULL;
-    engine_opts eo = {.model_path = model_path, .kv_bytes = kv_bytes, .kv_dtype = kv_dtype};
+    engine_opts eo = {.model_path = model_path, .kv_bytes = kv_bytes, .kv_dtype = kv_dtype,
+                      .weights = weights};
     if (engine_create(&eo, &e)) { fprintf(stderr, "kvsieve bench: %s\n", kvs_last_error()); return 1; }
     const model_config *cfg = &e->m->cfg;
     if (prompt_len + gen_len > cfg->n_ctx) {
@@ -127,6 +130,9 @@ int cmd_bench(int argc, char **argv)
     printf("model %s | %d layers, d_model %d, heads %d/%d, vocab %d | BLAS threads %d, core %s\n",
            cfg->name, cfg->n_layers, cfg->d_model, cfg->n_heads, cfg->n_kv_heads, cfg->n_vocab,
            openblas_get_num_threads(), openblas_get_corename());
+    printf("weights %s (%.1f MB of matrices) | dot kernels %s | BLAS from batch %d\n",
+           model_weights_name(e->m->weights), (double)model_weight_bytes(e->m) / 1e6,
+           wq_isa_name(wq_isa_current()), wmat_blas_batch());
     printf("sgemm peak: %.1f GFLOP/s\n", peak);
     printf("%-6s %-8s %12s %10s %8s %8s\n", "batch", "phase", "tokens/s", "GFLOP/s", "MFU", "gemm%");
     FILE *jf = json_path ? fopen(json_path, "w") : NULL;

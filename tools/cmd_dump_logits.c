@@ -23,7 +23,8 @@ static void usage(FILE *f)
         "  --batch        run all sequences together in one ragged batch (default: one by one)\n"
         "  --chunk N      feed each sequence in chunks of N tokens (tests chunked prefill)\n"
         "  --page-slots P KV page size in slots (default 16)\n"
-        "  --kv-dtype T   KV cache element format: " "f32 (default), f16, bf16 (CUDA: f16 default, or bf16)\n"
+        "  --weights W    native (GGUF blocks, default on the CPU) or f32 (dequantised at load)\n"
+        "  --kv-dtype T   KV cache element format: " CLI_KV_DTYPE_HELP " (CUDA: f16 default, or bf16)\n"
         "  --device D     cpu (default), cuda or auto\n"
         "  --out FILE     output file\n");
 }
@@ -34,14 +35,14 @@ int cmd_dump_logits(int argc, char **argv)
     int32_t *lists[MAX_LISTS] = {0};
     int lens[MAX_LISTS], n_lists = 0, batch = 0, rc = 1;
     long long chunk = 1 << 30, page_slots = 16;
-    const char *kv_dtype = NULL, *device = "cpu";
-    enum { O_MODEL = 256, O_TOKENS, O_BATCH, O_CHUNK, O_OUT, O_PS, O_KVD, O_DEV };
+    const char *kv_dtype = NULL, *device = "cpu", *weights = NULL;
+    enum { O_MODEL = 256, O_TOKENS, O_BATCH, O_CHUNK, O_OUT, O_PS, O_KVD, O_DEV, O_W };
     static const struct option opts[] = {
         {"model", required_argument, 0, O_MODEL}, {"tokens", required_argument, 0, O_TOKENS},
         {"batch", no_argument, 0, O_BATCH}, {"chunk", required_argument, 0, O_CHUNK},
         {"out", required_argument, 0, O_OUT}, {"page-slots", required_argument, 0, O_PS},
         {"kv-dtype", required_argument, 0, O_KVD}, {"device", required_argument, 0, O_DEV},
-        {"help", no_argument, 0, 'h'}, {0, 0, 0, 0}};
+        {"weights", required_argument, 0, O_W}, {"help", no_argument, 0, 'h'}, {0, 0, 0, 0}};
     const char *cmd = "dump-logits";
     kvs_engine *e = NULL;
     engine_seq *kv[MAX_LISTS] = {0};
@@ -65,6 +66,7 @@ int cmd_dump_logits(int argc, char **argv)
         case O_OUT: out_path = optarg; break;
         case O_KVD: kv_dtype = optarg; break;
         case O_DEV: device = optarg; break;
+        case O_W: weights = optarg; break;
         case 'h': usage(stdout); rc = 0; goto done;
         default:
             cli_bad_option(cmd, opts, argv[optind - 1]);
@@ -76,7 +78,8 @@ int cmd_dump_logits(int argc, char **argv)
     int total = 0;
     for (int i = 0; i < n_lists; i++) total += lens[i];
     engine_opts eo = {.model_path = model_path, .page_slots = (int)page_slots,
-                      .kv_dtype = kv_dtype, .kv_bytes = (size_t)64 << 20};
+                      .kv_dtype = kv_dtype, .kv_bytes = (size_t)64 << 20,
+                      .weights = weights};
     if (kvs_device_parse(device, &eo.device)) { fprintf(stderr, "kvsieve %s: %s\n", cmd, kvs_last_error()); goto done; }
     /* enough KV for every token of every list in every stream, plus a partial page each */
     for (int pass = 0; pass < 2; pass++) {

@@ -28,6 +28,7 @@ static void usage(FILE *f)
         "  --kv-memory SIZE    KV page pool size, e.g. 256M, 2G (default 1G)\n"
         "  --chunk N           prefill chunk size in tokens (default 512)\n"
         "  --device DEV        cpu | cuda | auto (default cpu)\n"
+        "  --weights W         native (GGUF blocks, default on the CPU) or f32 (dequantised)\n"
         "  --kv-dtype T        KV cache element format: " CLI_KV_DTYPE_HELP "\n"
         "  --echo              print the prompt before the generated text\n"
         "%s"
@@ -41,10 +42,10 @@ int cmd_generate(int argc, char **argv)
     long long n_gen = 64, top_k = 0, seed = 0, chunk = 512;
     double temperature = 0.0, top_p = 1.0;
     size_t kv_bytes = 0;
-    const char *kv_dtype = NULL;
+    const char *kv_dtype = NULL, *weights = NULL;
     kvs_device_kind device = KVS_DEVICE_CPU;
     enum { O_MODEL = 256, O_PROMPT, O_CHAT, O_SYSTEM, O_TEMP, O_TOPK, O_TOPP, O_SEED, O_KV,
-           O_CHUNK, O_ECHO, O_DEVICE, O_KVD };
+           O_CHUNK, O_ECHO, O_DEVICE, O_KVD, O_W };
     cli_policy pol = {0};
     static const struct option opts[] = {
         {"policy", required_argument, 0, 0}, {"ratio", required_argument, 0, 0},
@@ -58,7 +59,7 @@ int cmd_generate(int argc, char **argv)
         {"seed", required_argument, 0, O_SEED}, {"kv-memory", required_argument, 0, O_KV},
         {"chunk", required_argument, 0, O_CHUNK}, {"echo", no_argument, 0, O_ECHO},
         {"device", required_argument, 0, O_DEVICE},
-        {"kv-dtype", required_argument, 0, O_KVD},
+        {"kv-dtype", required_argument, 0, O_KVD}, {"weights", required_argument, 0, O_W},
         {"help", no_argument, 0, 'h'}, {0, 0, 0, 0}};
     const char *cmd = "generate";
     int c, li;
@@ -80,6 +81,7 @@ int cmd_generate(int argc, char **argv)
         case O_KV: if (cli_size(cmd, "--kv-memory", optarg, &kv_bytes)) return 2; break;
         case O_CHUNK: if (cli_int(cmd, "--chunk", optarg, 1, 1 << 16, &chunk)) return 2; break;
         case O_ECHO: echo = 1; break;
+        case O_W: weights = optarg; break;
         case O_KVD:
             if (cli_kv_dtype(cmd, optarg)) return 2;
             kv_dtype = optarg;
@@ -117,7 +119,7 @@ int cmd_generate(int argc, char **argv)
     char *text = NULL, *piece = NULL;
     int rc = 1;
     engine_opts eo = {.model_path = model_path, .kv_bytes = kv_bytes, .device = device,
-                      .kv_dtype = kv_dtype};
+                      .kv_dtype = kv_dtype, .weights = weights};
     if (engine_create(&eo, &e)) {
         fprintf(stderr, "kvsieve generate: %s\n", kvs_last_error());
         if (!strstr(kvs_last_error(), "format") && access(model_path, R_OK) != 0)

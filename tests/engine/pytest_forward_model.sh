@@ -3,7 +3,9 @@
 # prompts tokenised with the GGUF's own tokenizer (tests/reference/ref_forward.py).
 # Each prompt alone, then all in one ragged batch. Takes some tens of seconds.
 # Env (set by ctest): KVS_BUILD_DIR (default ./build), KVS_SOURCE_DIR (default .);
-# optional: KVSIEVE_MODEL (GGUF path), KVS_FORWARD_ATOL (default 1e-2), PYTHON.
+# optional: KVSIEVE_MODEL (GGUF path), KVS_FORWARD_ATOL (default 1e-2), PYTHON,
+# KVS_FORWARD_ARGS (extra compare_logits.py arguments; default: --weights f32, the
+# dequantised weights: the quantised-weight path has its own test, pytest_forward_model_wq).
 set -u
 BUILD_DIR=${KVS_BUILD_DIR:-./build}
 SOURCE_DIR=${KVS_SOURCE_DIR:-.}
@@ -82,7 +84,7 @@ done <<< "$TOKENS"
 echo "prompts: $(( ${#args[@]} / 2 )), token counts: $(echo "$TOKENS" | awk -F, '{printf "%s%d", sep, NF; sep=" "}')"
 
 out=$("$PY" "$REF/compare_logits.py" --kvsieve "$BIN" --model "$MODEL" "${args[@]}" \
-      --atol "$ATOL" --both 2>&1)
+      --atol "$ATOL" --both ${KVS_FORWARD_ARGS---kvsieve-arg=--weights=f32} 2>&1)
 rc=$?
 echo "$out"
 summary=$(echo "$out" | grep -E '^compare_logits: [0-9]+ passed, [0-9]+ failed$' | tail -1)

@@ -102,7 +102,7 @@ def reference_in_child(model: str, token_lists: list[list[int]], timeout: float
     return refs, ""
 
 
-def check(name: str, c: np.ndarray, ref: np.ndarray, atol: float) -> bool:
+def check(name: str, c: np.ndarray, ref: np.ndarray, atol: float, rms_max: float = 0.0) -> bool:
     """Compare one sequence's engine logits c with reference ref, both [n, vocab]."""
     n = ref.shape[0]
     if not np.all(np.isfinite(c)):
@@ -117,9 +117,11 @@ def check(name: str, c: np.ndarray, ref: np.ndarray, atol: float) -> bool:
     near = [int(p) for p in flips if ref[p, ca[p]] >= ref[p, ra[p]] - atol]
     hard = [int(p) for p in flips if int(p) not in near]
     agree = n - len(flips)
-    ok = maxdiff <= atol and not hard
+    rms = float(np.sqrt(np.mean(diff * diff)))
+    ok = maxdiff <= atol and not hard and (rms_max <= 0 or rms <= rms_max)
     msg = (f"{'PASS' if ok else 'FAIL'} {name}: n={n} max_abs_diff={maxdiff:.3e} "
-           f"(pos {worst_pos}, atol {atol:g}) argmax {agree}/{n}")
+           f"(pos {worst_pos}, atol {atol:g}) rms_diff={rms:.3e}"
+           f"{f' (max {rms_max:g})' if rms_max > 0 else ''} argmax {agree}/{n}")
     if near:
         msg += f" (near-tie flips at {near})"
     print(msg)
@@ -137,6 +139,8 @@ def main(argv=None) -> int:
     ap.add_argument("--tokens", action="append", required=True,
                     help="comma-separated token ids; repeat for more sequences")
     ap.add_argument("--atol", type=float, default=1e-2)
+    ap.add_argument("--rms", type=float, default=0.0,
+                    help="also require the RMS logit difference per sequence <= this (0: off)")
     mode = ap.add_mutually_exclusive_group()
     mode.add_argument("--batch", action="store_true",
                       help="run all token lists in one ragged batch")
@@ -190,7 +194,7 @@ def main(argv=None) -> int:
                           f"{ref.shape[0]} x {vocab} = {ref.size}")
                     failed += 1
                     continue
-                if check(name, data.reshape(ref.shape), ref, a.atol):
+                if check(name, data.reshape(ref.shape), ref, a.atol, a.rms):
                     passed += 1
                 else:
                     failed += 1
@@ -208,7 +212,7 @@ def main(argv=None) -> int:
             for i, ref in enumerate(refs):
                 c = data[off:off + ref.size].reshape(ref.shape)
                 off += ref.size
-                if check(f"seq {i} (batch of {len(refs)})", c, ref, a.atol):
+                if check(f"seq {i} (batch of {len(refs)})", c, ref, a.atol, a.rms):
                     passed += 1
                 else:
                     failed += 1

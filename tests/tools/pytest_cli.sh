@@ -52,9 +52,15 @@ if grep -qw avx2 /proc/cpuinfo && grep -qw fma /proc/cpuinfo; then
   if [ -n "$core" ] && [ "$core" != Prescott ]; then ok "OpenBLAS core in use: $core"
   else ko "OpenBLAS core in use: '${core:-none reported}'"; fi
 fi
-core="$(OPENBLAS_CORETYPE=Prescott OPENBLAS_VERBOSE=2 "$bin" --version 2>&1 | sed -n 's/^Core: //p' | tr '\n' ' ')"
+# (OMP_WAIT_POLICY set too, so nothing makes kvsieve restart: one start, the user's core)
+core="$(OPENBLAS_CORETYPE=Prescott OMP_WAIT_POLICY=PASSIVE OPENBLAS_VERBOSE=2 "$bin" --version 2>&1 | sed -n 's/^Core: //p' | tr '\n' ' ')"
 if [ "$core" = "Prescott " ]; then ok "OPENBLAS_CORETYPE set by the user is kept"
 else ko "OPENBLAS_CORETYPE=Prescott gave cores '$core'"; fi
+# without a wait policy kvsieve restarts once to set OMP_WAIT_POLICY=PASSIVE (blas_core.c),
+# keeping the user's core across the restart
+core="$(env -u OMP_WAIT_POLICY -u GOMP_SPINCOUNT OPENBLAS_CORETYPE=Prescott OPENBLAS_VERBOSE=2 "$bin" --version 2>&1 | sed -n 's/^Core: //p' | tr '\n' ' ')"
+if [ "$core" = "Prescott Prescott " ]; then ok "one restart for OMP_WAIT_POLICY, user's core kept"
+else ko "restart for OMP_WAIT_POLICY: cores '$core'"; fi
 
 echo "$pass passed, $fail failed"
 [ $fail -eq 0 ]
