@@ -42,6 +42,7 @@ static void usage(FILE *f)
         "  --chunk N           prefill chunk size (default 512)\n"
         "  --reservoir N       queries sampled per head for the sign rule (default %d)\n"
         "  --kv-memory SIZE    KV page pool (default 1G)\n"
+        "  --device DEV        cpu (default), cuda or auto (the queries come from the engine's step)\n"
         "  --check FILE        only check that FILE is a valid filters file for the model\n"
         "  -h, --help          this help\n", QF_RESERVOIR_DEFAULT);
 }
@@ -128,14 +129,16 @@ int cmd_calibrate(int argc, char **argv)
     const char *check_path = NULL, *diag_csv = NULL;
     long long n_tokens = 16384, seq_len = 2048, diag_tokens = 1024, chunk = 512, reservoir = 0;
     size_t kv_bytes = 0;
+    kvs_device_kind device = KVS_DEVICE_CPU;
     enum { O_MODEL = 256, O_TEXT, O_OUT, O_TOKENS, O_SEQ, O_DIAG, O_DIAGCSV, O_CHUNK, O_RES,
-           O_KV, O_CHECK };
+           O_KV, O_CHECK, O_DEVICE };
     static const struct option opts[] = {
         {"model", required_argument, 0, O_MODEL}, {"text", required_argument, 0, O_TEXT},
         {"out", required_argument, 0, O_OUT}, {"tokens", required_argument, 0, O_TOKENS},
         {"seq-len", required_argument, 0, O_SEQ}, {"diag-tokens", required_argument, 0, O_DIAG},
         {"diag-csv", required_argument, 0, O_DIAGCSV}, {"chunk", required_argument, 0, O_CHUNK},
         {"reservoir", required_argument, 0, O_RES}, {"kv-memory", required_argument, 0, O_KV},
+        {"device", required_argument, 0, O_DEVICE},
         {"check", required_argument, 0, O_CHECK}, {"help", no_argument, 0, 'h'}, {0, 0, 0, 0}};
     int c;
     opterr = 0;
@@ -152,6 +155,12 @@ int cmd_calibrate(int argc, char **argv)
         case O_CHUNK: if (cli_int(cmd, "--chunk", optarg, 1, 1 << 16, &chunk)) return 2; break;
         case O_RES: if (cli_int(cmd, "--reservoir", optarg, 1, 1 << 20, &reservoir)) return 2; break;
         case O_KV: if (cli_size(cmd, "--kv-memory", optarg, &kv_bytes)) return 2; break;
+        case O_DEVICE:
+            if (kvs_device_parse(optarg, &device)) {
+                fprintf(stderr, "kvsieve %s: %s\n", cmd, kvs_last_error());
+                return 2;
+            }
+            break;
         case O_CHECK: check_path = optarg; break;
         case 'h': usage(stdout); return 0;
         default: return cli_bad_option("calibrate", opts, argv[optind - 1]);
@@ -186,7 +195,7 @@ int cmd_calibrate(int argc, char **argv)
     FILE *csv = NULL;
     size_t len;
     if (eval_read_file(cmd, text_path, &text, &len)) goto done;
-    engine_opts eo = {.model_path = model_path, .kv_bytes = kv_bytes};
+    engine_opts eo = {.model_path = model_path, .kv_bytes = kv_bytes, .device = device};
     if (engine_create(&eo, &e)) {
         fprintf(stderr, "kvsieve calibrate: %s\n", kvs_last_error());
         if (access(model_path, R_OK) != 0)
