@@ -490,3 +490,20 @@ void pol_score_keys(void *ctx, int layer, int kv_head, const float *keys, const 
     if (inst->vt->score_keys) inst->vt->score_keys(inst->state, layer, kv_head, keys, pos, n, out);
     else memset(out, 0, (size_t)(n > 0 ? n : 0) * sizeof *out);
 }
+
+static int names_size(const char *args)
+{
+    const char *cur = args ? args : "";
+    char key[64], val[256];
+    while (pol_args_next(&cur, key, sizeof key, val, sizeof val) > 0)
+        if (!strcmp(key, "ratio") || !strcmp(key, "budget")) return 1;
+    return 0;
+}
+
+int pol_args_sized(const char *name, const char *args)
+{
+    if (!name || !*name) return 1;
+    const pol_vtable *vt = pol_find(name);
+    if (!vt || (vt->flags & POL_NO_EVICTION)) return 1;
+    return names_size(args) || names_size(vt->default_args);
+}

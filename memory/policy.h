@@ -205,6 +205,11 @@ int pol_opts_parse(const char *args, pol_opts *o, char *rest, size_t rest_size);
 /* Tokens a head keeps out of T: budget when set; floor(T * (1 - ratio)) when a ratio is set
  * (exact for decimal ratios: 0.9 of 10 keeps 1); INT32_MAX when neither. */
 int32_t pol_n_keep(const pol_opts *o, int32_t T);
+/* 1 if a policy named `name` with these options would evict at all: the name is "" or a
+ * policy that never evicts (full) or is not registered (that error comes elsewhere), or the
+ * options (or the policy's default_args) give a ratio or a budget; 0 when it would keep
+ * every key (a request or flag that forgot its ratio). */
+int pol_args_sized(const char *name, const char *args);
 /* `when` with POL_WHEN_AUTO resolved. */
 pol_when pol_opts_when(const pol_opts *o);
 

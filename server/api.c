@@ -342,19 +342,12 @@ void srv_api_generate(srv_call *c)
                 break;
             }
     }
-    if (!code && q->policy[0] && strcmp(q->policy, "full") && pol_find(q->policy)) {
+    if (!code && !pol_args_sized(q->policy, q->policy_args)) {
         /* a policy with neither ratio nor budget would evict nothing: say so (as HTTP does) */
-        const char *cur = q->policy_args;
-        char key[64], val[SCHED_ARGS_MAX];
-        int r, sized = 0;
-        while ((r = pol_args_next(&cur, key, sizeof key, val, sizeof val)) > 0)
-            if (!strcmp(key, "ratio") || !strcmp(key, "budget")) sized = 1;
-        if (!sized) {
-            code = GRPC_STATUS_INVALID_ARGUMENT;
-            snprintf(err, sizeof err, "policy '%s' needs ratio (fraction of tokens evicted, "
-                     "e.g. ratio=0.5) or budget (tokens kept per head, e.g. budget=256) in "
-                     "policy_args: without either it evicts nothing", q->policy);
-        }
+        code = GRPC_STATUS_INVALID_ARGUMENT;
+        snprintf(err, sizeof err, "policy '%s' needs ratio (fraction of tokens evicted, e.g. "
+                 "ratio=0.5) or budget (tokens kept per head, e.g. budget=256) in policy_args: "
+                 "without either it evicts nothing", q->policy);
     }
     if (!code && q->kv_dtype && q->kv_dtype[0] &&
         srv_request_kv_dtype(q->kv_dtype, s->o.kv_dtype, err, sizeof err))

@@ -31,16 +31,14 @@ int srv_request_policy(const char *name, const char *args, const char *qfilters_
     if (!nl) return 0;
     const char *cur = args;
     char key[64], val[SCHED_ARGS_MAX];
-    int r, sized = 0;
-    while ((r = pol_args_next(&cur, key, sizeof key, val, sizeof val)) > 0) {
+    int r;
+    while ((r = pol_args_next(&cur, key, sizeof key, val, sizeof val)) > 0)
         if (!strcmp(key, "filters")) {
             snprintf(err, errsz, "policy_args: filters= cannot be set by a request; the server "
                      "uses its own filters file");
             return KVS_EINVAL;
         }
-        if (!strcmp(key, "ratio") || !strcmp(key, "budget")) sized = 1;
-    }
-    if (strcmp(name, "full") && !sized && pol_find(name)) {
+    if (!pol_args_sized(name, args)) {
         snprintf(err, errsz, "policy '%s' needs ratio (fraction of tokens evicted, e.g. "
                  "ratio=0.5) or budget (tokens kept per head, e.g. budget=256): without either "
                  "it evicts nothing", name);

@@ -213,13 +213,8 @@ int cli_kv_dtype(const char *cmd, const char *spec)
 
 int cli_policy_sized(const char *name, const char *args)
 {
-    if (!name || !*name || !strcmp(name, "full") || !strcmp(name, "default")) return 1;
-    const char *cur = args ? args : "";
-    char key[64], val[256];
-    int r;
-    while ((r = pol_args_next(&cur, key, sizeof key, val, sizeof val)) > 0)
-        if (!strcmp(key, "ratio") || !strcmp(key, "budget")) return 1;
-    return 0;
+    if (name && !strcmp(name, "default")) return 1;
+    return pol_args_sized(name, args);
 }
 
 /* Edit distance (insertions, deletions, substitutions), capped at 99. */

@@ -519,6 +519,14 @@ static void test_enforce_seq_and_compaction(void)
     CU_ASSERT_EQUAL(pool->n_free, 64 - L * H);
     CU_ASSERT_EQUAL(mem_check_invariants(pool, &q, 1), KVS_OK);
     pol_instance_destroy(inst);
+    /* would a named policy evict at all? (the one check behind CLI, gRPC and HTTP refusals) */
+    CU_ASSERT(pol_args_sized("", ""));
+    CU_ASSERT(pol_args_sized("full", ""));
+    CU_ASSERT(pol_args_sized("no-such-policy", ""));
+    CU_ASSERT(!pol_args_sized("knorm", ""));
+    CU_ASSERT(!pol_args_sized("streaming", "window=4,sink=2"));
+    CU_ASSERT(pol_args_sized("knorm", "window=4,ratio=0.5"));
+    CU_ASSERT(pol_args_sized("qfilters", "budget=64"));
     /* prefill_end: only at the end; a window-attention policy (snapkv) also only at the end */
     inst = inst_new("knorm", "ratio=0.875,when=prefill_end");
     CU_ASSERT(pol_wants(inst, POL_AT_PREFILL_END));
